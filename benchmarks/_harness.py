@@ -1,0 +1,53 @@
+"""Side-by-side timing for pytest-benchmark.
+
+``compare`` times the nbconv function with pytest-benchmark, and in every round first runs each
+competitor once (timed here with ``perf_counter``), so rounds interleave
+``[competitors..., nbconv]`` and a noisy machine slows all of them alike. Ratios are medians of
+per-round ratios; rates (GFLOP/s or GB/s) come from median times. Everything lands in
+``benchmark.extra_info`` for ``benchmarks/report.py`` to print.
+"""
+import os
+import statistics
+import time
+
+ROUNDS = int(os.environ.get("NBCONV_BENCH_ROUNDS", "7"))
+
+
+def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", rounds=None):
+    """Benchmark ``nbconv_fn`` against ``others`` (name -> zero-argument callable).
+
+    ``work`` is FLOPs (unit GFLOP/s) or bytes read + written (unit GB/s) of one call.
+    ``group`` names the table (e.g. ``"conv2d forward float32"``), ``row`` the line (a shape id).
+    """
+    rounds = rounds or ROUNDS
+    # warm up: compile, fault in pages, let torch pick its algorithms
+    nbconv_fn()
+    for fn in others.values():
+        fn()
+
+    times = {name: [] for name in others}
+
+    def run_others():
+        for name, fn in others.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+
+    benchmark.group = group
+    benchmark.pedantic(nbconv_fn, setup=run_others, rounds=rounds, warmup_rounds=0, iterations=1)
+    nb = list(benchmark.stats.stats.data)
+    scale = 1e-9 * work
+    info = benchmark.extra_info
+    info.update(group=group, row=row, unit=unit, work=work, rounds=rounds)
+    info["rate"] = {"nbconv": scale / statistics.median(nb)}
+    info["ratio"] = {}
+    for name, ts in times.items():
+        info["rate"][name] = scale / statistics.median(ts)
+        # speed ratio nbconv / other = t_other / t_nbconv, per round, then the median
+        info["ratio"][name] = statistics.median(t / n for t, n in zip(ts, nb))
+    return info
+
+
+def conv_flops(n, c, h, w, f, kh, kw, oh, ow, groups=1):
+    """Multiply-adds x 2 of a convolution's forward pass (the same count for dx and for dw)."""
+    return 2.0 * n * f * oh * ow * (c // groups) * kh * kw

@@ -1,0 +1,116 @@
+"""Argument checks and shape helpers shared by every op.
+
+Everything here runs in Python before a kernel is called, so a bad argument raises a clear
+``ValueError`` / ``TypeError`` that names the argument and the shapes instead of crashing a
+kernel or returning a wrong answer.
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def conv_out_size(size, kernel, stride=1, pad_lo=0, pad_hi=None, dilation=1, ceil_mode=False):
+    """Output length of a sliding window along one axis.
+
+    ``out = floor((size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) / stride) + 1``
+
+    With ``ceil_mode`` the division rounds up, but (as in PyTorch) the last window must start
+    inside the input or the left padding: if it would start in the right padding it is dropped.
+    ``pad_hi`` defaults to ``pad_lo``. The result may be < 1; callers raise on that.
+    """
+    if pad_hi is None:
+        pad_hi = pad_lo
+    span = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + pad_lo:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def _is_int(v):
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(value, name, minimum=None):
+    """``value`` as a Python int; ``TypeError`` if it is not an integer, ``ValueError`` if below
+    ``minimum``."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def to_pair(value, name, minimum=None):
+    """An int or a pair of ints as a ``(h, w)`` tuple of Python ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return (check_int(value[0], name, minimum), check_int(value[1], name, minimum))
+    v = check_int(value, name, minimum)
+    return (v, v)
+
+
+def check_float(value, name, minimum=None, maximum=None, min_inclusive=True, max_inclusive=True):
+    """``value`` as a finite Python float within the given bounds."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value < minimum or (not min_inclusive and value == minimum)):
+        raise ValueError(f"{name} must be {'>=' if min_inclusive else '>'} {minimum}, got {value}")
+    if maximum is not None and (value > maximum or (not max_inclusive and value == maximum)):
+        raise ValueError(f"{name} must be {'<=' if max_inclusive else '<'} {maximum}, got {value}")
+    return value
+
+
+def check_dtype(dtype, name="dtype"):
+    """A float32/float64 ``np.dtype`` from anything ``np.dtype`` accepts."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from e
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_array(x, name, ndim=None, dtype=None, allow_empty=False):
+    """Validate an input array and return it C-contiguous (a copy only when needed).
+
+    - not an ndarray -> ``TypeError``
+    - dtype not float32/float64 -> ``TypeError``; dtype differs from ``dtype`` -> ``TypeError``
+      naming both
+    - ``ndim`` differs -> ``ValueError`` naming the shape
+    - any axis of length 0 (an empty batch) -> ``ValueError`` unless ``allow_empty``
+
+    The caller's array is never modified: kernels only read the returned array.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} has dtype {x.dtype} but {np.dtype(dtype)} is expected "
+                        f"(the layer's / weight's dtype); cast it with .astype()")
+    if ndim is not None and x.ndim != ndim:
+        layout = {4: "(N, C, H, W)", 2: "(N, features)", 1: "(C,)"}.get(ndim, f"{ndim}-d")
+        raise ValueError(f"{name} must be {ndim}-d {layout}, got shape {x.shape}")
+    if not allow_empty and x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def check_same_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} must have shape {b.shape} (the shape of {name_b}), got {a.shape}")

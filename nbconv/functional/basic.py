@@ -1,0 +1,2 @@
+"""basic ops: validating wrappers around nbconv.kernels.basic."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""conv ops: validating wrappers around nbconv.kernels.conv."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""norm ops: validating wrappers around nbconv.kernels.norm."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""pool ops: validating wrappers around nbconv.kernels.pool."""
+__all__ = []
