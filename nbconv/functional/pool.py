@@ -1,2 +1,265 @@
-"""pool ops: validating wrappers around nbconv.kernels.pool."""
-__all__ = []
+"""pool ops: validating wrappers around nbconv.kernels.pool.
+
+Shapes: ``x`` is ``(N, C, H, W)``; pooled outputs are ``(N, C, OH, OW)`` with, per axis,
+
+    OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1        (ceil instead of floor with
+                                                               ``ceil_mode``)
+
+and, with ``ceil_mode``, the last window dropped if it would start in the right padding
+(PyTorch's rule, see :func:`nbconv._checks.conv_out_size`). Average pooling has no dilation
+(``dh = dw = 1``). ``global_avg_pool2d`` maps ``(N, C, H, W) -> (N, C)``.
+
+Hyper-parameters follow PyTorch: ``stride`` defaults to ``kernel_size``; ``padding`` must be at
+most half the (undilated) kernel size, ``padding <= kernel_size // 2`` per axis.
+
+Windows of at most ``UNROLL_MAX_AREA`` taps, column stride at most ``UNROLL_MAX_STRIDE`` and no
+dilation run the fast kernels (compiled once per window size and column stride, then cached);
+other windows the general ``*_any`` kernels. Both give the same results.
+"""
+import numpy as np
+
+from .._checks import check_array, check_int, conv_out_size, to_pair
+from ..kernels import pool as _k
+
+__all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+           "global_avg_pool2d", "global_avg_pool2d_backward"]
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def pool_args(kernel_size, stride=None, padding=0, dilation=1):
+    """Validated ``(kernel, stride, padding, dilation)`` as ``(h, w)`` pairs of ints."""
+    k = to_pair(kernel_size, "kernel_size", 1)
+    s = k if stride is None else to_pair(stride, "stride", 1)
+    p = to_pair(padding, "padding", 0)
+    d = to_pair(dilation, "dilation", 1)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"padding {p} must be at most half of kernel_size {k} "
+                         f"(padding <= kernel_size // 2 per axis, as PyTorch)")
+    return k, s, p, d
+
+
+def _out_shape(x_shape, k, s, p, d, ceil_mode, name="x"):
+    n, c, h, w = x_shape
+    oh = conv_out_size(h, k[0], s[0], p[0], p[0], d[0], ceil_mode)
+    ow = conv_out_size(w, k[1], s[1], p[1], p[1], d[1], ceil_mode)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"output size ({oh}, {ow}) is too small: {name} of shape {tuple(x_shape)} "
+                         f"with kernel_size {k}, stride {s}, padding {p}, dilation {d}, "
+                         f"ceil_mode={ceil_mode}")
+    return (n, c, oh, ow)
+
+
+def _check_shape(x_shape, name="x_shape"):
+    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
+        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {x_shape!r}")
+    return tuple(check_int(v, name, 1) for v in x_shape)
+
+
+def _check_dy(dy, out_shape, dtype=None):
+    dy = check_array(dy, "dy", ndim=len(out_shape), dtype=dtype)
+    if dy.shape != tuple(out_shape):
+        raise ValueError(f"dy must have the output shape {tuple(out_shape)}, got {dy.shape}")
+    return dy
+
+
+def _ranges(size, out, k, s, p, d):
+    """``lo, hi`` (int64, length ``out``): the kernel taps ``i`` of each window whose input
+    position ``o*s - p + i*d`` lies in ``[0, size)``."""
+    start = np.arange(out, dtype=np.int64) * s - p
+    lo = np.maximum(0, -(start // d))
+    hi = np.minimum(k, (size - 1 - start) // d + 1)
+    return lo, hi
+
+
+# Windows up to this many taps and column strides up to this, without dilation, use the fast
+# kernels specialised on the window size and stride (see nbconv.kernels.pool); others *_any.
+UNROLL_MAX_AREA = 16
+UNROLL_MAX_STRIDE = 4
+# planes are handed to threads in this many chunks at most (one scratch buffer per chunk)
+MAX_CHUNKS = 64
+
+
+def _specialise(k, s, p, d=(1, 1)):
+    """The fast kernels' leading hyper-parameters: tuples ``k_h, k_w, s_w`` whose lengths are
+    the window size and the column stride, then ``sh, ph, pw``; ``None`` when the window is too
+    large to unroll or dilated (the ``*_any`` kernels handle it)."""
+    if k[0] * k[1] > UNROLL_MAX_AREA or s[1] > UNROLL_MAX_STRIDE or d != (1, 1):
+        return None
+    return ((0,) * k[0], (0,) * k[1], (0,) * s[1], s[0], p[0], p[1])
+
+
+def _scratch(x_shape, out, k, s, p):
+    """The fast kernels' scratch geometry (see :mod:`nbconv.kernels.pool`): ``m_lo, m_hi`` (per
+    column phase ``r``, the scratch columns ``m`` whose input column ``m*sw + r - pw`` lies in
+    ``[0, W)``), the scratch rows ``Hp`` and columns ``M``, and the number of plane chunks."""
+    w, sw = x_shape[3], s[1]
+    hp = (out[0] - 1) * s[0] + k[0]
+    m = out[1] + (k[1] - 1) // sw
+    r = np.arange(sw)
+    m_lo = np.maximum(0, -((r - p[1]) // sw))
+    m_hi = np.maximum(np.minimum(m, (w - 1 - r + p[1]) // sw + 1), m_lo)
+    return m_lo, m_hi, hp, m, min(x_shape[0] * x_shape[1], MAX_CHUNKS)
+
+
+def index_dtype(kernel_area):
+    """The smallest unsigned integer dtype that holds window offsets ``0 .. kernel_area - 1``."""
+    if kernel_area <= 1 << 8:
+        return np.dtype(np.uint8)
+    if kernel_area <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """Max pooling of ``x`` ``(N, C, H, W)`` -> ``y`` ``(N, C, OH, OW)`` (see the module doc).
+
+    Padding counts as ``-inf``. A tie returns the first maximum in row-major window order; a NaN
+    in the window is the maximum (the last NaN, as PyTorch's CPU kernel). With
+    ``return_indices`` also returns ``indices`` ``(N, C, OH, OW)``: the window offset
+    ``i*kw + j`` of each maximum, in :func:`index_dtype` of ``kh*kw`` (not PyTorch's flat
+    input index), to pass to :func:`max_pool2d_backward`.
+    """
+    k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    return_indices = _check_bool(return_indices, "return_indices")
+    x = check_array(x, "x", ndim=4)
+    n, c, oh, ow = _out_shape(x.shape, k, s, p, d, ceil_mode)
+    h, w = x.shape[2:]
+    y = np.empty((n, c, oh, ow), x.dtype)
+    idx = np.empty((n, c, oh, ow), index_dtype(k[0] * k[1]))
+    kh_lo, kh_hi = _ranges(h, oh, k[0], s[0], p[0], d[0])
+    kw_lo, kw_hi = _ranges(w, ow, k[1], s[1], p[1], d[1])
+    arrays = (x.reshape(n * c, h, w), y.reshape(n * c, oh, ow), idx.reshape(n * c, oh, ow),
+              x.dtype.type(-np.inf))
+    spec = _specialise(k, s, p, d)
+    if spec is None:
+        _k.max_pool2d_forward_any(*arrays, k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+                                  kh_lo, kh_hi, kw_lo, kw_hi)
+    else:
+        _k.max_pool2d_forward(*arrays, *spec, kh_lo, kw_lo, *_scratch(x.shape, (oh, ow), k, s, p))
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    """Gradient of :func:`max_pool2d` w.r.t. ``x``: ``dx`` of shape ``x_shape`` ``(N, C, H, W)``.
+
+    ``dy`` and ``indices`` (the window offsets returned by ``max_pool2d(...,
+    return_indices=True)``) are ``(N, C, OH, OW)``; each ``dy`` element is added at its window's
+    maximum, so overlapping windows sum.
+    """
+    k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    x_shape = _check_shape(x_shape)
+    out_shape = _out_shape(x_shape, k, s, p, d, ceil_mode, "x_shape")
+    dy = _check_dy(dy, out_shape)
+    if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer numpy.ndarray, got "
+                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
+    if indices.shape != dy.shape:
+        raise ValueError(f"indices must have the shape of dy {dy.shape}, got {indices.shape}")
+    area = k[0] * k[1]
+    lo, hi = (int(indices.min()), int(indices.max()))
+    if lo < 0 or hi >= area:
+        raise ValueError(f"indices must be window offsets in [0, {area}) for kernel_size {k}, "
+                         f"got values in [{lo}, {hi}]")
+    indices = np.ascontiguousarray(indices, dtype=index_dtype(area))
+    n, c, h, w = x_shape
+    oh, ow = out_shape[2:]
+    dx = np.empty(x_shape, dy.dtype)
+    i = np.arange(area, dtype=np.int64)
+    delta = (i // k[1]) * d[0] * w + (i % k[1]) * d[1]
+    _k.max_pool2d_backward(dy.reshape(n * c, oh, ow), indices.reshape(n * c, oh, ow),
+                           dx.reshape(n * c, h * w), delta, w, s[0], s[1], p[0], p[1])
+    return dx
+
+
+def _avg_tables(h, w, oh, ow, k, s, p, count_include_pad, dtype):
+    kh_lo, kh_hi = _ranges(h, oh, k[0], s[0], p[0], 1)
+    kw_lo, kw_hi = _ranges(w, ow, k[1], s[1], p[1], 1)
+    if count_include_pad:
+        # windows clipped at the padded boundary (only ceil_mode windows reach past it)
+        hs = np.arange(oh) * s[0] - p[0]
+        ws = np.arange(ow) * s[1] - p[1]
+        nh = np.minimum(hs + k[0], h + p[0]) - hs
+        nw = np.minimum(ws + k[1], w + p[1]) - ws
+    else:
+        nh, nw = kh_hi - kh_lo, kw_hi - kw_lo
+    div = np.multiply.outer(nh, nw).astype(dtype)
+    return kh_lo, kh_hi, kw_lo, kw_hi, div
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Average pooling of ``x`` ``(N, C, H, W)`` -> ``(N, C, OH, OW)`` (see the module doc).
+
+    The divisor of a window is, as PyTorch, its size clipped at the padded boundary
+    (``count_include_pad=True``: padding counts, the overhang of a ``ceil_mode`` window does
+    not) or the number of input elements it covers (``count_include_pad=False``).
+    """
+    k, s, p, _ = pool_args(kernel_size, stride, padding)
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+    x = check_array(x, "x", ndim=4)
+    n, c, oh, ow = _out_shape(x.shape, k, s, p, (1, 1), ceil_mode)
+    h, w = x.shape[2:]
+    tables = _avg_tables(h, w, oh, ow, k, s, p, count_include_pad, x.dtype)
+    y = np.empty((n, c, oh, ow), x.dtype)
+    arrays = (x.reshape(n * c, h, w), y.reshape(n * c, oh, ow), x.dtype.type(0))
+    spec = _specialise(k, s, p)
+    if spec is None:
+        _k.avg_pool2d_forward_any(*arrays, s[0], s[1], p[0], p[1], *tables)
+    else:
+        _k.avg_pool2d_forward(*arrays, *spec, tables[4], *_scratch(x.shape, (oh, ow), k, s, p))
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True):
+    """Gradient of :func:`avg_pool2d` w.r.t. ``x``: ``dx`` of shape ``x_shape`` ``(N, C, H, W)``
+    from ``dy`` ``(N, C, OH, OW)``: each element collects ``dy / divisor`` of every window
+    containing it."""
+    k, s, p, _ = pool_args(kernel_size, stride, padding)
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+    x_shape = _check_shape(x_shape)
+    out_shape = _out_shape(x_shape, k, s, p, (1, 1), ceil_mode, "x_shape")
+    dy = _check_dy(dy, out_shape)
+    n, c, h, w = x_shape
+    oh, ow = out_shape[2:]
+    tables = _avg_tables(h, w, oh, ow, k, s, p, count_include_pad, dy.dtype)
+    dx = np.empty(x_shape, dy.dtype)
+    arrays = (dy.reshape(n * c, oh, ow), dx.reshape(n * c, h, w))
+    spec = _specialise(k, s, p)
+    if spec is None:
+        _k.avg_pool2d_backward_any(*arrays, s[0], s[1], p[0], p[1], *tables)
+    else:
+        _k.avg_pool2d_backward(*arrays, dy.dtype.type(0), *spec, tables[4],
+                               *_scratch(x_shape, (oh, ow), k, s, p))
+    return dx
+
+
+def global_avg_pool2d(x):
+    """Mean over the spatial axes: ``x`` ``(N, C, H, W)`` -> ``(N, C)``."""
+    x = check_array(x, "x", ndim=4)
+    n, c, h, w = x.shape
+    y = np.empty((n, c), x.dtype)
+    _k.global_avg_pool2d_forward(x.reshape(n * c, h * w), y.reshape(n * c), x.dtype.type(0),
+                                 x.dtype.type(h * w))
+    return y
+
+
+def global_avg_pool2d_backward(dy, x_shape):
+    """Gradient of :func:`global_avg_pool2d`: ``dy`` ``(N, C)`` -> ``dx`` ``x_shape``
+    ``(N, C, H, W)`` with ``dx[n, c, :, :] = dy[n, c] / (H*W)``."""
+    x_shape = _check_shape(x_shape)
+    n, c, h, w = x_shape
+    dy = _check_dy(dy, (n, c))
+    dx = np.empty(x_shape, dy.dtype)
+    _k.global_avg_pool2d_backward(dy.reshape(n * c), dx.reshape(n * c, h * w), dy.dtype.type(h * w))
+    return dx
