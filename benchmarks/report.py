@@ -4,8 +4,8 @@
     python benchmarks/report.py benchmarks/bench_conv.py -k forward
     NBCONV_BENCH_ROUNDS=11 python benchmarks/report.py ...   # more rounds, steadier medians
 
-Arguments are passed to pytest. The raw pytest-benchmark JSON is kept in
-``.benchmarks/last.json``. Ratios are ``nbconv speed / other speed`` (> 1: nbconv is faster),
+Arguments are passed to pytest. The raw pytest-benchmark JSON of each run is kept in
+``.benchmarks/run-<time>-<pid>.json``. Ratios are ``nbconv speed / other speed`` (> 1: nbconv is faster),
 medians of per-round ratios from interleaved rounds; the last line of each table is the
 geometric mean over its rows.
 """
@@ -13,6 +13,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import sys
 from collections import OrderedDict
 
@@ -52,7 +53,7 @@ def print_tables(data, out=sys.stdout):
 
 def main(argv):
     os.makedirs(os.path.join(ROOT, ".benchmarks"), exist_ok=True)
-    out_json = os.path.join(ROOT, ".benchmarks", "last.json")
+    out_json = os.path.join(ROOT, ".benchmarks", f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
     args = argv or [os.path.join("benchmarks")]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "--benchmark-only", "--benchmark-json", out_json, "--benchmark-columns=median,rounds"]

@@ -1,0 +1,112 @@
+"""Conv2d forward and backward: nbconv vs the im2col NumPy reference vs PyTorch.
+
+    python benchmarks/report.py benchmarks/bench_conv.py            # all groups
+    python benchmarks/report.py benchmarks/bench_conv.py -k "forward and S2"
+
+Rows S1..S6 are the issue's shapes (N, C, H, W, F, k, stride, pad); the "other" groups time a
+few more layers (depthwise, grouped, dilated, 5x5, N=1). Backward is dx + dweight + dbias (work
+counted as 2x the forward FLOPs, dbias ignored); every implementation gets its forward-time
+state prepared outside the timed call (nbconv: the padded input; im2col: the columns; torch: the
+autograd graph).
+"""
+import numpy as np
+import pytest
+import torch
+
+import nbconv.functional as F
+from nbconv import reference as R
+from _harness import compare, conv_flops
+
+torch.set_num_threads(2)
+
+SHAPES = {  # N, C, H, W, F, k, stride, pad[, groups, dilation]
+    "S1": (64, 3, 32, 32, 32, 7, 1, 3),
+    "S2": (64, 32, 32, 32, 64, 3, 1, 1),
+    "S3": (64, 64, 16, 16, 128, 3, 1, 1),
+    "S4": (64, 128, 8, 8, 256, 3, 1, 1),
+    "S5": (64, 64, 32, 32, 64, 1, 1, 0),
+    "S6": (32, 64, 32, 32, 64, 3, 2, 1),
+}
+OTHER = {
+    "depthwise 3x3": (64, 64, 32, 32, 64, 3, 1, 1, 64, 1),
+    "depthwise 3x3 s2": (64, 128, 16, 16, 128, 3, 2, 1, 128, 1),
+    "groups=4 3x3": (64, 64, 16, 16, 128, 3, 1, 1, 4, 1),
+    "dilated 3x3 d2": (32, 32, 32, 32, 32, 3, 1, 2, 1, 2),
+    "5x5 s1": (32, 32, 16, 16, 64, 5, 1, 2, 1, 1),
+    "N=1 3x3": (1, 64, 56, 56, 64, 3, 1, 1, 1, 1),
+    "1x1 s2": (64, 128, 16, 16, 256, 1, 2, 0, 1, 1),
+}
+
+
+def setup(shape, dtype):
+    N, C, H, W, Fn, k, s, p = shape[:8]
+    g, d = shape[8:] if len(shape) > 8 else (1, 1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = (rng.standard_normal((Fn, C // g, k, k)) / np.sqrt(C // g * k * k)).astype(dtype)
+    b = rng.standard_normal(Fn).astype(dtype)
+    args = dict(stride=s, padding=p, dilation=d, groups=g)
+    y = F.conv2d(x, w, b, **args)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    flops = conv_flops(N, C, H, W, Fn, k, k, y.shape[2], y.shape[3], g)
+    return x, w, b, dy, args, flops
+
+
+def torch_fns(x, w, b, dy, args):
+    xt, wt, bt = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
+    dyt = torch.from_numpy(dy.copy())
+    fwd = lambda: torch.nn.functional.conv2d(xt, wt, bt, **args)  # noqa: E731
+    yt = fwd()
+    bwd = lambda: torch.autograd.grad(yt, (xt, wt, bt), dyt, retain_graph=True)  # noqa: E731
+    return (lambda: fwd().detach()), bwd
+
+
+def run_forward(benchmark, group, row, shape, dtype):
+    x, w, b, dy, args, flops = setup(shape, dtype)
+    tf, _ = torch_fns(x, w, b, dy, args)
+    with torch.no_grad():
+        compare(benchmark, group, row, lambda: F.conv2d(x, w, b, **args),
+                {"im2col": lambda: R.conv2d_im2col(x, w, b, **args), "torch": tf}, flops)
+
+
+def run_backward(benchmark, group, row, shape, dtype):
+    x, w, b, dy, args, flops = setup(shape, dtype)
+    _, tb = torch_fns(x, w, b, dy, args)
+    prep = F.conv2d_prepare(x, w, **args)
+    k = w.shape[2:]
+    cols = R.im2col(x, k, args["stride"], args["padding"], args["dilation"]).copy()
+    compare(benchmark, group, row,
+            lambda: F.conv2d_backward(dy, x, w, **args, prepared=prep),
+            {"im2col": lambda: R.conv2d_backward_im2col(dy, x, w, **args, cols=cols),
+             "torch": tb}, 2 * flops)
+
+
+@pytest.mark.parametrize("row", list(SHAPES))
+def test_forward_f32(benchmark, row):
+    run_forward(benchmark, "conv2d forward float32", row, SHAPES[row], np.float32)
+
+
+@pytest.mark.parametrize("row", list(SHAPES))
+def test_backward_f32(benchmark, row):
+    run_backward(benchmark, "conv2d backward float32", row, SHAPES[row], np.float32)
+
+
+@pytest.mark.parametrize("row", ["S2", "S3", "S4"])
+def test_forward_f64(benchmark, row):
+    run_forward(benchmark, "conv2d forward float64", row, SHAPES[row], np.float64)
+
+
+@pytest.mark.parametrize("row", ["S2", "S3", "S4"])
+def test_backward_f64(benchmark, row):
+    run_backward(benchmark, "conv2d backward float64", row, SHAPES[row], np.float64)
+
+
+@pytest.mark.parametrize("row", list(OTHER))
+def test_forward_other_f32(benchmark, row):
+    run_forward(benchmark, "conv2d forward float32, other layers", row, OTHER[row], np.float32)
+
+
+@pytest.mark.parametrize("row", list(OTHER))
+def test_backward_other_f32(benchmark, row):
+    run_backward(benchmark, "conv2d backward float32, other layers", row, OTHER[row],
+                 np.float32)

@@ -1,0 +1,254 @@
+"""Convolution loop nests (see :mod:`nbconv.functional.conv` for how the wrapper lays out data).
+
+The kernels work on *batch-interleaved planes*: a 1-d buffer holding, per channel (or stride
+phase of a channel), ``Hx`` rows, each row holding the same image row of all ``N`` images one
+after the other, ``Wx`` values each: element ``(c, h, n, w)`` sits at
+``((c * Hx + h) * N + n) * Wx + w``. Output pixel ``(oh, n, ow)`` has the flat index
+``q = (oh * N + n) * Wx + ow``, and the input it needs for reduction element ``e`` (a channel
+and a kernel tap) is ``x[gbase + off[e] + q]``. So every inner loop runs over a long contiguous
+range of ``q`` in both operands, whatever the image size, with no index arithmetic; columns
+``ow >= OW`` of the padded rows are computed and dropped (``conv_rows``) or are zero in ``dy``
+(``conv_weight_grad``). With ``N = 1`` per task (``Nr = 1``, images ``xs`` apart) the same
+loops read plain NCHW planes (1x1, stride-1, unpadded convolutions).
+
+- ``to_planes``: NCHW -> zero padded, stride-phase split, batch-interleaved planes (two layouts
+  in one parallel loop).
+- ``conv_rows``: ``y[n, g*Fo+f, oy0+oh*osh, ox0+ow*osw] = bias[g*Fo+f] + sum_e w[p, g, e, f] *
+  x[...]``: the forward pass and (flipped weights on padded ``dy``, all stride phases in one
+  call) the input gradient. Register block: 4 elements x 2 outputs over a run of pixels, the
+  runs of ``FB`` outputs kept in an L1 buffer. Each output element is written by one task.
+- ``conv_weight_grad``: ``part[c, g, e, f] = sum_{q in chunk c} x[...] * dy[g*Fo+f, q]`` (and
+  the bias gradient's partial sums): chunks are fixed by the wrapper (not by the thread count)
+  and reduced in a fixed order by it, so results are bitwise reproducible. Register block:
+  4 elements x 2 filters, 8 scalar accumulators over a run of pixels.
+
+Accumulators are seeded with ``zero``, a scalar of the arrays' dtype passed by the wrapper, so
+no float64 enters a float32 loop.
+"""
+import numpy as np
+from numba import prange
+
+from .._config import kernel, serial_kernel
+
+FB = 8  # outputs whose row block stays in L1 in ``conv_rows``
+FW = 32  # filters whose dy rows stay in L2 in ``conv_weight_grad``
+
+
+@serial_kernel
+def _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero):
+    """Row group ``task = ((c*na + ia)*nb + ib)*Hq + t`` of :func:`to_planes` (phase
+    ``a = pa[ia], b = pb[ib]``): ``N`` rows of ``Wq`` values
+    ``dst[(task*N + n)*Wq + u] = src[n, c, a + sh*t - pt, b + sw*u - pl]``."""
+    N, C, H, W = src.shape
+    na, nb = pa.shape[0], pb.shape[0]
+    c = task // (na * nb * Hq)
+    rem = task - c * (na * nb * Hq)
+    iab = rem // Hq
+    t = rem - iab * Hq
+    ia = iab // nb
+    a = pa[ia]
+    b = pb[iab - ia * nb]
+    h = a + sh * t - pt
+    # columns u with 0 <= b + sw*u - pl < W
+    u0 = min(Wq, max(0, (pl - b + sw - 1) // sw))
+    u1 = u0
+    if pl - b + W - 1 >= 0:
+        u1 = min(Wq, max(u0, (pl - b + W - 1) // sw + 1))
+    for n in range(N):
+        start = (task * N + n) * Wq
+        row = dst[start:start + Wq]
+        if h < 0 or h >= H:
+            for u in range(Wq):
+                row[u] = zero
+            continue
+        s = src[n, c, h]
+        for u in range(u0):
+            row[u] = zero
+        if sw == 1:
+            seg = s[b + u0 - pl:b + u1 - pl]
+            for u in range(u1 - u0):
+                row[u0 + u] = seg[u]
+        else:
+            for u in range(u0, u1):
+                row[u] = s[b + sw * u - pl]
+        for u in range(u1, Wq):
+            row[u] = zero
+
+
+@kernel
+def to_planes(src, dst, sh, sw, pa, pb, pt, pl, Hq, Wq, dst2, pt2, pl2, Hq2, Wq2, zero):
+    """src (N, C, H, W) -> dst[((((c*na + ia)*nb + ib)*Hq + t)*N + n)*Wq + u] =
+    src[n, c, a + sh*t - pt, b + sw*u - pl] for the stride phases ``a = pa[ia]``,
+    ``b = pb[ib]`` that the kernel taps use (zero outside ``src``) and, in the same parallel
+    loop, the stride-1 layout ``dst2`` with ``pt2, pl2, Hq2, Wq2`` (``Hq2 = 0``: none). Only
+    the first ``C*na*nb*Hq*N*Wq`` elements of ``dst`` are written (likewise ``dst2``)."""
+    C = src.shape[1]
+    T1 = C * pa.shape[0] * pb.shape[0] * Hq
+    p0 = pa[:1] * 0
+    for task in prange(T1 + C * Hq2):
+        if task < T1:
+            _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero)
+        else:
+            _plane_rows(src, dst2, task - T1, 1, 1, p0, p0, pt2, pl2, Hq2, Wq2, zero)
+
+
+@kernel
+def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, zero):
+    """x (flat); w (P, G, E4, Fo) and off (P, E4) int64 per phase p, E4 % 4 == 0 (zero
+    weights pad it); bias (G*Fo,); y (N, G*Fo, Hy, Wy); tasks (T, 5) rows
+    ``(p, g, n0, r0, r1)``: output rows ``r = oh*Nr + (n - n0)`` in ``[r0, r1)`` of phase ``p``
+    read ``x[n0*xs + g*gstride + off[p, e] + r*Wx + ow]`` (``Nr = N, n0 = 0``: batch-interleaved
+    planes; ``Nr = 1``: one image per task, ``xs`` apart); ``ph_out[p] = (OW, oy0, ox0, ne)``
+    places pixel ``(oh, n, ow)`` at ``y[n, g*Fo + f, oy0 + oh*osh, ox0 + ow*osw]`` and says
+    that the first ``ne`` elements are used."""
+    Ft, Hy, Wy = y.shape[1], y.shape[2], y.shape[3]
+    G, Fo2 = w.shape[1], w.shape[3]  # Fo2 == Fo
+    Fo = Ft // G
+    y1 = y.reshape(-1)
+    for task in prange(tasks.shape[0]):
+        p, g, n0, r0, r1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], tasks[task, 3], \
+            tasks[task, 4]
+        OW, oy0, ox0, ne = ph_out[p, 0], ph_out[p, 1], ph_out[p, 2], ph_out[p, 3]
+        xr = x[n0 * xs + g * gstride + r0 * Wx:]
+        wp = w[p, g]
+        op = off[p]
+        omax = 0
+        for e in range(ne):
+            omax = max(omax, op[e])
+        # whole vectors where the buffer allows (the extra columns are dropped)
+        nq = min(((r1 - r0) * Wx + 7) // 8 * 8, xr.shape[0] - omax)
+        buf = np.empty((min(FB, Fo2), nq), y.dtype)
+        for f0 in range(0, Fo2, FB):
+            fn = min(FB, Fo2 - f0)
+            for e in range(0, ne, 4):
+                x0 = xr[op[e]:op[e] + nq]
+                x1 = xr[op[e + 1]:op[e + 1] + nq]
+                x2 = xr[op[e + 2]:op[e + 2] + nq]
+                x3 = xr[op[e + 3]:op[e + 3] + nq]
+                for k in range(0, fn - 1, 2):
+                    f = f0 + k
+                    w00, w01 = wp[e, f], wp[e, f + 1]
+                    w10, w11 = wp[e + 1, f], wp[e + 1, f + 1]
+                    w20, w21 = wp[e + 2, f], wp[e + 2, f + 1]
+                    w30, w31 = wp[e + 3, f], wp[e + 3, f + 1]
+                    b0 = buf[k]
+                    b1 = buf[k + 1]
+                    if e == 0:
+                        for q in range(nq):
+                            a0 = x0[q]
+                            a1 = x1[q]
+                            a2 = x2[q]
+                            a3 = x3[q]
+                            b0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                            b1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                    else:
+                        for q in range(nq):
+                            a0 = x0[q]
+                            a1 = x1[q]
+                            a2 = x2[q]
+                            a3 = x3[q]
+                            b0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                            b1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                if fn % 2 == 1:  # an odd last output (e.g. depthwise): no wasted twin
+                    f = f0 + fn - 1
+                    w00, w10, w20, w30 = wp[e, f], wp[e + 1, f], wp[e + 2, f], wp[e + 3, f]
+                    b0 = buf[fn - 1]
+                    if e == 0:
+                        for q in range(nq):
+                            b0[q] = w00 * x0[q] + w10 * x1[q] + w20 * x2[q] + w30 * x3[q]
+                    else:
+                        for q in range(nq):
+                            b0[q] += w00 * x0[q] + w10 * x1[q] + w20 * x2[q] + w30 * x3[q]
+            for k in range(fn):
+                f = f0 + k
+                if f < Fo:
+                    bb = bias[g * Fo + f]
+                    bk = buf[k]
+                    oh = r0 // Nr
+                    n = r0 - oh * Nr
+                    for r in range(r1 - r0):
+                        src = bk[r * Wx:r * Wx + OW]
+                        base = (((n0 + n) * Ft + g * Fo + f) * Hy + oy0 + oh * osh) * Wy + ox0
+                        dst = y1[base:base + (OW - 1) * osw + 1:osw]
+                        for ow in range(OW):
+                            dst[ow] = src[ow] + bb
+                        n += 1
+                        if n == Nr:
+                            n = 0
+                            oh += 1
+
+
+@kernel
+def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, zero):
+    """x (flat, image i at ``i*xs``); dy (Ni, G*Fo, Q) with Q pixels per image (zero in dropped
+    columns); off (E4,) int64; part (nchunks, G, E4, Fo2) is overwritten with the sums over each
+    chunk's pixel blocks (``block`` pixels of one image each, a multiple of 8), and pbias
+    (nchunks, G, Fo) (if not empty) with each chunk's sums of dy."""
+    nchunks, G, E4, Fo2 = part.shape
+    Ni = dy.shape[0]
+    Fo = dy.shape[1] // G
+    Q = dy.shape[2]
+    nbi = (Q + block - 1) // block
+    nb = Ni * nbi
+    for task in prange(nchunks * G):
+        c = task // G
+        g = task - c * G
+        P = part[c, g]
+        for e in range(E4):
+            for f in range(Fo2):
+                P[e, f] = zero
+        b0, b1 = (c * nb) // nchunks, ((c + 1) * nb) // nchunks
+        if pbias.shape[0] > 0:
+            for f in range(Fo):
+                s = zero
+                for blk in range(b0, b1):
+                    i = blk // nbi
+                    q0 = (blk - i * nbi) * block
+                    d = dy[i, g * Fo + f, q0:min(Q, q0 + block)]
+                    t = zero
+                    for q in range(d.shape[0]):
+                        t += d[q]
+                    s += t
+                pbias[c, g, f] = s
+        for blk in range(b0, b1):
+            i = blk // nbi
+            q0 = (blk - i * nbi) * block
+            nq = min(block, Q - q0)
+            xr = x[i * xs + g * gstride + q0:]
+            dyi = dy[i]
+            for f0 in range(0, Fo2, FW):  # a slab of dy rows that stays in L2
+                for e in range(0, E4, 4):
+                    x0 = xr[off[e]:off[e] + nq]
+                    x1 = xr[off[e + 1]:off[e + 1] + nq]
+                    x2 = xr[off[e + 2]:off[e + 2] + nq]
+                    x3 = xr[off[e + 3]:off[e + 3] + nq]
+                    for f in range(f0, min(Fo2, f0 + FW), 2):
+                        d0 = dyi[g * Fo + f, q0:q0 + nq]
+                        d1 = dyi[g * Fo + min(f + 1, Fo - 1), q0:q0 + nq]
+                        s00 = zero
+                        s01 = zero
+                        s10 = zero
+                        s11 = zero
+                        s20 = zero
+                        s21 = zero
+                        s30 = zero
+                        s31 = zero
+                        for q in range(nq):
+                            a = d0[q]
+                            b = d1[q]
+                            s00 += x0[q] * a
+                            s01 += x0[q] * b
+                            s10 += x1[q] * a
+                            s11 += x1[q] * b
+                            s20 += x2[q] * a
+                            s21 += x2[q] * b
+                            s30 += x3[q] * a
+                            s31 += x3[q] * b
+                        P[e, f] += s00
+                        P[e, f + 1] += s01
+                        P[e + 1, f] += s10
+                        P[e + 1, f + 1] += s11
+                        P[e + 2, f] += s20
+                        P[e + 2, f + 1] += s21
+                        P[e + 3, f] += s30
+                        P[e + 3, f + 1] += s31

@@ -1,0 +1,379 @@
+"""Conv2d: kernels vs the NumPy references (naive and im2col) and PyTorch, gradients by finite
+differences, argument errors, determinism and the layer protocol."""
+import numpy as np
+import pytest
+import torch
+
+import nbconv.functional as F
+import nbconv.functional.conv as CONV
+from nbconv import reference as R
+from nbconv.layers import Conv2d
+from helpers import DTYPES, assert_close, non_contiguous, num_threads, numeric_grad, torch_tensor
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+
+# (N, C, H, W, F, kernel, stride, padding, dilation, groups)
+CFGS = [
+    (2, 3, 7, 9, 4, 3, 1, 1, 1, 1),                      # odd sizes
+    (1, 4, 8, 8, 6, 1, 1, 0, 1, 1),                      # N=1, 1x1
+    (2, 5, 6, 7, 3, 1, 2, 1, 1, 1),                      # 1x1 strided and padded
+    (2, 4, 9, 8, 4, 2, 3, 0, 1, 1),                      # stride > kernel
+    (2, 3, 10, 11, 5, 5, 2, 2, 1, 1),                    # kernel > stride
+    (2, 4, 8, 7, 6, (3, 2), (2, 1), (2, 1), (2, 1), 2),  # pairs, dilation, groups
+    (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),                      # depthwise
+    (2, 4, 7, 7, 8, 3, 2, 1, 1, 4),                      # depthwise, multiplier 2, strided
+    (2, 3, 8, 8, 4, 4, 1, "same", 1, 1),                 # even kernel: extra pad bottom/right
+    (1, 3, 6, 7, 2, 3, 1, "same", 2, 1),
+    (2, 2, 5, 6, 3, 3, 1, "full", 1, 1),
+    (2, 2, 6, 6, 3, 2, 1, "valid", 1, 1),
+    (1, 2, 5, 5, 3, 3, 1, 4, 1, 1),                      # padding > dilation * (k - 1)
+    (2, 5, 9, 9, 7, 3, 3, 1, 2, 1),                      # stride 3 and dilation 2
+    (2, 20, 9, 9, 34, 3, 1, 1, 1, 2),                    # > 16 filters per group, odd count
+    (3, 9, 12, 5, 5, (1, 3), (1, 2), (0, 1), 1, 1),      # rectangular kernel
+    (3, 6, 5, 7, 4, 1, 1, 0, 1, 2),                      # 1x1 unpadded (read as NCHW), groups
+    (2, 4, 20, 30, 6, 1, 1, 0, 3, 1),                    # the same with several row blocks
+    (1, 2, 1, 4, 3, 1, 3, 2, 1, 1),                      # no input under any tap: dx = 0
+]
+IDS = [f"cfg{i}" for i in range(len(CFGS))]
+
+
+def make(cfg, dtype, seed=0, bias=True):
+    N, C, H, W, Fn, k, s, p, d, g = cfg
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Fn, C // g, kh, kw)).astype(dtype)
+    b = rng.standard_normal(Fn).astype(dtype) if bias else None
+    return x, w, b, dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def torch_ref(x, w, b, args, dy=None):
+    xt, wt = torch_tensor(x, True), torch_tensor(w, True)
+    bt = torch_tensor(b, True) if b is not None else None
+    if args["padding"] == "full":  # torch has no 'full': dilation * (k - 1) on each side
+        d = args["dilation"] if isinstance(args["dilation"], tuple) else (args["dilation"],) * 2
+        args = dict(args, padding=(d[0] * (w.shape[2] - 1), d[1] * (w.shape[3] - 1)))
+    y = torch.nn.functional.conv2d(xt, wt, bt, **args)
+    if dy is None:
+        return y.detach().numpy()
+    ins = (xt, wt) + ((bt,) if bt is not None else ())
+    grads = torch.autograd.grad(y, ins, torch_tensor(dy))
+    return tuple(t.numpy() for t in grads) + ((None,) if bt is None else ())
+
+
+def check(actual, expected, dtype, what):
+    assert actual.dtype == np.dtype(dtype), what
+    assert_close(actual, expected.astype(dtype), dtype,
+                 scale=max(1.0, float(np.abs(expected).max())), err_msg=what)
+
+
+# ---- the references themselves --------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [c for c in CFGS if c[0] * c[4] * c[2] * c[3] < 3000])
+def test_reference_naive_im2col_torch(cfg):
+    x, w, b, args = make(cfg, np.float64)
+    y = R.conv2d_naive(x, w, b, **args)
+    assert_close(R.conv2d_im2col(x, w, b, **args), y)
+    assert_close(y, torch_ref(x, w, b, args))
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    naive = R.conv2d_backward_naive(dy, x, w, **args)
+    k = w.shape[2:]
+    cols = R.im2col(x, k, args["stride"], args["padding"], args["dilation"])
+    for a, c, e, t in zip(R.conv2d_backward_im2col(dy, x, w, **args),
+                          R.conv2d_backward_im2col(dy, x, w, **args, cols=cols), naive,
+                          torch_ref(x, w, b, args, dy)):
+        assert_close(a, e)
+        assert_close(c, e)
+        assert_close(e, t)
+
+
+# ---- forward and every gradient against the references and torch ----------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", CFGS, ids=IDS)
+def test_forward_backward(cfg, dtype):
+    x, w, b, args = make(cfg, dtype)
+    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    y = F.conv2d(x, w, b, **args)
+    y_ref = R.conv2d_im2col(x64, w64, b64, **args)
+    check(y, y_ref, dtype, "y vs im2col")
+    check(y, torch_ref(x64, w64, b64, args), dtype, "y vs torch")
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dx, dw, db = F.conv2d_backward(dy, x, w, **args)
+    ref = R.conv2d_backward_im2col(dy.astype(np.float64), x64, w64, **args)
+    tor = torch_ref(x64, w64, b64, args, dy.astype(np.float64))
+    for name, a, r, t in zip(("dx", "dweight", "dbias"), (dx, dw, db), ref, tor):
+        check(a, r, dtype, f"{name} vs im2col")
+        check(a, t, dtype, f"{name} vs torch")
+    if x.size * w.shape[0] < 20000:  # the textbook loops are slow: tiny shapes only
+        nv = R.conv2d_backward_naive(dy.astype(np.float64), x64, w64, **args)
+        check(y, R.conv2d_naive(x64, w64, b64, **args), dtype, "y vs naive")
+        for name, a, r in zip(("dx", "dweight", "dbias"), (dx, dw, db), nv):
+            check(a, r, dtype, f"{name} vs naive")
+
+
+def test_random_configs():
+    """A seeded sweep of random small shapes and hyper-parameters against im2col (float64)."""
+    rng = np.random.default_rng(2024)
+    done = 0
+    while done < 60:
+        g = int(rng.choice([1, 1, 2, 3]))
+        C, Fn = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
+        N, H, W = (int(v) for v in rng.integers(1, [4, 11, 11]))
+        kh, kw, sh, sw = (int(v) for v in rng.integers(1, [5, 5, 4, 4]))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+        p = [int(rng.integers(0, 4)), (int(rng.integers(0, 4)), int(rng.integers(0, 4))),
+             "same", "full", "valid"][int(rng.integers(0, 5))]
+        if p == "same":
+            sh = sw = 1
+        pads = R.conv2d_padding(p, (kh, kw), (sh, sw), (dh, dw))
+        if (R.conv_out_size(H, kh, sh, pads[0], pads[1], dh) < 1
+                or R.conv_out_size(W, kw, sw, pads[2], pads[3], dw) < 1):
+            continue
+        done += 1
+        x, w, b = (rng.standard_normal(s) for s in ((N, C, H, W), (Fn, C // g, kh, kw), (Fn,)))
+        args = dict(stride=(sh, sw), padding=p, dilation=(dh, dw), groups=g)
+        y = F.conv2d(x, w, b, **args)
+        assert_close(y, R.conv2d_im2col(x, w, b, **args), err_msg=str(args))
+        dy = rng.standard_normal(y.shape)
+        for a, r in zip(F.conv2d_backward(dy, x, w, **args),
+                        R.conv2d_backward_im2col(dy, x, w, **args)):
+            assert_close(a, r, err_msg=str(args))
+
+
+@pytest.mark.parametrize("cfg", [CFGS[0], CFGS[5], CFGS[7]])
+def test_no_bias_and_skipped_grads(cfg):
+    x, w, _, args = make(cfg, np.float32, bias=False)
+    y = F.conv2d(x, w, None, **args)
+    check(y, R.conv2d_im2col(x, w, None, **args), np.float32, "y")
+    dy = np.ones_like(y)
+    dx, dw, db = F.conv2d_backward(dy, x, w, **args, need_dx=False, need_bias=False)
+    assert dx is None and db is None
+    check(dw, R.conv2d_backward_im2col(dy, x, w, **args)[1], np.float32, "dweight")
+
+
+def test_prepared_matches_plain():
+    x, w, b, args = make(CFGS[5], np.float32)
+    prep = F.conv2d_prepare(x, w, **args)
+    y = F.conv2d(None, w, b, **args, prepared=prep)
+    assert np.array_equal(y, F.conv2d(x, w, b, **args))
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    for a, e in zip(F.conv2d_backward(dy, None, w, **args, prepared=prep),
+                    F.conv2d_backward(dy, x, w, **args)):
+        assert np.array_equal(a, e)
+    with pytest.raises(ValueError, match="prepared"):
+        F.conv2d(None, w[:, :, :1], b, **args, prepared=prep)
+
+
+def test_seed_example():
+    """X (2,3,3) = [[0..8],[1..9]], K (2,2,2) = [[[0,1],[2,3]],[[1,2],[3,4]]]; stacking K, K+1,
+    K+2 as three filters."""
+    x = np.stack([np.arange(9.0).reshape(3, 3), np.arange(1.0, 10.0).reshape(3, 3)])[None]
+    k = np.array([[[0, 1], [2, 3]], [[1, 2], [3, 4]]], dtype=np.float64)
+    for dtype in DTYPES:
+        y = F.conv2d(x.astype(dtype), k[None].astype(dtype))
+        assert np.array_equal(y[0, 0], [[56, 72], [104, 120]])
+        y3 = F.conv2d(x.astype(dtype), np.stack([k, k + 1, k + 2]).astype(dtype))
+        assert np.array_equal(y3[0], [[[56, 72], [104, 120]], [[76, 100], [148, 172]],
+                                      [[96, 128], [192, 224]]])
+
+
+@pytest.mark.parametrize("cfg", [(1, 2, 5, 4, 3, 3, 2, 1, 1, 1),
+                                 (2, 4, 4, 5, 2, 2, 1, "same", 2, 2),
+                                 (1, 3, 4, 4, 3, (2, 3), (1, 2), (1, 0), 1, 3)])
+def test_finite_differences(cfg):
+    x, w, b, args = make(cfg, np.float64, seed=3)
+    y = F.conv2d(x, w, b, **args)
+    dy = np.random.default_rng(4).standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, x, w, **args)
+    loss = lambda: float((F.conv2d(x, w, b, **args) * dy).sum())  # noqa: E731
+    for a, v in ((dx, x), (dw, w), (db, b)):
+        np.testing.assert_allclose(a, numeric_grad(loss, v), rtol=1e-6, atol=1e-7)
+
+
+# ---- layouts, inputs untouched, determinism --------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [CFGS[0], CFGS[5], CFGS[7]])
+def test_non_contiguous_and_unmodified(cfg):
+    x, w, b, args = make(cfg, np.float32)
+    y = F.conv2d(x, w, b, **args)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    grads = F.conv2d_backward(dy, x, w, **args)
+    xs, ws, bs, dys = (non_contiguous(a) for a in (x, w, b, dy))
+    xt = np.asfortranarray(x)
+    copies = [a.copy() for a in (xs, ws, bs, dys, xt)]
+    assert np.array_equal(F.conv2d(xs, ws, bs, **args), y)
+    assert np.array_equal(F.conv2d(xt, ws, bs, **args), y)
+    for a, e in zip(F.conv2d_backward(dys, xs, ws, **args), grads):
+        assert np.array_equal(a, e)
+    for a, c in zip((xs, ws, bs, dys, xt), copies):
+        assert np.array_equal(a, c)
+    for a, c in zip((x, w, b, dy), copies[:4]):
+        assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thread_count_invariance(dtype):
+    """Bitwise equal with 1 and 2 threads and across repeats (fixed chunks, fixed order)."""
+    for cfg in [(3, 6, 11, 13, 10, 3, 1, 1, 1, 1), (2, 8, 12, 10, 8, 3, 2, 1, 1, 8),
+                (4, 16, 9, 9, 24, 1, 1, 0, 1, 2)]:
+        x, w, b, args = make(cfg, dtype)
+        dy = np.random.default_rng(6).standard_normal(
+            F.conv2d(x, w, b, **args).shape).astype(dtype)
+        runs = []
+        for n in (1, 2, 2, 1):
+            with num_threads(n):
+                runs.append((F.conv2d(x, w, b, **args),) + F.conv2d_backward(dy, x, w, **args))
+        for r in runs[1:]:
+            for a, e in zip(r, runs[0]):
+                assert np.array_equal(a, e)
+
+
+def test_nan_inf_propagate():
+    x, w, b, args = make(CFGS[0], np.float32)
+    x[0, 0, 3, 3] = np.nan
+    y = F.conv2d(x, w, b, **args)
+    assert np.isnan(y[0, :, 2:5, 2:5]).all() and not np.isnan(y[1]).any()
+
+
+# ---- argument errors ------------------------------------------------------------------------
+
+def _x_w(C=4, F_=6, k=3, groups=1, dtype=np.float32):
+    return np.zeros((2, C, 8, 8), dtype), np.zeros((F_, C // groups, k, k), dtype)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(stride=0), ValueError, "stride"),
+    (dict(stride=(1, -1)), ValueError, "stride"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(padding=(1, 2, 3)), ValueError, "padding"),
+    (dict(padding="wide"), ValueError, "padding"),
+    (dict(padding="same", stride=2), ValueError, "same"),
+    (dict(padding=1.5), TypeError, "padding"),
+    (dict(stride=1.0), TypeError, "stride"),
+    (dict(groups=0), ValueError, "groups"),
+    (dict(groups=True), TypeError, "groups"),
+])
+def test_bad_hyper_parameters(kwargs, err, match):
+    x, w = _x_w()
+    with pytest.raises(err, match=match):
+        F.conv2d(x, w, **kwargs)
+    dy = np.zeros((2, 6, 6, 6), np.float32)
+    with pytest.raises(err, match=match):
+        F.conv2d_backward(dy, x, w, **kwargs)
+
+
+def test_bad_arrays():
+    x, w = _x_w()
+    with pytest.raises(ValueError, match=r"weight.*\(6, 4, 3, 3\).*x.*\(2, 5, 8, 8\)"):
+        F.conv2d(np.zeros((2, 5, 8, 8), np.float32), w)
+    with pytest.raises(ValueError, match=r"groups=4 must divide out_channels.*\(6, 1, 3, 3\)"):
+        F.conv2d(x, np.zeros((6, 1, 3, 3), np.float32), groups=4)
+    with pytest.raises(ValueError, match=r"groups=3 must divide in_channels.*\(2, 4, 8, 8\)"):
+        F.conv2d(x, np.zeros((6, 1, 3, 3), np.float32), groups=3)
+    with pytest.raises(ValueError, match=r"output size.*x of shape \(2, 4, 8, 8\)"):
+        F.conv2d(x, np.zeros((6, 4, 9, 9), np.float32))
+    with pytest.raises(ValueError, match=r"output size"):
+        F.conv2d(x, w, dilation=4)
+    with pytest.raises(ValueError, match=r"x must be 4-d.*\(4, 8, 8\)"):
+        F.conv2d(x[0], w)
+    with pytest.raises(ValueError, match=r"weight must be 4-d"):
+        F.conv2d(x, w[0])
+    with pytest.raises(ValueError, match=r"x must not be empty.*\(0, 4, 8, 8\)"):
+        F.conv2d(x[:0], w)
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\).*\(5,\)"):
+        F.conv2d(x, w, np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match=r"x has dtype float64 but float32"):
+        F.conv2d(x.astype(np.float64), w)
+    with pytest.raises(TypeError, match=r"bias has dtype float64 but float32"):
+        F.conv2d(x, w, np.zeros(6))
+    with pytest.raises(TypeError, match=r"weight must be float32 or float64.*int64"):
+        F.conv2d(x, w.astype(np.int64))
+    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray.*list"):
+        F.conv2d(x.tolist(), w)
+    with pytest.raises(ValueError, match=r"dy must have the output shape \(2, 6, 6, 6\).*"
+                                         r"\(2, 6, 5, 6\)"):
+        F.conv2d_backward(np.zeros((2, 6, 5, 6), np.float32), x, w)
+    with pytest.raises(TypeError, match=r"dy has dtype float64 but float32"):
+        F.conv2d_backward(np.zeros((2, 6, 6, 6)), x, w)
+
+
+# ---- the layer --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_matches_torch(dtype):
+    layer = Conv2d(4, 6, (3, 2), stride=(2, 1), padding="full", dilation=(1, 2), groups=2,
+                   dtype=dtype, seed=0)
+    w, b = layer.params["weight"], layer.params["bias"]
+    assert w.shape == (6, 2, 3, 2) and b.shape == (6,) and w.dtype == b.dtype == dtype
+    net = torch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(2, 2), dilation=(1, 2),
+                          groups=2).to(torch.float64)
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(w.astype(np.float64)))
+        net.bias.copy_(torch.from_numpy(b.astype(np.float64)))
+    x = np.random.default_rng(0).standard_normal((2, 4, 7, 6)).astype(dtype)
+    xt = torch_tensor(x.astype(np.float64), True)
+    yt = net(xt)
+    y = layer(x)
+    check(y, yt.detach().numpy(), dtype, "y")
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    yt.backward(torch_tensor(dy.astype(np.float64)))
+    dx = layer.backward(dy)
+    check(dx, xt.grad.numpy(), dtype, "dx")
+    check(layer.grads["weight"], net.weight.grad.numpy(), dtype, "dweight")
+    check(layer.grads["bias"], net.bias.grad.numpy(), dtype, "dbias")
+
+
+def test_layer_init_and_params_in_place():
+    layer = Conv2d(6, 8, 3, groups=2, seed=1)
+    w = layer.params["weight"]
+    bound = 1 / np.sqrt(3 * 3 * 3)  # fan_in = C/groups * KH * KW
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
+    assert np.abs(layer.params["bias"]).max() <= bound
+    assert np.array_equal(w, Conv2d(6, 8, 3, groups=2, seed=1).params["weight"])
+    x = np.random.default_rng(0).standard_normal((2, 6, 5, 5)).astype(np.float32)
+    new_w = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    layer.params["weight"][...] = new_w
+    layer.params["bias"][...] = 0.5
+    expect = R.conv2d_im2col(x, new_w, np.full(8, 0.5, np.float32), groups=2)
+    check(layer(x), expect, np.float32, "y after in-place assignment")
+    nb = Conv2d(6, 8, 3, bias=False)
+    assert list(nb.params) == ["weight"] and list(nb.grads) == ["weight"]
+
+
+def test_layer_protocol_and_skipped_dx(monkeypatch):
+    layer = Conv2d(3, 4, 3, padding="same", seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with pytest.raises(RuntimeError):
+        layer.backward(np.zeros((2, 4, 6, 6), np.float32))
+    y = layer(x)
+    assert y.shape == (2, 4, 6, 6)
+    with pytest.raises(ValueError, match="dy"):
+        layer.backward(np.zeros((2, 4, 5, 6), np.float32))
+    dy = np.ones_like(y)
+    dx = layer.backward(dy)
+    gw = layer.grads["weight"].copy()
+    layer.input_grad = False
+    layer(x)
+    with monkeypatch.context() as m:  # dx is not computed at all
+        m.setattr(CONV, "_dx_plan", None)
+        m.setattr(CONV, "_native_input_grad", None)
+        assert layer.backward(dy) is None
+    assert np.array_equal(layer.grads["weight"], gw)
+    assert dx.shape == x.shape
+    with pytest.raises(TypeError, match="float64"):
+        layer(x.astype(np.float64))
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    (dict(padding="same", stride=2), ValueError), (dict(padding="bogus"), ValueError),
+    (dict(groups=3), ValueError), (dict(kernel_size=0), ValueError),
+    (dict(stride=0), ValueError), (dict(padding=-1), ValueError),
+    (dict(dtype=np.int32), TypeError), (dict(kernel_size=2.5), TypeError),
+])
+def test_layer_bad_arguments(kwargs, err):
+    args = dict(in_channels=4, out_channels=6, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(err):
+        Conv2d(**args)
