@@ -1,0 +1,103 @@
+"""Training-step benchmark: forward + backward + Adam step on a batch of 64 CIFAR images.
+
+Rows: the CS231n three-layer net (the issue's target: nbconv >= 0.8x PyTorch) and the deep net
+of :func:`nbconv.models.deep_convnet`. The PyTorch twin is the same network with the same initial
+parameters copied in, trained with ``torch.optim.Adam``; both use 2 threads. Rates are training
+images per second; ratios are medians of per-round ratios (interleaved rounds, one process).
+
+    python benchmarks/report.py benchmarks/bench_train.py
+"""
+import ctypes
+import glob
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see _one_blas_thread
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from _harness import compare
+from nbconv import optim
+from nbconv.layers import SoftmaxCrossEntropy
+from nbconv.models import deep_convnet, three_layer_convnet
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+BATCH = 64
+
+
+def _one_blas_thread():
+    """Run numpy's OpenBLAS (Linear's matrix products) on one thread, as
+    ``scripts/train_cifar.py`` does: next to Numba's thread pool, multi-threaded OpenBLAS
+    oversubscribes the 2 cores (measured 50-500x slower on tiny products). The environment
+    variable above only works if numpy was not imported yet, hence the direct call."""
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so"))
+    for lib in libs:
+        try:
+            ctypes.CDLL(lib).scipy_openblas_set_num_threads64_(1)
+        except (OSError, AttributeError):
+            pass
+
+
+class _GAP(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def _torch_three_layer():
+    return nn.Sequential(nn.Conv2d(3, 32, 7, padding=3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * 16 * 16, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def _torch_deep(widths=(32, 64, 128), blocks=(1, 1, 1)):
+    mods, c = [], 3
+    for i, (w, b) in enumerate(zip(widths, blocks)):
+        for _ in range(b):
+            mods += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+            c = w
+        if i < len(widths) - 1:
+            mods.append(nn.MaxPool2d(2))
+    return nn.Sequential(*mods, _GAP(), nn.Linear(c, 10))
+
+
+def _step_fns(model, net, x, y):
+    with torch.no_grad():
+        sd = net.state_dict()
+        for k, v in model.params.items():
+            sd[k].copy_(torch.from_numpy(v))
+    opt = optim.Adam(model.params, model.grads, lr=1e-3)
+    ce = SoftmaxCrossEntropy()
+
+    def nbconv_step():
+        _, d = ce(model(x), y)
+        model.backward(d)
+        opt.step()
+
+    topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        topt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(tx), ty).backward()
+        topt.step()
+
+    return nbconv_step, torch_step
+
+
+@pytest.mark.parametrize("name", ["three-layer", "deep"])
+def test_train_step(benchmark, name):
+    torch.set_num_threads(2)
+    _one_blas_thread()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, BATCH)
+    if name == "three-layer":
+        model, net = three_layer_convnet(seed=0), _torch_three_layer()
+    else:
+        model, net = deep_convnet(seed=0), _torch_deep()
+    nb, tt = _step_fns(model, net, x, y)
+    compare(benchmark, "training step (fwd+bwd+Adam) float32, batch 64", name, nb,
+            {"torch": tt}, work=BATCH * 1e9, unit="images/s")
