@@ -7,15 +7,9 @@ images per second; ratios are medians of per-round ratios (interleaved rounds, o
 
     python benchmarks/report.py benchmarks/bench_train.py
 """
-import ctypes
-import glob
-import os
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see _one_blas_thread
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numba
+import numpy as np
+import pytest
 
 from _harness import compare
 from nbconv import optim
@@ -26,19 +20,6 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 BATCH = 64
-
-
-def _one_blas_thread():
-    """Run numpy's OpenBLAS (Linear's matrix products) on one thread, as
-    ``scripts/train_cifar.py`` does: next to Numba's thread pool, multi-threaded OpenBLAS
-    oversubscribes the 2 cores (measured 50-500x slower on tiny products). The environment
-    variable above only works if numpy was not imported yet, hence the direct call."""
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so"))
-    for lib in libs:
-        try:
-            ctypes.CDLL(lib).scipy_openblas_set_num_threads64_(1)
-        except (OSError, AttributeError):
-            pass
 
 
 class _GAP(nn.Module):
@@ -89,7 +70,6 @@ def _step_fns(model, net, x, y):
 @pytest.mark.parametrize("name", ["three-layer", "deep"])
 def test_train_step(benchmark, name):
     torch.set_num_threads(2)
-    _one_blas_thread()
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, 3, 32, 32)).astype(np.float32)

@@ -21,13 +21,7 @@ import os
 import sys
 import time
 
-# The Linear layers' matrix products are small (batch x 8192 x 100); multi-threaded OpenBLAS next
-# to Numba's thread pool oversubscribes the cores and was measured 50-500x slower on a busy
-# 2-core machine (0.7 s instead of 1.5 ms per product). One BLAS thread; the conv kernels keep
-# Numba's threads. Must be set before numpy is imported; an explicit setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -1,4 +1,4 @@
-"""Loops of the basic layers: matrix products for Linear, ReLU, a fused Adam update.
+"""Loops of the basic layers: matrix products for Linear, ReLU, bias add and row sums.
 
 All arrays are C-contiguous and of one float dtype (the wrappers in
 :mod:`nbconv.functional.basic` guarantee it). Every kernel runs ``prange`` over disjoint blocks of
@@ -6,9 +6,9 @@ its output and sums in a fixed order, so results are bitwise identical across ru
 counts. No BLAS: NumPy's multi-threaded OpenBLAS fights Numba's worker threads for the two cores
 (measured: a 64x8192x100 product went from 2 ms to 30-400 ms right after a Numba kernel).
 
-- ``matmul_nt(a (M, K), b (N, K), c (M, N))``: ``c = a @ b.T``, dot products of contiguous rows
+- ``matmul_nt(a (M, K), b (N, K), c (M, N))``: ``c = a b^T`` (``c[i, j] = sum_k a[i, k] b[j, k]``), dot products of contiguous rows
   (the reduction innermost), in 2x4 register blocks.
-- ``matmul_nn(a (M, K), b (K, N), c (M, N))``: ``c = a @ b``, rows of ``c`` built as sums of
+- ``matmul_nn(a (M, K), b (K, N), c (M, N))``: ``c = a b`` (``c[i, j] = sum_k a[i, k] b[k, j]``), rows of ``c`` built as sums of
   scaled rows of ``b`` (contiguous, vectorised), 4 terms per pass, in column chunks.
 """
 import numpy as np
@@ -32,7 +32,7 @@ KC = 512      # reduction chunk of matmul_nt: a 2x512 block of a and 4x512 of b 
 
 @serial_kernel
 def _nt_task(a, b, c, tb):
-    """Columns ``4*tb .. 4*tb+3`` of ``c = a @ b.T`` (see :func:`matmul_nt`)."""
+    """Columns ``4*tb .. 4*tb+3`` of ``c = a b^T`` (``c[i, j] = sum_k a[i, k] b[j, k]``) (see :func:`matmul_nt`)."""
     M, K = a.shape
     N = b.shape[0]
     M2 = M // 2
