@@ -99,7 +99,8 @@ def check_array(x, name, ndim=None, dtype=None, allow_empty=False):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
+        want = np.dtype(dtype) if dtype is not None else "float32 or float64"
+        raise TypeError(f"{name} has dtype {x.dtype} but {want} is expected; cast it with .astype()")
     if dtype is not None and x.dtype != np.dtype(dtype):
         raise TypeError(f"{name} has dtype {x.dtype} but {np.dtype(dtype)} is expected "
                         f"(the layer's / weight's dtype); cast it with .astype()")
