@@ -25,6 +25,7 @@ import urllib.request
 import numpy as np
 
 from ._checks import check_dtype, check_int
+from ._io import atomic_write
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -118,27 +119,7 @@ def save_batch(path, images, labels, batch_label, filenames=None):
          b"data": images.reshape(n, 3072),
          b"filenames": [f.encode() if isinstance(f, str) else f for f in filenames]}
     payload = _pickle_py2(d)
-    _atomic_write(path, lambda f: f.write(payload))
-
-
-def _atomic_write(path, write):
-    """Call ``write(file)`` on a temp file next to ``path``, then rename it onto ``path``."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, payload)
 
 
 def _train_batch_files(data_dir):

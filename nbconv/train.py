@@ -32,12 +32,11 @@ import copy
 import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 
 import numpy as np
 
+from ._io import atomic_write
 from .data import BatchIterator
 
 __all__ = ["Trainer", "CheckpointError", "accuracy", "write_json"]
@@ -57,25 +56,7 @@ def accuracy(logits, labels):
 
 def write_json(path, obj):
     """Write ``obj`` as JSON to ``path`` atomically (temp file + rename)."""
-    _atomic_write(path, json.dumps(obj, indent=1).encode())
-
-
-def _atomic_write(path, payload):
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 # ---- nested state <-> JSON + arrays -------------------------------------------------------------
@@ -324,7 +305,7 @@ class Trainer:
         out["__checksum__"] = np.frombuffer(_checksum(meta_bytes, arrays).encode(), np.uint8)
         buf = io.BytesIO()
         np.savez(buf, **out)
-        _atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
 
     @staticmethod
     def read(path):

@@ -6,12 +6,12 @@
 - :func:`curves_image` draws training curves: the loss on the left panel, the train (blue), val
   (orange) and test (green) accuracy on the right panel (y from 0 to 1, light grid at 0.1 steps).
 """
-import os
 import struct
-import tempfile
 import zlib
 
 import numpy as np
+
+from ._io import atomic_write
 
 __all__ = ["write_png", "read_png", "filter_grid", "curves_image", "save_filters", "save_curves"]
 
@@ -42,18 +42,7 @@ def png_bytes(img):
 
 def write_png(path, img):
     """Write uint8 ``img`` (``(H, W)`` gray or ``(H, W, 3)`` RGB) to ``path`` atomically."""
-    data = png_bytes(img)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, png_bytes(img))
 
 
 def read_png(path):
