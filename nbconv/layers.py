@@ -87,9 +87,10 @@ class Conv2d(Layer):
     bottom/right) or ``'full'`` (``dilation*(k-1)`` each side). Params ``weight (F, C/groups,
     KH, KW)`` and ``bias (F,)`` (if ``bias``), initialised ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
     with ``fan_in = C/groups * KH * KW`` as PyTorch. ``forward`` keeps only the kernel-ready
-    layout of ``x`` (a padded copy; ``x`` itself for a 1x1 stride-1 unpadded convolution, so do
-    not modify it in place before ``backward``); ``backward`` skips dx (returns ``None``) when
-    ``input_grad`` is False.
+    layout of ``x`` (a padded copy; ``x`` itself for a 1x1 stride-1 unpadded convolution and
+    when each filter reads one input channel, as in depthwise layers, so do not modify it in
+    place before ``backward``); ``backward`` skips dx (returns ``None``) when ``input_grad`` is
+    False.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,

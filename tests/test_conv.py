@@ -33,6 +33,13 @@ CFGS = [
     (3, 6, 5, 7, 4, 1, 1, 0, 1, 2),                      # 1x1 unpadded (read as NCHW), groups
     (2, 4, 20, 30, 6, 1, 1, 0, 3, 1),                    # the same with several row blocks
     (1, 2, 1, 4, 3, 1, 3, 2, 1, 1),                      # no input under any tap: dx = 0
+    # one input channel per filter (nbconv.kernels.depthwise)
+    (2, 1, 7, 8, 5, 3, 1, 1, 1, 1),                      # a single input channel, 5 filters
+    (3, 5, 9, 11, 5, (2, 3), 1, "same", (2, 1), 5),      # depthwise, even kernel, dilation
+    (2, 3, 8, 9, 3, 2, 3, 0, 1, 3),                      # depthwise, stride > kernel
+    (2, 4, 9, 7, 4, 3, 2, 2, 1, 4),                      # stride 2, even left padding, odd W
+    (1, 3, 6, 5, 9, 1, (2, 1), (1, 0), 1, 3),            # 1x1 depthwise, multiplier 3
+    (2, 2, 10, 10, 4, 5, 3, "full", 2, 2),               # 5x5, stride 3, dilation 2, 'full'
 ]
 IDS = [f"cfg{i}" for i in range(len(CFGS))]
 
@@ -152,8 +159,9 @@ def test_no_bias_and_skipped_grads(cfg):
     check(dw, R.conv2d_backward_im2col(dy, x, w, **args)[1], np.float32, "dweight")
 
 
-def test_prepared_matches_plain():
-    x, w, b, args = make(CFGS[5], np.float32)
+@pytest.mark.parametrize("cfg", [CFGS[5], CFGS[7]], ids=["general", "depthwise"])
+def test_prepared_matches_plain(cfg):
+    x, w, b, args = make(cfg, np.float32)
     prep = F.conv2d_prepare(x, w, **args)
     y = F.conv2d(None, w, b, **args, prepared=prep)
     assert np.array_equal(y, F.conv2d(x, w, b, **args))
@@ -180,7 +188,9 @@ def test_seed_example():
 
 @pytest.mark.parametrize("cfg", [(1, 2, 5, 4, 3, 3, 2, 1, 1, 1),
                                  (2, 4, 4, 5, 2, 2, 1, "same", 2, 2),
-                                 (1, 3, 4, 4, 3, (2, 3), (1, 2), (1, 0), 1, 3)])
+                                 (1, 3, 4, 4, 3, (2, 3), (1, 2), (1, 0), 1, 3),
+                                 (2, 3, 5, 6, 3, 3, 2, 1, 1, 3),       # depthwise
+                                 (2, 2, 5, 5, 4, 2, 1, 1, (1, 2), 2)])  # depthwise, multiplier
 def test_finite_differences(cfg):
     x, w, b, args = make(cfg, np.float64, seed=3)
     y = F.conv2d(x, w, b, **args)
@@ -216,7 +226,8 @@ def test_non_contiguous_and_unmodified(cfg):
 def test_thread_count_invariance(dtype):
     """Bitwise equal with 1 and 2 threads and across repeats (fixed chunks, fixed order)."""
     for cfg in [(3, 6, 11, 13, 10, 3, 1, 1, 1, 1), (2, 8, 12, 10, 8, 3, 2, 1, 1, 8),
-                (4, 16, 9, 9, 24, 1, 1, 0, 1, 2)]:
+                (4, 16, 9, 9, 24, 1, 1, 0, 1, 2),
+                (7, 2, 9, 9, 4, 3, 1, 1, 1, 2)]:  # depthwise, images split across tasks
         x, w, b, args = make(cfg, dtype)
         dy = np.random.default_rng(6).standard_normal(
             F.conv2d(x, w, b, **args).shape).astype(dtype)
@@ -234,6 +245,18 @@ def test_nan_inf_propagate():
     x[0, 0, 3, 3] = np.nan
     y = F.conv2d(x, w, b, **args)
     assert np.isnan(y[0, :, 2:5, 2:5]).all() and not np.isnan(y[1]).any()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])  # taps left over after groups of three: 1, 1, 1 / 2
+def test_depthwise_inf_stays_local(k):
+    """An inf in x reaches only the outputs whose windows hold it, as in torch (no zero
+    weight of a padded tap group multiplies it)."""
+    x, w, b, args = make((2, 3, 7, 7, 3, k, 1, k // 2, 1, 3), np.float32)
+    x[0, 1, 3, 3] = np.inf
+    w = np.abs(w) + 0.1
+    y = F.conv2d(x, w, b, **args)
+    expect = torch_ref(x, w, b, args)
+    assert np.array_equal(np.isinf(y), np.isinf(expect)) and not np.isnan(y).any()
 
 
 # ---- argument errors ------------------------------------------------------------------------

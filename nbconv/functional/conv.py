@@ -19,7 +19,9 @@ all inner loops are long and unit-stride, for any image size. The input gradient
 gather kernel run on zero padded ``dy`` with the flipped, channel-swapped weights, once per
 stride phase of ``dx`` (with only the taps that reach that phase). A 1x1, stride-1, unpadded
 convolution needs no layout: the kernels read ``x`` and ``dy`` as they are (NCHW), one image
-per task. The weight gradient reduces over pixels in fixed chunks with private partial sums
+per task. Neither does a convolution whose filters each read one input channel (depthwise, with
+any channel multiplier, or a single input channel): it is bound by memory, and
+:mod:`nbconv.kernels.depthwise` works on one NCHW plane at a time in an L1 scratch buffer. The weight gradient reduces over pixels in fixed chunks with private partial sums
 that are added in a fixed order, so every result is bitwise identical across runs and thread
 counts.
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 from .._checks import check_array, check_int, conv_out_size, to_pair
 from ..kernels import conv as _k
+from ..kernels import depthwise as _dk
 
 __all__ = ["conv2d", "conv2d_backward", "conv2d_prepare", "conv2d_padding"]
 
@@ -100,6 +103,11 @@ class ConvGeometry:
         self.phb = np.array(sorted({j * self.dw % self.sw for j in range(self.KW)}), np.int64)
         self.native = (self.KH, self.KW, self.sh, self.sw, self.pt, self.pb, self.pl,
                        self.pr) == (1, 1, 1, 1, 0, 0, 0, 0)
+        # one input channel per filter (depthwise, any channel multiplier; a single input
+        # channel): memory-bound, read straight from NCHW by :mod:`nbconv.kernels.depthwise`
+        self.depthwise = self.Cg == 1
+        if self.depthwise:
+            self.native = False
 
     def key(self):
         return (self.N, self.C, self.H, self.W, self.F, self.Cg, self.KH, self.KW, self.G,
@@ -193,6 +201,8 @@ def _layout(x, geo):
     """x (N, C, H, W) -> zero padded, stride-phase split, batch-interleaved planes (or ``x``
     itself, flat, for a 1x1 stride-1 unpadded convolution)."""
     g = geo
+    if g.depthwise:
+        return x
     if g.native:
         return x.reshape(-1)
     xb = _empty_planes(g.C, len(g.pha), len(g.phb), g.Hq, g.N, g.Wq, g.dtype)
@@ -257,6 +267,60 @@ def _resolve(x, weight, stride, pads, dilation, groups, prepared):
     return geo, prepared.xb
 
 
+def _dw_plan(geo):
+    """Scratch layout of :mod:`nbconv.kernels.depthwise`: the padded plane split into
+    ``sh*sw`` stride phases of ``(Hq, Wq)``, and the flat offset of each tap ``t = i*KW + j``."""
+    g = geo
+    Hq = -(-(g.H + g.pt + g.pb) // g.sh)
+    Wq = -(-(g.W + g.pl + g.pr) // g.sw)
+    i = np.repeat(np.arange(g.KH) * g.dh, g.KW)
+    j = np.tile(np.arange(g.KW) * g.dw, g.KH)
+    offs = (((i % g.sh) * g.sw + j % g.sw) * Hq + i // g.sh) * Wq + j // g.sw
+    return Hq, Wq, offs.astype(np.int64)
+
+
+def _dw_dx_plan(geo):
+    """The spread ``dy`` buffer of the depthwise input gradient: ``dy[oh, ow]`` at row
+    ``oh*sh + Toff``, column ``ow*sw + Loff`` of ``(Hz, Wz)``, and the offset each tap reads."""
+    g = geo
+    Toff = max(0, (g.KH - 1) * g.dh - g.pt)
+    Loff = max(0, (g.KW - 1) * g.dw - g.pl)
+    Hz = max(g.H + g.pt, (g.OH - 1) * g.sh + 1) + Toff
+    Wz = max(g.W + g.pl, (g.OW - 1) * g.sw + 1) + Loff
+    i = np.repeat(np.arange(g.KH) * g.dh, g.KW)
+    j = np.tile(np.arange(g.KW) * g.dw, g.KH)
+    offs = (g.pt - i + Toff) * Wz + g.pl - j + Loff
+    return Toff, Loff, Hz, Wz, offs.astype(np.int64)
+
+
+def _depthwise_forward(x, weight, bias, geo):
+    g = geo
+    y = np.empty((g.N, g.F, g.OH, g.OW), g.dtype)
+    Hq, Wq, offs = _dw_plan(g)
+    nchunks = min(g.N * g.C, 256)
+    _dk.depthwise_forward(x, weight.reshape(g.F, -1), offs, bias, y, g.sh, g.sw, g.pt, g.pl,
+                          Hq, Wq, nchunks, g.dtype.type(0))
+    return y
+
+
+def _depthwise_backward(dy, x, weight, geo, need_dx):
+    g = geo
+    Hq, Wq, offs = _dw_plan(g)
+    Toff, Loff, Hz, Wz, offs_dx = _dw_dx_plan(g)
+    dx = np.empty((g.N, g.C, g.H, g.W) if need_dx else (0, 0, 0, 0), g.dtype)
+    # few channels: split the images too (a fixed split, so sums do not depend on threads)
+    nsplit = max(1, min(g.N, -(-8 // g.C)))
+    dwp = np.empty((nsplit, g.F, g.KH * g.KW), g.dtype)
+    dbp = np.empty((nsplit, g.F), g.dtype)
+    _dk.depthwise_backward(x, dy, weight.reshape(g.F, -1), offs, offs_dx, dx, dwp, dbp, g.sh,
+                           g.sw, g.pt, g.pl, Hq, Wq, Toff, Loff, Hz, Wz, need_dx,
+                           g.dtype.type(0))
+    for s in range(1, nsplit):  # fixed order: bitwise reproducible
+        dwp[0] += dwp[s]
+        dbp[0] += dbp[s]
+    return (dx if need_dx else None), dwp[0].reshape(g.F, 1, g.KH, g.KW), dbp[0]
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prepared=None):
     """2-d cross-correlation as ``torch.nn.functional.conv2d``: ``(N, C, H, W) -> (N, F, OH,
     OW)``, ``y[n,f,oh,ow] = bias[f] + sum_{c,i,j} weight[f,c,i,j] * xpad[n, g*C/G + c,
@@ -268,8 +332,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prep
     g = geo
     if xb is None:
         xb = _layout(x, g)
-    y = np.empty((g.N, g.F, g.OH, g.OW), g.dtype)
     b = bias if bias is not None else np.zeros(g.F, g.dtype)
+    if g.depthwise:
+        return _depthwise_forward(xb, weight, b, g)
+    y = np.empty((g.N, g.F, g.OH, g.OW), g.dtype)
     off = _offsets(g)
     if g.native:
         R, Wx = _native_rows(g)
@@ -372,6 +438,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
     zero = g.dtype.type(0)
     if xb is None:
         xb = _layout(x, g)
+    if g.depthwise:
+        dx, dw, db = _depthwise_backward(dy, xb, weight, g, need_dx)
+        return dx, dw, (db if need_bias else None)
     # dy in the weight gradient's layout (F, OH, N, Wq) and, in the same pass, the input
     # gradient's (F, Hd, N, Wd); a 1x1 stride-1 unpadded convolution uses dy as it is
     if g.native:
