@@ -26,12 +26,17 @@ MAX_CFGS = [
     ((2, 4), (3, 2), (1, 2), 1, True),
     (5, 2, 2, 1, True),
     (1, 2, 0, 1, False),
+    # unpadded windows inside the input (read in place): overlapping, rectangular
+    (3, 2, 0, 1, False),
+    ((2, 3), (1, 2), 0, 1, True),
 ]
 # (kernel_size, stride, padding, ceil_mode, count_include_pad)
 AVG_CFGS = [c + (cip,) for c in [
     (2, None, 0, False), (2, None, 0, True), (3, 2, 1, False), (3, 2, 1, True), (3, 1, 1, False),
     ((3, 2), (2, 1), (1, 1), True), ((2, 4), (3, 2), (1, 2), True), (5, 3, 2, True),
     (4, 3, 2, True), (3, 3, 0, True),
+    # unpadded windows inside the input: tiles with rows/columns left over, overlapping
+    (3, 3, 0, False), ((2, 3), None, 0, False), (3, 2, 0, True),
 ] for cip in (True, False)]
 SHAPES = [(2, 3, 9, 11), (1, 2, 8, 7)]
 

@@ -12,9 +12,10 @@ and, with ``ceil_mode``, the last window dropped if it would start in the right 
 Hyper-parameters follow PyTorch: ``stride`` defaults to ``kernel_size``; ``padding`` must be at
 most half the (undilated) kernel size, ``padding <= kernel_size // 2`` per axis.
 
-Windows of at most ``UNROLL_MAX_AREA`` taps, column stride at most ``UNROLL_MAX_STRIDE`` and no
-dilation run the fast kernels (compiled once per window size and column stride, then cached);
-other windows the general ``*_any`` kernels. Both give the same results.
+Windows of at most ``UNROLL_MAX_AREA`` taps, strides at most ``UNROLL_MAX_STRIDE`` and no
+dilation run the fast kernels (compiled once per window size and stride, then cached; see
+:mod:`nbconv.kernels.pool`); other windows the general ``*_any`` kernels. Both give the same
+results.
 """
 import numpy as np
 
@@ -76,7 +77,7 @@ def _ranges(size, out, k, s, p, d):
     return lo, hi
 
 
-# Windows up to this many taps and column strides up to this, without dilation, use the fast
+# Windows up to this many taps and strides up to this, without dilation, use the fast
 # kernels specialised on the window size and stride (see nbconv.kernels.pool); others *_any.
 UNROLL_MAX_AREA = 16
 UNROLL_MAX_STRIDE = 4
@@ -87,8 +88,9 @@ MAX_CHUNKS = 64
 def _specialise(k, s, p, d=(1, 1)):
     """The fast kernels' leading hyper-parameters: tuples ``k_h, k_w, s_w`` whose lengths are
     the window size and the column stride, then ``sh, ph, pw``; ``None`` when the window is too
-    large to unroll or dilated (the ``*_any`` kernels handle it)."""
-    if k[0] * k[1] > UNROLL_MAX_AREA or s[1] > UNROLL_MAX_STRIDE or d != (1, 1):
+    large to unroll, strided more than ``UNROLL_MAX_STRIDE`` or dilated (the ``*_any`` kernels
+    handle it)."""
+    if k[0] * k[1] > UNROLL_MAX_AREA or max(s) > UNROLL_MAX_STRIDE or d != (1, 1):
         return None
     return ((0,) * k[0], (0,) * k[1], (0,) * s[1], s[0], p[0], p[1])
 
@@ -104,6 +106,34 @@ def _scratch(x_shape, out, k, s, p):
     m_lo = np.maximum(0, -((r - p[1]) // sw))
     m_hi = np.maximum(np.minimum(m, (w - 1 - r + p[1]) // sw + 1), m_lo)
     return m_lo, m_hi, hp, m, min(x_shape[0] * x_shape[1], MAX_CHUNKS)
+
+
+def _direct(x_shape, out, k, s, p, d=(1, 1)):
+    """True when the ``*_direct`` kernels apply: every window lies inside the input (no
+    padding, no dilation, the last window of a ``ceil_mode`` output not past the edge) and
+    windows do not overlap along rows (``kw <= sw``). They read ``x`` in place; other windows
+    go through the padded, de-interleaved scratch copy."""
+    return p == (0, 0) and d == (1, 1) and k[1] <= s[1] \
+        and (out[0] - 1) * s[0] + k[0] <= x_shape[2] and (out[1] - 1) * s[1] + k[1] <= x_shape[3]
+
+
+def _flat(out, k, s, p, kh_lo, kw_lo, div=None):
+    """The flat kernels' scratch geometry: ``(k_h, k_w, s_h, s_w)`` tuples, ``(ph, pw)``, the
+    per-output table (``first``: offset of the first real tap, uint8/16/32; or ``div``) laid
+    out with row pitch ``Mq``, and ``Hq, Mq`` (rows and columns of one phase plane)."""
+    (oh, ow), (kh, kw), (sh, sw) = out, k, s
+    Hq = -(-((oh - 1) * sh + kh) // sh)
+    Mq = -(-((ow - 1) * sw + kw) // sw)
+    L = (oh - 1) * Mq + ow
+    table = np.zeros((oh, Mq), np.int64 if div is None else div.dtype)
+    if div is None:
+        table[:, :ow] = kh_lo[:, None] * kw + kw_lo[None, :]
+        table = table.astype(index_dtype(kh * kw))
+    else:
+        table[:, :ow] = div
+        table[:, ow:] = 1
+    tuples = ((0,) * kh, (0,) * kw, (0,) * sh, (0,) * sw)
+    return tuples, (p[0], p[1]), table.reshape(-1)[:L].copy(), Hq, Mq
 
 
 def index_dtype(kernel_area):
@@ -141,8 +171,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if spec is None:
         _k.max_pool2d_forward_any(*arrays, k[1], s[0], s[1], p[0], p[1], d[0], d[1],
                                   kh_lo, kh_hi, kw_lo, kw_hi)
+    elif _direct(x.shape, (oh, ow), k, s, p, d):
+        _k.max_pool2d_forward_direct(*arrays, *spec[:4], min(n * c, MAX_CHUNKS))
     else:
-        _k.max_pool2d_forward(*arrays, *spec, kh_lo, kw_lo, *_scratch(x.shape, (oh, ow), k, s, p))
+        tuples, pads, first, Hq, Mq = _flat((oh, ow), k, s, p, kh_lo, kw_lo)
+        _k.max_pool2d_forward(*arrays, *tuples, *pads, first, Hq, Mq,
+                                   min(n * c, MAX_CHUNKS))
     return (y, idx) if return_indices else y
 
 
@@ -214,8 +248,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     spec = _specialise(k, s, p)
     if spec is None:
         _k.avg_pool2d_forward_any(*arrays, s[0], s[1], p[0], p[1], *tables)
+    elif _direct(x.shape, (oh, ow), k, s, p):
+        _k.avg_pool2d_forward_direct(*arrays, *spec[:4], x.dtype.type(k[0] * k[1]),
+                                     min(n * c, MAX_CHUNKS))
     else:
-        _k.avg_pool2d_forward(*arrays, *spec, tables[4], *_scratch(x.shape, (oh, ow), k, s, p))
+        tuples, pads, div, Hq, Mq = _flat((oh, ow), k, s, p, tables[0], tables[2], tables[4])
+        _k.avg_pool2d_forward(*arrays, *tuples, *pads, div, Hq, Mq, min(n * c, MAX_CHUNKS))
     return y
 
 
@@ -236,7 +274,10 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     dx = np.empty(x_shape, dy.dtype)
     arrays = (dy.reshape(n * c, oh, ow), dx.reshape(n * c, h, w))
     spec = _specialise(k, s, p)
-    if spec is None:
+    if spec is not None and k == s and _direct(x_shape, (oh, ow), k, s, p):
+        _k.avg_pool2d_backward_tiles(*arrays, dy.dtype.type(0), *spec[:2],
+                                     dy.dtype.type(k[0] * k[1]), min(n * c, MAX_CHUNKS))
+    elif spec is None:
         _k.avg_pool2d_backward_any(*arrays, s[0], s[1], p[0], p[1], *tables)
     else:
         _k.avg_pool2d_backward(*arrays, dy.dtype.type(0), *spec, tables[4],
