@@ -33,6 +33,8 @@ CFGS = [
     (3, 6, 5, 7, 4, 1, 1, 0, 1, 2),                      # 1x1 unpadded (read as NCHW), groups
     (2, 4, 20, 30, 6, 1, 1, 0, 3, 1),                    # the same with several row blocks
     (1, 2, 1, 4, 3, 1, 3, 2, 1, 1),                      # no input under any tap: dx = 0
+    (2, 6, 7, 9, 4, 1, (2, 3), 0, 1, 2),                 # 1x1 strided, unpadded: sub-sampled
+    (1, 4, 5, 6, 3, 1, 3, 0, 2, 1),                      # the same, stride 3, dilation 2
     # one input channel per filter (nbconv.kernels.depthwise)
     (2, 1, 7, 8, 5, 3, 1, 1, 1, 1),                      # a single input channel, 5 filters
     (3, 5, 9, 11, 5, (2, 3), 1, "same", (2, 1), 5),      # depthwise, even kernel, dilation
@@ -159,7 +161,8 @@ def test_no_bias_and_skipped_grads(cfg):
     check(dw, R.conv2d_backward_im2col(dy, x, w, **args)[1], np.float32, "dweight")
 
 
-@pytest.mark.parametrize("cfg", [CFGS[5], CFGS[7]], ids=["general", "depthwise"])
+@pytest.mark.parametrize("cfg", [CFGS[5], CFGS[7], CFGS[19]],
+                         ids=["general", "depthwise", "strided-1x1"])
 def test_prepared_matches_plain(cfg):
     x, w, b, args = make(cfg, np.float32)
     prep = F.conv2d_prepare(x, w, **args)
@@ -169,8 +172,10 @@ def test_prepared_matches_plain(cfg):
     for a, e in zip(F.conv2d_backward(dy, None, w, **args, prepared=prep),
                     F.conv2d_backward(dy, x, w, **args)):
         assert np.array_equal(a, e)
-    with pytest.raises(ValueError, match="prepared"):
-        F.conv2d(None, w[:, :, :1], b, **args, prepared=prep)
+    with pytest.raises(ValueError, match="prepared"):  # another kernel size
+        F.conv2d(None, np.zeros(w.shape[:2] + (2, 2), w.dtype), b, **args, prepared=prep)
+    with pytest.raises(ValueError, match="prepared"):  # another stride
+        F.conv2d(None, w, b, **dict(args, stride=5), prepared=prep)
 
 
 def test_seed_example():

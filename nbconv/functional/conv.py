@@ -108,6 +108,13 @@ class ConvGeometry:
         self.depthwise = self.Cg == 1
         if self.depthwise:
             self.native = False
+        # a strided 1x1 unpadded convolution is the stride-1 one on the sub-sampled input
+        # (x[:, :, ::sh, ::sw], read as NCHW): ``sub`` is that convolution's geometry
+        self.sub = None
+        if not self.depthwise and (self.KH, self.KW, self.pt, self.pb, self.pl, self.pr) == \
+                (1, 1, 0, 0, 0, 0) and (self.sh, self.sw) != (1, 1):
+            self.sub = ConvGeometry((self.N, self.C, self.OH, self.OW), w_shape, (1, 1),
+                                    (0, 0, 0, 0), (1, 1), groups, dtype)
 
     def key(self):
         return (self.N, self.C, self.H, self.W, self.F, self.Cg, self.KH, self.KW, self.G,
@@ -199,12 +206,15 @@ def _empty_planes(C, na, nb, Hq, N, Wq, dtype):
 
 def _layout(x, geo):
     """x (N, C, H, W) -> zero padded, stride-phase split, batch-interleaved planes (or ``x``
-    itself, flat, for a 1x1 stride-1 unpadded convolution)."""
+    itself, flat, for a 1x1 stride-1 unpadded convolution; its sub-sampled copy for a strided
+    one; ``x`` itself, 4-d, when every filter reads one input channel)."""
     g = geo
     if g.depthwise:
         return x
     if g.native:
         return x.reshape(-1)
+    if g.sub is not None:
+        return np.ascontiguousarray(x[:, :, ::g.sh, ::g.sw]).reshape(-1)
     xb = _empty_planes(g.C, len(g.pha), len(g.phb), g.Hq, g.N, g.Wq, g.dtype)
     with _threads_for_copy(xb.nbytes):
         _k.to_planes(x, xb, g.sh, g.sw, g.pha, g.phb, g.pt, g.pl, g.Hq, g.Wq, xb[:0], 0, 0, 0,
@@ -335,6 +345,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prep
     b = bias if bias is not None else np.zeros(g.F, g.dtype)
     if g.depthwise:
         return _depthwise_forward(xb, weight, b, g)
+    if g.sub is not None:
+        g = g.sub
     y = np.empty((g.N, g.F, g.OH, g.OW), g.dtype)
     off = _offsets(g)
     if g.native:
@@ -441,6 +453,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
     if g.depthwise:
         dx, dw, db = _depthwise_backward(dy, xb, weight, g, need_dx)
         return dx, dw, (db if need_bias else None)
+    full = g
+    if g.sub is not None:
+        g = g.sub
     # dy in the weight gradient's layout (F, OH, N, Wq) and, in the same pass, the input
     # gradient's (F, Hd, N, Wd); a 1x1 stride-1 unpadded convolution uses dy as it is
     if g.native:
@@ -476,4 +491,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
     dw = np.ascontiguousarray(part[0, :, :E, :g.Fg].transpose(0, 2, 1)).reshape(
         g.F, g.Cg, g.KH, g.KW)
     db = pbias[0].reshape(g.F).copy() if need_bias else None
+    if full.sub is not None and dx is not None:  # back to the strided input's grid
+        dx_full = np.zeros((full.N, full.C, full.H, full.W), g.dtype)
+        dx_full[:, :, ::full.sh, ::full.sw] = dx
+        dx = dx_full
     return dx, dw, db
