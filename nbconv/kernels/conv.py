@@ -35,6 +35,21 @@ FW = 32  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 
 
 @serial_kernel
+def _copy_run(src, dst, n, step):
+    """``dst[u] = src[step*u]`` for ``u < n`` (its own function: LLVM vectorises it apart from
+    the short edge loops around it)."""
+    if step == 1:
+        for u in range(n):
+            dst[u] = src[u]
+    elif step == 2:
+        for u in range(n):
+            dst[u] = src[2 * u]
+    else:
+        for u in range(n):
+            dst[u] = src[step * u]
+
+
+@serial_kernel
 def _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero):
     """Row group ``task = ((c*na + ia)*nb + ib)*Hq + t`` of :func:`to_planes` (phase
     ``a = pa[ia], b = pb[ib]``): ``N`` rows of ``Wq`` values
@@ -49,30 +64,25 @@ def _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero):
     a = pa[ia]
     b = pb[iab - ia * nb]
     h = a + sh * t - pt
+    group = dst[task * N * Wq:(task + 1) * N * Wq]
+    if h < 0 or h >= H:  # a padding row in every image
+        for k in range(N * Wq):
+            group[k] = zero
+        return
     # columns u with 0 <= b + sw*u - pl < W
     u0 = min(Wq, max(0, (pl - b + sw - 1) // sw))
     u1 = u0
     if pl - b + W - 1 >= 0:
         u1 = min(Wq, max(u0, (pl - b + W - 1) // sw + 1))
+    c0 = b + sw * u0 - pl
     for n in range(N):
-        start = (task * N + n) * Wq
-        row = dst[start:start + Wq]
-        if h < 0 or h >= H:
-            for u in range(Wq):
-                row[u] = zero
-            continue
-        s = src[n, c, h]
+        row = group[n * Wq:(n + 1) * Wq]
         for u in range(u0):
             row[u] = zero
-        if sw == 1:
-            seg = s[b + u0 - pl:b + u1 - pl]
-            for u in range(u1 - u0):
-                row[u0 + u] = seg[u]
-        else:
-            for u in range(u0, u1):
-                row[u] = s[b + sw * u - pl]
         for u in range(u1, Wq):
             row[u] = zero
+        if u1 > u0:
+            _copy_run(src[n, c, h, c0:], row[u0:], u1 - u0, sw)
 
 
 @kernel
