@@ -408,3 +408,38 @@ def test_grid_covers_ceil_mode_overhang():
         oh = F.conv_out_size(shape[2], k[0], s[0], p[0], ceil_mode=ceil)
         hits += (oh - 1) * s[0] - p[0] + k[0] > shape[2] + p[0]
     assert hits > 0
+
+
+def test_random_shapes_and_padding(rng):
+    """A seeded sweep of sizes, padding and ceil_mode for a few window shapes (each window
+    shape and stride compiles its own kernel, so they are few): every path of the fast kernels
+    (in place, phase-split scratch with its edges, tiles) against the reference and torch."""
+    windows = [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((3, 2), (3, 4))]
+    done = 0
+    while done < 60:
+        k, s = windows[done % len(windows)]
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        ceil = bool(rng.integers(0, 2))
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)),
+                 int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+        try:
+            F.max_pool2d(np.zeros(shape, np.float32), k, s, p, ceil_mode=ceil)
+        except ValueError:  # output below 1
+            continue
+        done += 1
+        kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil)
+        x = make_x(shape, np.float64, rng, ["normal", "ties", "nan"][done % 3])
+        y, idx = F.max_pool2d(x, **kw, return_indices=True)
+        dy = rng.standard_normal(y.shape)
+        ty, tidx, tdx = torch_max(x, dy, kw)
+        np.testing.assert_array_equal(y, ty, err_msg=str((kw, shape)))
+        np.testing.assert_array_equal(torch_flat_index(idx.astype(np.int64), x.shape,
+                                                       dict(kw, dilation=1)), tidx)
+        assert_close(F.max_pool2d_backward(dy, idx, x.shape, **kw), tdx, scale=4)
+        for cip in (True, False):
+            kwa = dict(kw, count_include_pad=cip)
+            xt = torch_tensor(x, requires_grad=True)
+            yt = T.avg_pool2d(xt, **kwa)
+            yt.backward(torch_tensor(dy))
+            assert_close(F.avg_pool2d(x, **kwa), yt.detach().numpy(), err_msg=str((kwa, shape)))
+            assert_close(F.avg_pool2d_backward(dy, x.shape, **kwa), xt.grad.numpy())

@@ -139,7 +139,9 @@ def _drain_plane(buf, dx, p, s_w, ph, pw, m_lo, m_hi):
             for r in range(SW):
                 dx[p, hu, cbu + tu * swu + np.uint64(r)] = buf[r, hp, lou + tu]
         for r in range(SW):
-            for m in range(m_lo[r], lo):
+            # a phase may end before the common range starts (a column stride larger than
+            # the input): stop at m_hi[r], or the write lands in the next row or plane
+            for m in range(m_lo[r], min(lo, m_hi[r])):
                 dx[p, h, m * SW + r - pw] = buf[r, hp, m]
             for m in range(hi, m_hi[r]):
                 dx[p, h, m * SW + r - pw] = buf[r, hp, m]
