@@ -83,6 +83,8 @@ UNROLL_MAX_AREA = 16
 UNROLL_MAX_STRIDE = 4
 # planes are handed to threads in this many chunks at most (one scratch buffer per chunk)
 MAX_CHUNKS = 64
+# the flat kernels' window count is padded to a multiple of this (a float32 vector on AVX2)
+_VEC = 8
 
 
 def _specialise(k, s, p, d=(1, 1)):
@@ -133,7 +135,12 @@ def _flat(out, k, s, p, kh_lo, kw_lo, div=None):
         table[:, :ow] = div
         table[:, ow:] = 1
     tuples = ((0,) * kh, (0,) * kw, (0,) * sh, (0,) * sw)
-    return tuples, (p[0], p[1]), table.reshape(-1)[:L].copy(), Hq, Mq
+    # whole vectors (no scalar remainder loop, which costs most on small planes); the padding
+    # windows read the scratch's tail and are dropped
+    n = -(-L // _VEC) * _VEC
+    flat = np.full(n, 0 if div is None else 1, table.dtype)
+    flat[:L] = table.reshape(-1)[:L]
+    return tuples, (p[0], p[1]), flat, Hq, Mq
 
 
 def index_dtype(kernel_area):
