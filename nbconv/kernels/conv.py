@@ -35,21 +35,6 @@ FW = 32  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 
 
 @serial_kernel
-def _copy_run(src, dst, n, step):
-    """``dst[u] = src[step*u]`` for ``u < n`` (its own function: LLVM vectorises it apart from
-    the short edge loops around it)."""
-    if step == 1:
-        for u in range(n):
-            dst[u] = src[u]
-    elif step == 2:
-        for u in range(n):
-            dst[u] = src[2 * u]
-    else:
-        for u in range(n):
-            dst[u] = src[step * u]
-
-
-@serial_kernel
 def _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero):
     """Row group ``task = ((c*na + ia)*nb + ib)*Hq + t`` of :func:`to_planes` (phase
     ``a = pa[ia], b = pb[ib]``): ``N`` rows of ``Wq`` values
@@ -64,8 +49,8 @@ def _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero):
     a = pa[ia]
     b = pb[iab - ia * nb]
     h = a + sh * t - pt
-    group = dst[task * N * Wq:(task + 1) * N * Wq]
     if h < 0 or h >= H:  # a padding row in every image
+        group = dst[task * N * Wq:(task + 1) * N * Wq]
         for k in range(N * Wq):
             group[k] = zero
         return
@@ -75,14 +60,27 @@ def _plane_rows(src, dst, task, sh, sw, pa, pb, pt, pl, Hq, Wq, zero):
     if pl - b + W - 1 >= 0:
         u1 = min(Wq, max(u0, (pl - b + W - 1) // sw + 1))
     c0 = b + sw * u0 - pl
+    nv = u1 - u0
+    src1 = src.reshape(-1)
+    # flat unsigned indices: no slices or calls per row (rows are short, often < 20 values)
+    swu = np.uint64(sw)
     for n in range(N):
-        row = group[n * Wq:(n + 1) * Wq]
+        ru = np.uint64((task * N + n) * Wq)
         for u in range(u0):
-            row[u] = zero
+            dst[ru + np.uint64(u)] = zero
         for u in range(u1, Wq):
-            row[u] = zero
-        if u1 > u0:
-            _copy_run(src[n, c, h, c0:], row[u0:], u1 - u0, sw)
+            dst[ru + np.uint64(u)] = zero
+        du = ru + np.uint64(u0)
+        su = np.uint64(((n * C + c) * H + h) * W + c0)
+        if sw == 1:
+            for k in range(nv):
+                dst[du + np.uint64(k)] = src1[su + np.uint64(k)]
+        elif sw == 2:
+            for k in range(nv):
+                dst[du + np.uint64(k)] = src1[su + np.uint64(2 * k)]
+        else:
+            for k in range(nv):
+                dst[du + np.uint64(k)] = src1[su + np.uint64(k) * swu]
 
 
 @kernel
