@@ -174,12 +174,18 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
                     bk = buf[k]
                     oh = r0 // Nr
                     n = r0 - oh * Nr
+                    oswu = np.uint64(osw)
                     for r in range(r1 - r0):
-                        src = bk[r * Wx:r * Wx + OW]
-                        base = (((n0 + n) * Ft + g * Fo + f) * Hy + oy0 + oh * osh) * Wy + ox0
-                        dst = y1[base:base + (OW - 1) * osw + 1:osw]
-                        for ow in range(OW):
-                            dst[ow] = src[ow] + bb
+                        # flat unsigned indices: no slices per row (rows can be 8 values)
+                        su = np.uint64(r * Wx)
+                        du = np.uint64((((n0 + n) * Ft + g * Fo + f) * Hy + oy0 + oh * osh) * Wy
+                                       + ox0)
+                        if osw == 1:
+                            for ow in range(OW):
+                                y1[du + np.uint64(ow)] = bk[su + np.uint64(ow)] + bb
+                        else:
+                            for ow in range(OW):
+                                y1[du + np.uint64(ow) * oswu] = bk[su + np.uint64(ow)] + bb
                         n += 1
                         if n == Nr:
                             n = 0
