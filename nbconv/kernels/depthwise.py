@@ -181,6 +181,7 @@ def depthwise_forward(x, w, offs, bias, y, sh, sw, pt, pl, Hq, Wq, nchunks, zero
     Fg = F // C
     P = N * C
     L = ((OH - 1) * Wq + OW + 7) // 8 * 8  # whole vectors: the scratch tails absorb the rest
+    y1 = y.reshape(-1)
     for ch in prange(nchunks):
         S = np.zeros(sh * sw * Hq * Wq + Wq + 8, x.dtype)
         acc = np.empty(L, x.dtype)
@@ -190,11 +191,11 @@ def depthwise_forward(x, w, offs, bias, y, sh, sw, pt, pl, Hq, Wq, nchunks, zero
             _fill(x[n, c], S, sh, sw, pt, pl, Hq, Wq)
             for f in range(c * Fg, (c + 1) * Fg):
                 _taps(S, w[f], offs, acc, L, bias[f], True)
-                for oh in range(OH):
-                    src = acc[oh * Wq:oh * Wq + OW]
-                    dst = y[n, f, oh]
+                for oh in range(OH):  # flat unsigned indices: no slices per short row
+                    su = np.uint64(oh * Wq)
+                    du = np.uint64(((n * F + f) * OH + oh) * OW)
                     for ow in range(OW):
-                        dst[ow] = src[ow]
+                        y1[du + np.uint64(ow)] = acc[su + np.uint64(ow)]
 
 
 @kernel
@@ -212,6 +213,9 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
     nsplit = dwp.shape[0]
     L = ((OH - 1) * Wq + OW + 7) // 8 * 8   # whole vectors: the scratch tails absorb the rest
     Ldx = ((H - 1) * Wz + W + 7) // 8 * 8
+    dy1 = dy.reshape(-1)
+    dx1 = dx.reshape(-1)
+    swu = np.uint64(sw)
     for task in prange(C * nsplit):
         c = task // nsplit
         sp = task - c * nsplit
@@ -228,25 +232,27 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
         for n in range(sp * N // nsplit, (sp + 1) * N // nsplit):
             _fill(x[n, c], S, sh, sw, pt, pl, Hq, Wq)
             for f in range(c * Fg, (c + 1) * Fg):
+                # rows of dy into D (and spread into Dz): flat unsigned indices, no slices
                 s = zero
                 for oh in range(OH):
-                    src = dy[n, f, oh]
-                    dst = D[oh * Wq:oh * Wq + OW]
+                    su = np.uint64(((n * F + f) * OH + oh) * OW)
+                    du = np.uint64(oh * Wq)
                     for ow in range(OW):
-                        dst[ow] = src[ow]
-                        s += src[ow]
+                        v = dy1[su + np.uint64(ow)]
+                        D[du + np.uint64(ow)] = v
+                        s += v
                 db[f] += s
                 _dots(S, D, offs, L, dw[f], zero)
                 if need_dx:
                     for oh in range(OH):
-                        src = dy[n, f, oh]
-                        dst = Dz[(oh * sh + Toff) * Wz + Loff:]
+                        su = np.uint64(((n * F + f) * OH + oh) * OW)
+                        du = np.uint64((oh * sh + Toff) * Wz + Loff)
                         for ow in range(OW):
-                            dst[ow * sw] = src[ow]
+                            Dz[du + np.uint64(ow) * swu] = dy1[su + np.uint64(ow)]
                     _taps(Dz, w[f], offs_dx, dxb, Ldx, zero, f == c * Fg)
             if need_dx:
                 for h in range(H):
-                    src = dxb[h * Wz:h * Wz + W]
-                    dst = dx[n, c, h]
+                    su = np.uint64(h * Wz)
+                    du = np.uint64(((n * C + c) * H + h) * W)
                     for v in range(W):
-                        dst[v] = src[v]
+                        dx1[du + np.uint64(v)] = dxb[su + np.uint64(v)]
