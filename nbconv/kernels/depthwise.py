@@ -17,10 +17,10 @@ the same places for every plane, so it is zeroed once per task and only the imag
 The input gradient is the same loop on ``dy`` spread into a zero buffer ``Dz`` (``dy[oh, ow]``
 at row ``oh*sh + Toff``, column ``ow*sw + Loff``), reading
 ``Dz[(h + pt - i*dh + Toff)*Wz + w + pl - j*dw + Loff]``: a gather, so each ``dx`` element is
-written by one task. The weight gradient is a dot product per tap of ``dy`` (rows of ``Wq`` with
-zeros after ``OW``) with ``S``. A backward task takes one channel and a fixed range of images,
-summed in order, and the wrapper adds the ranges' partial sums in order: results are identical
-for any thread count.
+written by one task. The weight gradient of a tap is the sum of products of ``dy`` (rows of
+``Wq`` with zeros after ``OW``) with ``S`` at the tap's offset. A backward task takes one channel
+and a fixed range of images, summed in order, and the wrapper adds the ranges' partial sums in
+order: results are identical for any thread count.
 
 Taps are taken three at a time (one pass over the output buffer per three taps); a last group
 of one or two taps has its own loop, so no zero weight ever multiplies an inf of ``x``.
@@ -131,8 +131,9 @@ def _taps(S, wf, offs, out, L, base, init):
 
 
 @serial_kernel
-def _dots(S, D, offs, L, out, zero):
-    """``out[t] += sum_{q < L} D[q] * S[offs[t] + q]``, three taps per pass over ``D``."""
+def _tap_grads(S, D, offs, L, out, zero):
+    """The weight gradient of each tap: ``out[t] += sum_{q < L} D[q] * S[offs[t] + q]``, three
+    taps per pass over ``D``."""
     T = offs.shape[0]
     d = D[:L]
     t = 0
@@ -242,7 +243,7 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
                         D[du + np.uint64(ow)] = v
                         s += v
                 db[f] += s
-                _dots(S, D, offs, L, dw[f], zero)
+                _tap_grads(S, D, offs, L, dw[f], zero)
                 if need_dx:
                     for oh in range(OH):
                         su = np.uint64(((n * F + f) * OH + oh) * OW)
