@@ -21,9 +21,10 @@ stride phase of ``dx`` (with only the taps that reach that phase). A 1x1, stride
 convolution needs no layout: the kernels read ``x`` and ``dy`` as they are (NCHW), one image
 per task. Neither does a convolution whose filters each read one input channel (depthwise, with
 any channel multiplier, or a single input channel): it is bound by memory, and
-:mod:`nbconv.kernels.depthwise` works on one NCHW plane at a time in an L1 scratch buffer. The weight gradient reduces over pixels in fixed chunks with private partial sums
-that are added in a fixed order, so every result is bitwise identical across runs and thread
-counts.
+:mod:`nbconv.kernels.depthwise` works on one NCHW plane at a time in an L1 scratch buffer; a
+strided 1x1 unpadded convolution runs as a stride-1 one on the sub-sampled input. The weight
+gradient reduces over pixels in fixed chunks with private partial sums that are added in a
+fixed order, so every result is bitwise identical across runs and thread counts.
 """
 import contextlib
 

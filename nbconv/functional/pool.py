@@ -114,7 +114,7 @@ def _direct(x_shape, out, k, s, p, d=(1, 1)):
     """True when the ``*_direct`` kernels apply: every window lies inside the input (no
     padding, no dilation, the last window of a ``ceil_mode`` output not past the edge) and
     windows do not overlap along rows (``kw <= sw``). They read ``x`` in place; other windows
-    go through the padded, de-interleaved scratch copy."""
+    go through the padded, phase-split scratch copy (:func:`_flat`)."""
     return p == (0, 0) and d == (1, 1) and k[1] <= s[1] \
         and (out[0] - 1) * s[0] + k[0] <= x_shape[2] and (out[1] - 1) * s[1] + k[1] <= x_shape[3]
 
@@ -182,8 +182,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         _k.max_pool2d_forward_direct(*arrays, *spec[:4], min(n * c, MAX_CHUNKS))
     else:
         tuples, pads, first, Hq, Mq = _flat((oh, ow), k, s, p, kh_lo, kw_lo)
-        _k.max_pool2d_forward(*arrays, *tuples, *pads, first, Hq, Mq,
-                                   min(n * c, MAX_CHUNKS))
+        _k.max_pool2d_forward(*arrays, *tuples, *pads, first, Hq, Mq, min(n * c, MAX_CHUNKS))
     return (y, idx) if return_indices else y
 
 
