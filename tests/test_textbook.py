@@ -207,7 +207,8 @@ def test_global_avg_pool(dtype):
     assert_close(y, R.global_avg_pool2d(x))
     assert_close(y, x.astype(np.float64).mean(axis=(2, 3)).astype(dtype))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    assert_close(T.global_avg_pool2d_backward(dy, x.shape), R.global_avg_pool2d_backward(dy, x.shape))
+    assert_close(T.global_avg_pool2d_backward(dy, x.shape),
+                 R.global_avg_pool2d_backward(dy, x.shape))
 
 
 def test_pool_finite_differences():
