@@ -5,12 +5,24 @@ competitor once (timed here with ``perf_counter``), so rounds interleave
 ``[competitors..., nbconv]`` and a noisy machine slows all of them alike. Ratios are medians of
 per-round ratios; rates (GFLOP/s or GB/s) come from median times. Everything lands in
 ``benchmark.extra_info`` for ``benchmarks/report.py`` to print.
+
+A competitor too slow for the full shape (the textbook convolution) can be timed on a part of
+the work, e.g. the first images of the batch: wrap it with :func:`partial`, and its times are
+divided by that fraction (scaled up to the full work) before rates and ratios are taken.
 """
 import os
 import statistics
 import time
 
 ROUNDS = int(os.environ.get("NBCONV_BENCH_ROUNDS", "7"))
+
+
+def partial(fn, fraction):
+    """Mark the competitor ``fn`` as doing ``fraction`` (0 < fraction <= 1) of one call's work,
+    e.g. ``n`` of ``N`` images: ``compare`` scales its times by ``1 / fraction``. Valid when the
+    work is linear in what was sliced (true for the batch axis of every op here)."""
+    fn.work_fraction = float(fraction)
+    return fn
 
 
 def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", rounds=None):
@@ -26,12 +38,13 @@ def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", roun
         fn()
 
     times = {name: [] for name in others}
+    fraction = {name: getattr(fn, "work_fraction", 1.0) for name, fn in others.items()}
 
     def run_others():
         for name, fn in others.items():
             t0 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / fraction[name])
 
     benchmark.group = group
     benchmark.pedantic(nbconv_fn, setup=run_others, rounds=rounds, warmup_rounds=0, iterations=1)
@@ -41,6 +54,7 @@ def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", roun
     info.update(group=group, row=row, unit=unit, work=work, rounds=rounds)
     info["rate"] = {"nbconv": scale / statistics.median(nb)}
     info["ratio"] = {}
+    info["fraction"] = {name: f for name, f in fraction.items() if f != 1.0}
     for name, ts in times.items():
         info["rate"][name] = scale / statistics.median(ts)
         # speed ratio nbconv / other = t_other / t_nbconv, per round, then the median

@@ -1,4 +1,5 @@
-"""Conv2d forward and backward: nbconv vs the im2col NumPy reference vs PyTorch.
+"""Conv2d forward and backward: nbconv vs the im2col NumPy reference vs PyTorch vs the textbook
+seven-loop kernels (:mod:`nbconv.textbook`).
 
     python benchmarks/report.py benchmarks/bench_conv.py            # all groups
     python benchmarks/report.py benchmarks/bench_conv.py -k "forward and S2"
@@ -8,6 +9,11 @@ few more layers (depthwise, grouped, dilated, 5x5, N=1). Backward is dx + dweigh
 counted as 2x the forward FLOPs, dbias ignored); every implementation gets its forward-time
 state prepared outside the timed call (nbconv: the padded input; im2col: the columns; torch: the
 autograd graph).
+
+The textbook kernels run at a fraction of a GFLOP/s, 10-100x slower than nbconv: they are
+timed on the first ``n`` images of the batch only, ``n`` chosen so that a forward call does about
+``TEXTBOOK_FLOP`` (at least one image), and their times are scaled by ``N / n`` (the work is
+linear in the batch); ``report.py`` marks the column ``textbook*`` and prints the slice.
 """
 import numpy as np
 import pytest
@@ -15,9 +21,14 @@ import torch
 
 import nbconv.functional as F
 from nbconv import reference as R
-from _harness import compare, conv_flops
+from nbconv import textbook as T
+from _harness import compare, conv_flops, partial
 
 torch.set_num_threads(2)
+
+# FLOPs of one textbook forward call: about 0.2 s at the textbook's 0.1-0.5 GFLOP/s, so it adds
+# a few seconds per row instead of minutes
+TEXTBOOK_FLOP = 4e7
 
 SHAPES = {  # N, C, H, W, F, k, stride, pad[, groups, dilation]
     "S1": (64, 3, 32, 32, 32, 7, 1, 3),
@@ -52,6 +63,13 @@ def setup(shape, dtype):
     return x, w, b, dy, args, flops
 
 
+def textbook_slice(x, flops):
+    """How many leading images the textbook kernels are timed on, and that fraction of N."""
+    N = x.shape[0]
+    n = max(1, min(N, round(N * TEXTBOOK_FLOP / flops)))
+    return n, n / N
+
+
 def torch_fns(x, w, b, dy, args):
     xt, wt, bt = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
     dyt = torch.from_numpy(dy.copy())
@@ -64,9 +82,12 @@ def torch_fns(x, w, b, dy, args):
 def run_forward(benchmark, group, row, shape, dtype):
     x, w, b, dy, args, flops = setup(shape, dtype)
     tf, _ = torch_fns(x, w, b, dy, args)
+    n, frac = textbook_slice(x, flops)
+    xs = x[:n]
     with torch.no_grad():
         compare(benchmark, group, row, lambda: F.conv2d(x, w, b, **args),
-                {"im2col": lambda: R.conv2d_im2col(x, w, b, **args), "torch": tf}, flops)
+                {"im2col": lambda: R.conv2d_im2col(x, w, b, **args), "torch": tf,
+                 "textbook": partial(lambda: T.conv2d(xs, w, b, **args), frac)}, flops)
 
 
 def run_backward(benchmark, group, row, shape, dtype):
@@ -75,10 +96,14 @@ def run_backward(benchmark, group, row, shape, dtype):
     prep = F.conv2d_prepare(x, w, **args)
     k = w.shape[2:]
     cols = R.im2col(x, k, args["stride"], args["padding"], args["dilation"]).copy()
+    n, frac = textbook_slice(x, flops)
+    xs, dys = x[:n], dy[:n]
     compare(benchmark, group, row,
             lambda: F.conv2d_backward(dy, x, w, **args, prepared=prep),
             {"im2col": lambda: R.conv2d_backward_im2col(dy, x, w, **args, cols=cols),
-             "torch": tb}, 2 * flops)
+             "torch": tb,
+             "textbook": partial(lambda: T.conv2d_backward(dys, xs, w, **args), frac)},
+            2 * flops)
 
 
 @pytest.mark.parametrize("row", list(SHAPES))

@@ -3,8 +3,9 @@
 One table, GB/s of the bytes each call must move at least (forward: read x, write y;
 backward: read x and dy, write dx). Competitors: ``reference`` (NumPy), ``torch`` (its native
 kernels: ``aten.native_group_norm[_backward]``, ``aten.native_batch_norm[_backward]``, so
-backward is timed alone) and ``copy`` (``np.copyto`` moving the same number of bytes, the
-bandwidth yardstick of this run).
+backward is timed alone), ``textbook`` (the readable loops of :mod:`nbconv.textbook`, full
+shapes) and ``copy`` (``np.copyto`` moving the same number of bytes, the bandwidth yardstick of
+this run).
 
     python benchmarks/report.py benchmarks/bench_norm.py
 
@@ -19,6 +20,7 @@ import pytest
 from _harness import compare
 import nbconv.functional as F
 from nbconv import reference as R
+from nbconv import textbook as T
 
 torch = pytest.importorskip("torch")
 aten = torch.ops.aten
@@ -66,11 +68,13 @@ def test_norm(benchmark, op, shape, G, direction):
             nb = lambda: F.group_norm(x, G, w, b, EPS)  # noqa: E731
             ref = lambda: R.group_norm(x, G, w, b, EPS)  # noqa: E731
             tf = lambda: aten.native_group_norm(tx, tw, tb, N, C, H * W, G, EPS)  # noqa: E731
+            tbk = lambda: T.group_norm(x, G, w, b, EPS)  # noqa: E731
         else:
             nb = lambda: F.group_norm_backward(dy, x, mean, rstd, G, w)  # noqa: E731
             ref = lambda: R.group_norm_backward(dy, x, G, w, EPS)  # noqa: E731
             tf = lambda: aten.native_group_norm_backward(  # noqa: E731
                 tdy, tx, tmean, trstd, tw, N, C, H * W, G, [True, True, True])
+            tbk = lambda: T.group_norm_backward(dy, x, mean, rstd, G, w)  # noqa: E731
     else:
         rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
         trm, trv = torch.zeros(C), torch.ones(C)
@@ -80,11 +84,14 @@ def test_norm(benchmark, op, shape, G, direction):
             nb = lambda: F.batch_norm2d(x, rm, rv, w, b, True, 0.1, EPS)  # noqa: E731
             ref = lambda: R.batch_norm2d(x, rm, rv, w, b, True, 0.1, EPS)  # noqa: E731
             tf = lambda: aten.native_batch_norm(tx, tw, tb, trm, trv, True, 0.1, EPS)  # noqa: E731
+            tbk = lambda: T.batch_norm2d(x, rm, rv, w, b, True, 0.1, EPS)  # noqa: E731
         else:
             nb = lambda: F.batch_norm2d_backward(dy, x, mean, rstd, w, True)  # noqa: E731
             ref = lambda: R.batch_norm2d_backward(dy, x, w, True, eps=EPS)  # noqa: E731
             tf = lambda: aten.native_batch_norm_backward(  # noqa: E731
                 tdy, tx, tw, trm, trv, tmean, tinv, True, EPS, [True, True, True])
+            tbk = lambda: T.batch_norm2d_backward(dy, x, mean, rstd, w, True)  # noqa: E731
     with torch.no_grad():
         compare(benchmark, GROUP, _row(op, shape, G, direction), nb,
-                {"reference": ref, "torch": tf, "copy": _copy(nbytes)}, nbytes, unit="GB/s")
+                {"reference": ref, "torch": tf, "textbook": tbk, "copy": _copy(nbytes)}, nbytes,
+                unit="GB/s")

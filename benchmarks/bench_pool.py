@@ -1,5 +1,6 @@
-"""Pooling benchmarks: nbconv vs the vectorised NumPy reference vs PyTorch vs a NumPy copy of the
-same number of bytes, float32 (the dtype can be changed with NBCONV_BENCH_DTYPE=float64).
+"""Pooling benchmarks: nbconv vs the vectorised NumPy reference vs PyTorch vs the textbook loops
+(:mod:`nbconv.textbook`, full shapes) vs a NumPy copy of the same number of bytes, float32 (the
+dtype can be changed with NBCONV_BENCH_DTYPE=float64).
 
 Rates are GB/s of bytes read + written by the kernel (input, output, and the uint8 argmax
 offsets for max pooling), the same byte count for every competitor. ``copy`` is
@@ -20,6 +21,7 @@ import torch
 
 import nbconv.functional as F
 from nbconv import reference as R
+from nbconv import textbook as T
 from _harness import compare
 
 DTYPE = np.dtype(os.environ.get("NBCONV_BENCH_DTYPE", "float32"))
@@ -54,6 +56,7 @@ def setup(op, shape, k, s, p):
         y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
         _, tidx = torch.nn.functional.max_pool2d(xt, k, s, p, return_indices=True)
         _, ridx = R.max_pool2d(x, k, s, p)
+        _, bidx = T.max_pool2d(x, k, s, p, return_indices=True)
     elif op == "avg":
         y, idx = F.avg_pool2d(x, k, s, p), None
     else:
@@ -65,26 +68,32 @@ def setup(op, shape, k, s, p):
     fwd = {
         "max": (lambda: F.max_pool2d(x, k, s, p, return_indices=True),
                 lambda: R.max_pool2d(x, k, s, p),
-                lambda: torch.nn.functional.max_pool2d(xt, k, s, p, return_indices=True)),
+                lambda: torch.nn.functional.max_pool2d(xt, k, s, p, return_indices=True),
+                lambda: T.max_pool2d(x, k, s, p, return_indices=True)),
         "avg": (lambda: F.avg_pool2d(x, k, s, p),
                 lambda: R.avg_pool2d(x, k, s, p),
-                lambda: torch.nn.functional.avg_pool2d(xt, k, s, p)),
+                lambda: torch.nn.functional.avg_pool2d(xt, k, s, p),
+                lambda: T.avg_pool2d(x, k, s, p)),
         "global": (lambda: F.global_avg_pool2d(x),
                     lambda: R.global_avg_pool2d(x),
-                    lambda: xt.mean(dim=(2, 3))),
+                    lambda: xt.mean(dim=(2, 3)),
+                    lambda: T.global_avg_pool2d(x)),
     }[op]
     bwd = {
         "max": (lambda: F.max_pool2d_backward(dy, idx, shape, k, s, p),
                 lambda: R.max_pool2d_backward(dy, ridx, shape, k, s, p),
                 lambda: A.max_pool2d_with_indices_backward(dyt, xt, [k, k], [s, s], [p, p],
-                                                           [1, 1], False, tidx)),
+                                                           [1, 1], False, tidx),
+                lambda: T.max_pool2d_backward(dy, bidx, shape)),
         "avg": (lambda: F.avg_pool2d_backward(dy, shape, k, s, p),
                 lambda: R.avg_pool2d_backward(dy, shape, k, s, p),
                 lambda: A.avg_pool2d_backward(dyt, xt, [k, k], [s, s], [p, p], False, True,
-                                              None)),
+                                              None),
+                lambda: T.avg_pool2d_backward(dy, shape, k, s, p)),
         "global": (lambda: F.global_avg_pool2d_backward(dy, shape),
                    lambda: R.global_avg_pool2d_backward(dy, shape),
-                   lambda: dyt[:, :, None, None].expand(shape) / (shape[2] * shape[3])),
+                   lambda: dyt[:, :, None, None].expand(shape) / (shape[2] * shape[3]),
+                   lambda: T.global_avg_pool2d_backward(dy, shape)),
     }[op]
     return nbytes, fwd, bwd
 
@@ -94,9 +103,9 @@ def setup(op, shape, k, s, p):
 def test_pool(benchmark, case, direction):
     row, op, shape, k, s, p = case
     nbytes, fwd, bwd = setup(op, shape, k, s, p)
-    nb, ref, tch = fwd if direction == "forward" else bwd
+    nb, ref, tch, tb = fwd if direction == "forward" else bwd
     group = f"{'global avg pool' if op == 'global' else op + 'pool'} {direction} {DTYPE.name}"
     if THREADS != 2:
         group += f" ({THREADS} thread{'s' if THREADS > 1 else ''})"
-    compare(benchmark, group, row, nb, {"reference": ref, "torch": tch, "copy": copy_of(nbytes)},
-            nbytes, unit="GB/s")
+    compare(benchmark, group, row, nb, {"reference": ref, "torch": tch, "textbook": tb,
+                                        "copy": copy_of(nbytes)}, nbytes, unit="GB/s")

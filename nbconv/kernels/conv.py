@@ -89,7 +89,10 @@ def to_planes(src, dst, sh, sw, pa, pb, pt, pl, Hq, Wq, dst2, pt2, pl2, Hq2, Wq2
     src[n, c, a + sh*t - pt, b + sw*u - pl] for the stride phases ``a = pa[ia]``,
     ``b = pb[ib]`` that the kernel taps use (zero outside ``src``) and, in the same parallel
     loop, the stride-1 layout ``dst2`` with ``pt2, pl2, Hq2, Wq2`` (``Hq2 = 0``: none). Only
-    the first ``C*na*nb*Hq*N*Wq`` elements of ``dst`` are written (likewise ``dst2``)."""
+    the first ``C*na*nb*Hq*N*Wq`` elements of ``dst`` are written (likewise ``dst2``).
+
+    Textbook twin: none, a layout step (:func:`nbconv.kernels.textbook.conv2d_forward` reads ``x``
+    in place and skips padding taps)."""
     C = src.shape[1]
     T1 = C * pa.shape[0] * pb.shape[0] * Hq
     p0 = pa[:1] * 0
@@ -108,7 +111,10 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
     read ``x[n0*xs + g*gstride + off[p, e] + r*Wx + ow]`` (``Nr = N, n0 = 0``: batch-interleaved
     planes; ``Nr = 1``: one image per task, ``xs`` apart); ``ph_out[p] = (OW, oy0, ox0, ne)``
     places pixel ``(oh, n, ow)`` at ``y[n, g*Fo + f, oy0 + oh*osh, ox0 + ow*osw]`` and says
-    that the first ``ne`` elements are used."""
+    that the first ``ne`` elements are used.
+
+    Textbook twins: :func:`nbconv.kernels.textbook.conv2d_forward` (forward),
+    :func:`nbconv.kernels.textbook.conv2d_backward_input` (input gradient)."""
     Ft, Hy, Wy = y.shape[1], y.shape[2], y.shape[3]
     G, Fo2 = w.shape[1], w.shape[3]  # Fo2 == Fo
     Fo = Ft // G
@@ -197,7 +203,9 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, zero):
     """x (flat, image i at ``i*xs``); dy (Ni, G*Fo, Q) with Q pixels per image (zero in dropped
     columns); off (E4,) int64; part (nchunks, G, E4, Fo2) is overwritten with the sums over each
     chunk's pixel blocks (``block`` pixels of one image each, a multiple of 8), and pbias
-    (nchunks, G, Fo) (if not empty) with each chunk's sums of dy."""
+    (nchunks, G, Fo) (if not empty) with each chunk's sums of dy.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
     nchunks, G, E4, Fo2 = part.shape
     Ni = dy.shape[0]
     Fo = dy.shape[1] // G

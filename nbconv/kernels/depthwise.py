@@ -176,7 +176,9 @@ def _tap_grads(S, D, offs, L, out, zero):
 def depthwise_forward(x, w, offs, bias, y, sh, sw, pt, pl, Hq, Wq, nchunks, zero):
     """x (N, C, H, W); w (F, T) taps ``t = i*KW + j``; offs (T,) int64; bias (F,);
     y (N, F, OH, OW) with ``F = Fg*C``: filter ``f`` reads channel ``f // Fg``. Planes
-    ``(n, c)`` are split into ``nchunks`` tasks."""
+    ``(n, c)`` are split into ``nchunks`` tasks.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.conv2d_forward`."""
     N, C = x.shape[0], x.shape[1]
     F, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     Fg = F // C
@@ -207,7 +209,10 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
     fixed by the wrapper) and overwrites its partial sums dwp[s, f] (T,) and dbp[s, f] of the
     channel's filters; with ``need_dx`` it also writes those images' dx (N, C, H, W).
     ``offs_dx[t] = (pt - i*dh + Toff)*Wz + pl - j*dw + Loff`` reads the spread ``dy`` buffer
-    ``(Hz, Wz)``."""
+    ``(Hz, Wz)``.
+
+    Textbook twins: :func:`nbconv.kernels.textbook.conv2d_backward_input`,
+    :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
     N, C, H, W = x.shape
     F, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     Fg = F // C

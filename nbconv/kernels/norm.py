@@ -85,7 +85,9 @@ def group_norm_forward(x, w, b, eps, y, mean, rstd):
     ``mean, rstd``: float64 ``(R,)`` outputs.
 
     ``y = (x - mean) * rstd * w[c] + b[c]``, computed as ``(x - mh) * s + (b - ml * s)`` with
-    ``s = rstd * w[c]``; the sum of the next row is taken in the same loop."""
+    ``s = rstd * w[c]``; the sum of the next row is taken in the same loop.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.group_norm_forward`."""
     R, Cg, HW = x.shape
     G = w.shape[0] // Cg
     L = Cg * HW
@@ -126,6 +128,8 @@ def group_norm_backward(dy, x, mean, rstd, w, want_dx, dx, sdy, sdyx, dw, db):
     ``dx = dy * a[k] + (x - mh) * bb + cc`` (skipped unless ``want_dx``; the next row's sums
     are taken in the same loop). Afterwards, serially in the order n = 0 .. N-1:
     ``db[c] = sum_n sdy``, ``dw[c] = sum_n rstd * sdyx``.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.group_norm_backward`.
     """
     R, Cg, HW = x.shape
     C = w.shape[0]
@@ -232,7 +236,9 @@ def _bn_dsums(dy, x, c, m):
 def batch_norm_train_forward(x, w, b, eps, y, mean, rstd, var):
     """Training forward with batch statistics. ``x, y``: ``(N, C, HW)``; ``w, b``: ``(C,)``;
     float64 outputs ``mean, rstd, var`` (biased variance): ``(C,)``. The sum of the next
-    channel is taken in the output loop of the current one."""
+    channel is taken in the output loop of the current one.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.batch_norm2d_forward`."""
     N, C, HW = x.shape
     L = N * HW
     B = block_size(C)
@@ -266,7 +272,9 @@ def batch_norm_train_forward(x, w, b, eps, y, mean, rstd, var):
 @kernel
 def batch_norm_apply(x, mean, rstd, w, b, y):
     """``y = (x - mean[c]) * rstd[c] * w[c] + b[c]`` with given (float64) statistics, e.g. the
-    running ones in eval mode. ``x, y``: ``(N, C, HW)``; parallel over the ``N * C`` planes."""
+    running ones in eval mode. ``x, y``: ``(N, C, HW)``; parallel over the ``N * C`` planes.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.batch_norm2d_apply`."""
     N, C, HW = x.shape
     for p in prange(N * C):
         n = p // C
@@ -292,6 +300,8 @@ def batch_norm_backward(dy, x, mean, rstd, w, batch_stats, want_dx, dx, dw, db):
     - ``batch_stats`` (the statistics came from this batch, training mode):
       ``dx = rstd * w * (dy - db / L - (x - mean) * rstd * dw / L)``
     - otherwise (fixed running statistics): ``dx = rstd * w * dy``.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.batch_norm2d_backward`.
     """
     N, C, HW = x.shape
     L = N * HW

@@ -58,7 +58,9 @@ def _max_window(x, p, h0, w0, a, b, c, d, KW, dh, dw, ninf):
 @kernel
 def max_pool2d_forward_any(x, y, idx, ninf, KW, sh, sw, ph, pw, dh, dw, kh_lo, kh_hi, kw_lo,
                            kw_hi):
-    """As :func:`max_pool2d_forward` for any window (large, dilated), one window at a time."""
+    """As :func:`max_pool2d_forward` for any window (large, dilated), one window at a time.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.max_pool2d_forward`."""
     P = x.shape[0]
     OH = y.shape[1]
     OW = y.shape[2]
@@ -74,7 +76,9 @@ def max_pool2d_forward_any(x, y, idx, ninf, KW, sh, sw, ph, pw, dh, dw, kh_lo, k
 def max_pool2d_backward(dy, idx, dx, delta, W, sh, sw, ph, pw):
     """``dx`` (``(P, H*W)``) = each ``dy`` added at the input element its window offset points
     to, ``(oh*sh - ph)*W + ow*sw - pw + delta[offset]`` (``W`` is the input width). Outputs are
-    visited in row-major order, so sums of overlapping windows are fixed."""
+    visited in row-major order, so sums of overlapping windows are fixed.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.max_pool2d_backward`."""
     P = dx.shape[0]
     HW = dx.shape[1]
     OH = dy.shape[1]
@@ -101,7 +105,9 @@ def _avg_window(x, p, h0, w0, a, b, c, d, zero):
 
 @kernel
 def avg_pool2d_forward_any(x, y, zero, sh, sw, ph, pw, kh_lo, kh_hi, kw_lo, kw_hi, div):
-    """As :func:`avg_pool2d_forward` for any window (large), one window at a time."""
+    """As :func:`avg_pool2d_forward` for any window (large), one window at a time.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.avg_pool2d_forward`."""
     P = x.shape[0]
     OH = y.shape[1]
     OW = y.shape[2]
@@ -154,7 +160,9 @@ def avg_pool2d_backward(dy, dx, zero, k_h, k_w, s_w, sh, ph, pw, div, m_lo, m_hi
                         nchunks):
     """``dx[p]`` = sum over the windows containing each element of ``dy / div`` (the fast
     path of the module doc, transposed: each tap adds a row of ``dy / div`` into the scratch,
-    in row-major output order, then the input region is copied out)."""
+    in row-major output order, then the input region is copied out).
+
+    Textbook twin: :func:`nbconv.kernels.textbook.avg_pool2d_backward`."""
     P = dx.shape[0]
     OH = dy.shape[1]
     OW = dy.shape[2]
@@ -182,7 +190,9 @@ def avg_pool2d_backward(dy, dx, zero, k_h, k_w, s_w, sh, ph, pw, div, m_lo, m_hi
 @kernel
 def avg_pool2d_backward_any(dy, dx, sh, sw, ph, pw, kh_lo, kh_hi, kw_lo, kw_hi, div):
     """As :func:`avg_pool2d_backward` for any window size: each window scatters into its own
-    plane, in row-major output order."""
+    plane, in row-major output order.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.avg_pool2d_backward`."""
     P = dx.shape[0]
     H = dx.shape[1]
     W = dx.shape[2]
@@ -204,7 +214,9 @@ def avg_pool2d_backward_any(dy, dx, sh, sw, ph, pw, kh_lo, kh_hi, kw_lo, kw_hi, 
 
 @kernel
 def global_avg_pool2d_forward(x, y, zero, count):
-    """``y[p]`` = mean of row ``x[p, :]`` (``x`` is ``(P, H*W)``); ``count`` = H*W in dtype."""
+    """``y[p]`` = mean of row ``x[p, :]`` (``x`` is ``(P, H*W)``); ``count`` = H*W in dtype.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.global_avg_pool2d_forward`."""
     P = x.shape[0]
     M = x.shape[1]
     for p in prange(P):
@@ -216,7 +228,9 @@ def global_avg_pool2d_forward(x, y, zero, count):
 
 @kernel
 def global_avg_pool2d_backward(dy, dx, count):
-    """``dx[p, :]`` = ``dy[p] / count`` (``dx`` is ``(P, H*W)``)."""
+    """``dx[p, :]`` = ``dy[p] / count`` (``dx`` is ``(P, H*W)``).
+
+    Textbook twin: :func:`nbconv.kernels.textbook.global_avg_pool2d_backward`."""
     P = dx.shape[0]
     M = dx.shape[1]
     for p in prange(P):
@@ -232,7 +246,9 @@ def max_pool2d_forward_direct(x, y, idx, ninf, k_h, k_w, s_w, sh, nchunks):
     """:func:`max_pool2d_forward` when every window lies inside ``x`` (no padding, dilation 1)
     and windows do not overlap along rows (``KW <= SW``): tap ``(i, j)`` of output
     ``(oh, ow)`` is ``x[p, oh*sh + i, ow*SW + j]``, read in place (no scratch copy; the
-    de-interleaving loads vectorise well only without overlap)."""
+    de-interleaving loads vectorise well only without overlap).
+
+    Textbook twin: :func:`nbconv.kernels.textbook.max_pool2d_forward`."""
     P = x.shape[0]
     OH = y.shape[1]
     OW = y.shape[2]
@@ -260,7 +276,9 @@ def max_pool2d_forward_direct(x, y, idx, ninf, k_h, k_w, s_w, sh, nchunks):
 @kernel
 def avg_pool2d_forward_direct(x, y, zero, k_h, k_w, s_w, sh, div, nchunks):
     """:func:`avg_pool2d_forward` in the case of :func:`max_pool2d_forward_direct`: every
-    window sums ``KH*KW`` input elements, divided by ``div``."""
+    window sums ``KH*KW`` input elements, divided by ``div``.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.avg_pool2d_forward`."""
     P = x.shape[0]
     OH = y.shape[1]
     OW = y.shape[2]
@@ -284,7 +302,9 @@ def avg_pool2d_forward_direct(x, y, zero, k_h, k_w, s_w, sh, div, nchunks):
 def avg_pool2d_backward_tiles(dy, dx, zero, k_h, k_w, div, nchunks):
     """:func:`avg_pool2d_backward` when windows tile the input (stride = kernel, no padding):
     ``dx[p, oh*KH + i, ow*KW + j] = dy[p, oh, ow] / div``, and 0 in the rows and columns past
-    the last window."""
+    the last window.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.avg_pool2d_backward`."""
     P = dx.shape[0]
     H = dx.shape[1]
     W = dx.shape[2]
@@ -375,7 +395,10 @@ def max_pool2d_forward(x, y, idx, ninf, k_h, k_w, s_h, s_w, ph, pw, first, Hq, M
     from ``oh*Mq + ow``: all windows of a plane are one flat loop over ``q = oh*Mq + ow`` (the
     columns ``ow >= OW`` are computed and dropped). ``first[q]``: the offset of the window's
     first real tap (padding is -inf and never wins), padded to a multiple of 8 windows: whole
-    vectors, no scalar remainder loop (which cost up to 20% on small planes)."""
+    vectors, no scalar remainder loop (which cost up to 20% on small planes).
+
+    Textbook twin: :func:`nbconv.kernels.textbook.max_pool2d_forward` (which returns ``ih*W + iw``,
+    not window offsets)."""
     P = x.shape[0]
     OH = y.shape[1]
     OW = y.shape[2]
@@ -417,7 +440,9 @@ def max_pool2d_forward(x, y, idx, ninf, k_h, k_w, s_h, s_w, ph, pw, first, Hq, M
 @kernel
 def avg_pool2d_forward(x, y, zero, k_h, k_w, s_h, s_w, ph, pw, div, Hq, Mq, nchunks):
     """Average pooling as :func:`max_pool2d_forward` (zero padding); ``div`` (L,) holds
-    each window's divisor at ``q = oh*Mq + ow`` (padded with ones to a multiple of 8)."""
+    each window's divisor at ``q = oh*Mq + ow`` (padded with ones to a multiple of 8).
+
+    Textbook twin: :func:`nbconv.kernels.textbook.avg_pool2d_forward`."""
     P = x.shape[0]
     OH = y.shape[1]
     OW = y.shape[2]
