@@ -47,7 +47,8 @@ def encode(obj, arrays, prefix):
         arrays[name] = obj
         return {"__array__": name}
     if isinstance(obj, dict):
-        return {"__dict__": [[encode(k, arrays, f"{prefix}/k{i}"), encode(v, arrays, f"{prefix}/{i}")]
+        return {"__dict__": [[encode(k, arrays, f"{prefix}/k{i}"),
+                              encode(v, arrays, f"{prefix}/{i}")]
                              for i, (k, v) in enumerate(obj.items())]}
     if isinstance(obj, (list, tuple)):
         items = [encode(v, arrays, f"{prefix}/{i}") for i, v in enumerate(obj)]
@@ -86,7 +87,7 @@ def checksum(meta_bytes, arrays):
     return h.hexdigest()
 
 
-# ---- model state ----------------------------------------------------------------------------------
+# ---- model state ------------------------------------------------------------------------------
 
 def signature(state_dict, param_names):
     """``{"params": {key: [shape, dtype]}, "buffers": {...}}`` of a ``state_dict``: the keys in
@@ -113,7 +114,7 @@ def signature_diff(theirs, mine):
     return "; ".join(out[:6]) or "differs"
 
 
-# ---- files ----------------------------------------------------------------------------------------
+# ---- files ------------------------------------------------------------------------------------
 
 def write(path, meta, arrays):
     """Write ``meta`` (JSON-able; ``format`` and ``version`` are added) and ``arrays`` (name ->

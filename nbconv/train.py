@@ -53,7 +53,7 @@ def write_json(path, obj):
     atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-# ---- the trainer ----------------------------------------------------------------------------------
+# ---- the trainer --------------------------------------------------------------------------------
 
 class Trainer:
     """Train ``model`` with ``optimizer`` (and an optional per-epoch ``scheduler``).
@@ -213,9 +213,9 @@ class Trainer:
 
     @staticmethod
     def read(path):
-        """Read and verify a checkpoint file: ``(meta, arrays)`` (see :func:`nbconv.checkpoint.read`);
-        ``CheckpointError`` if it is unreadable, truncated, altered (checksum) or of another
-        format/version."""
+        """Read and verify a checkpoint file: ``(meta, arrays)`` (see
+        :func:`nbconv.checkpoint.read`); ``CheckpointError`` if it is unreadable, truncated,
+        altered (checksum) or of another format/version."""
         return ckpt.read(path)
 
     def load(self, path):
