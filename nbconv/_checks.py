@@ -112,6 +112,47 @@ def check_array(x, name, ndim=None, dtype=None, allow_empty=False):
     return np.ascontiguousarray(x)
 
 
-def check_same_shape(a, b, name_a, name_b):
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} must have shape {b.shape} (the shape of {name_b}), got {a.shape}")
+def check_bool(value, name):
+    """``value`` as a Python bool; ``TypeError`` for anything but ``bool`` / ``numpy.bool_``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_shape(a, name, shape, what):
+    """``a`` must be an ndarray of exactly ``shape``: ``TypeError`` / ``ValueError`` saying
+    ``{name} must have {what} {shape}``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have {what} {tuple(shape)}, got {a.shape}")
+    return a
+
+
+def check_dy(dy, shape, dtype=None, what="the output shape"):
+    """An upstream gradient: :func:`check_array` (``ndim = len(shape)``, ``dtype``) then exactly
+    ``shape``; returns it C-contiguous."""
+    dy = check_array(dy, "dy", ndim=len(shape), dtype=dtype)
+    return check_shape(dy, "dy", shape, what)
+
+
+def check_groups(num_groups, channels):
+    """``num_groups`` as an int >= 1 that divides ``channels`` (GroupNorm's groups)."""
+    groups = check_int(num_groups, "num_groups", 1)
+    if channels % groups:
+        raise ValueError(f"num_groups ({groups}) must divide the number of channels ({channels})")
+    return groups
+
+
+def pool_args(kernel_size, stride=None, padding=0, dilation=1):
+    """Pooling hyper-parameters as ``(kernel, stride, padding, dilation)``, each an ``(h, w)``
+    pair of ints. ``stride=None`` means ``kernel_size``; ``padding`` must be at most half the
+    (undilated) kernel per axis, as PyTorch."""
+    k = to_pair(kernel_size, "kernel_size", 1)
+    s = k if stride is None else to_pair(stride, "stride", 1)
+    p = to_pair(padding, "padding", 0)
+    d = to_pair(dilation, "dilation", 1)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"padding {p} must be at most half of kernel_size {k} "
+                         f"(padding <= kernel_size // 2 per axis, as PyTorch)")
+    return k, s, p, d

@@ -20,16 +20,10 @@ import math
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, check_float, check_int
+from ._checks import FLOAT_DTYPES, check_bool, check_float, check_int
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LRScheduler", "StepLR",
            "CosineAnnealingLR"]
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _check_betas(betas):
@@ -195,7 +189,7 @@ class SGD(Optimizer):
                    momentum=check_float(h["momentum"], "momentum", 0.0),
                    dampening=check_float(h["dampening"], "dampening", 0.0),
                    weight_decay=check_float(h["weight_decay"], "weight_decay", 0.0),
-                   nesterov=_check_bool(h["nesterov"], "nesterov"))
+                   nesterov=check_bool(h["nesterov"], "nesterov"))
         if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError(f"nesterov needs momentum > 0 and dampening == 0, got momentum="
                              f"{out['momentum']}, dampening={out['dampening']}")
@@ -249,7 +243,7 @@ class Adam(Optimizer):
         return dict(lr=check_float(h["lr"], "lr", 0.0), betas=_check_betas(h["betas"]),
                     eps=check_float(h["eps"], "eps", 0.0),
                     weight_decay=check_float(h["weight_decay"], "weight_decay", 0.0),
-                    amsgrad=_check_bool(h["amsgrad"], "amsgrad"))
+                    amsgrad=check_bool(h["amsgrad"], "amsgrad"))
 
     def _required_state(self):
         if self.step_count == 0:
@@ -325,7 +319,7 @@ class RMSprop(Optimizer):
                     eps=check_float(h["eps"], "eps", 0.0),
                     weight_decay=check_float(h["weight_decay"], "weight_decay", 0.0),
                     momentum=check_float(h["momentum"], "momentum", 0.0),
-                    centered=_check_bool(h["centered"], "centered"))
+                    centered=check_bool(h["centered"], "centered"))
 
     def _required_state(self):
         if self.step_count == 0:

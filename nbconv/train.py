@@ -5,8 +5,10 @@
     trainer = Trainer(model, optimizer, scheduler=None, batch_size=64, crop=4, flip=True, seed=0)
     trainer.fit(data, epochs=10, checkpoint="run/checkpoint.npz", metrics="run/metrics.json")
 
-``model`` follows the layer protocol (``model(x) -> logits (N, classes)``, ``model.backward``,
-``model.params``/``model.grads``/``model.buffers`` flat dicts, ``train()``/``eval()``);
+``model`` is an :class:`nbconv.layers.Layer` (``model(x) -> logits (N, classes)``,
+``model.backward``, ``model.params``/``model.grads``/``model.buffers`` flat dicts,
+``train()``/``eval()``, ``state_dict()``/``load_state_dict()``, ``get_extra_state()``/
+``set_extra_state()``);
 ``optimizer`` has ``step()``, ``state_dict()`` and ``load_state_dict()`` (so has ``scheduler``,
 stepped once per epoch). ``data`` is a dict with ``x_train (N, C, H, W)``, ``y_train (N,)`` and
 optionally ``x_val``/``y_val`` and ``x_test``/``y_test`` (see :func:`nbconv.data.prepare`).
@@ -18,36 +20,28 @@ Each epoch appends to :attr:`Trainer.history` a dict ``{"epoch", "loss", "train_
 :attr:`best_params` keeps a copy of the parameters and buffers of the epoch with the best
 validation accuracy (training accuracy without a validation split).
 
-Checkpoints (:meth:`Trainer.save` / :meth:`Trainer.load`) are one ``.npz`` file (no pickles)
-written atomically (temp file in the same directory, then ``os.replace``). It holds the
-parameters, buffers, optimizer and scheduler state, epoch, history, best parameters, the state
-of every random generator (the data shuffling/augmentation one and each layer's, e.g. Dropout's),
-BatchNorm2d's ``num_batches_tracked`` counters, a format version, the model's signature (parameter/buffer names, shapes, dtypes) and a SHA-256
-checksum of all of it. :meth:`Trainer.load` checks everything before it changes anything and
-raises :class:`CheckpointError` on a corrupted, truncated or mismatched file: the model, optimizer
-and trainer are never left half-loaded. Training resumed from a checkpoint of epoch k gives
-bitwise the same parameters as an uninterrupted run.
+Checkpoints (:meth:`Trainer.save` / :meth:`Trainer.load`) are one ``.npz`` file in the format of
+:mod:`nbconv.checkpoint` (no pickles, written atomically, SHA-256 checksum). It holds the model's
+``state_dict()`` (parameters, buffers, BatchNorm2d's ``num_batches_tracked``) and
+``get_extra_state()`` (e.g. Dropout's random generator), the optimizer and scheduler state,
+epoch, history, best parameters and the data shuffling/augmentation generator.
+:meth:`Trainer.load` checks everything before it changes anything and raises
+:class:`CheckpointError` on a corrupted, truncated or mismatched file: the model, optimizer and
+trainer are never left half-loaded. Training resumed from a checkpoint of epoch k gives bitwise
+the same parameters as an uninterrupted run.
 """
 import copy
-import hashlib
-import io
 import json
 import time
 
 import numpy as np
 
+from . import checkpoint as ckpt
 from ._io import atomic_write
+from .checkpoint import CheckpointError
 from .data import BatchIterator
 
 __all__ = ["Trainer", "CheckpointError", "accuracy", "write_json"]
-
-FORMAT = "nbconv-checkpoint"
-VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be used: unreadable, corrupted, or made for another model."""
-
 
 def accuracy(logits, labels):
     """Fraction of rows of ``logits (N, K)`` whose argmax equals ``labels (N,)``."""
@@ -59,91 +53,7 @@ def write_json(path, obj):
     atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-# ---- nested state <-> JSON + arrays -------------------------------------------------------------
-
-def _encode(obj, arrays, prefix):
-    """A JSON-able tree of ``obj``; arrays go into ``arrays`` under ``prefix/...`` names."""
-    if isinstance(obj, np.ndarray):
-        name = f"{prefix}"
-        arrays[name] = obj
-        return {"__array__": name}
-    if isinstance(obj, dict):
-        return {"__dict__": [[_encode(k, arrays, f"{prefix}/k{i}"), _encode(v, arrays, f"{prefix}/{i}")]
-                             for i, (k, v) in enumerate(obj.items())]}
-    if isinstance(obj, (list, tuple)):
-        items = [_encode(v, arrays, f"{prefix}/{i}") for i, v in enumerate(obj)]
-        return {"__tuple__": items} if isinstance(obj, tuple) else items
-    if isinstance(obj, np.generic):
-        return {"__scalar__": obj.item(), "dtype": obj.dtype.str}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint ({prefix})")
-
-
-def _decode(tree, arrays):
-    if isinstance(tree, list):
-        return [_decode(v, arrays) for v in tree]
-    if isinstance(tree, dict):
-        if "__array__" in tree:
-            return arrays[tree["__array__"]]
-        if "__dict__" in tree:
-            return {_decode(k, arrays): _decode(v, arrays) for k, v in tree["__dict__"]}
-        if "__tuple__" in tree:
-            return tuple(_decode(v, arrays) for v in tree["__tuple__"])
-        if "__scalar__" in tree:
-            return np.dtype(tree["dtype"]).type(tree["__scalar__"])
-        raise CheckpointError(f"unknown entry in checkpoint: {sorted(tree)}")
-    return tree
-
-
-def _checksum(meta_bytes, arrays):
-    h = hashlib.sha256(meta_bytes)
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _layers(model):
-    """``(path, layer)`` for ``model`` and every layer it holds (attributes or lists of them)."""
-    out = []
-
-    def visit(obj, path, depth):
-        out.append((path, obj))
-        if depth > 8:
-            return
-        for name, v in sorted(vars(obj).items()):
-            items = enumerate(v) if isinstance(v, (list, tuple)) else [(None, v)]
-            for i, item in items:
-                if hasattr(item, "__dict__") and hasattr(item, "forward") and item is not obj:
-                    visit(item, f"{path}{name}." + ("" if i is None else f"{i}."), depth + 1)
-
-    visit(model, "", 0)
-    return out
-
-
-def _rngs(model):
-    """Every ``numpy.random.Generator`` held by ``model`` or its layers (e.g. Dropout's), by a
-    stable path."""
-    return {f"{path}{name}": v for path, layer in _layers(model)
-            for name, v in sorted(vars(layer).items()) if isinstance(v, np.random.Generator)}
-
-
-def _counters(model):
-    """``path -> layer`` of the layers with a ``num_batches_tracked`` counter (BatchNorm2d: it
-    sets the running-average weight when ``momentum=None``)."""
-    return {path: layer for path, layer in _layers(model)
-            if isinstance(getattr(layer, "num_batches_tracked", None), (int, np.integer))}
-
-
-def _signature(model):
-    buffers = getattr(model, "buffers", {}) or {}
-    return {"params": {k: [list(v.shape), v.dtype.str] for k, v in model.params.items()},
-            "buffers": {k: [list(v.shape), v.dtype.str] for k, v in buffers.items()}}
-
-
-# ---- the trainer ----------------------------------------------------------------------------------
+# ---- the trainer --------------------------------------------------------------------------------
 
 class Trainer:
     """Train ``model`` with ``optimizer`` (and an optional per-epoch ``scheduler``).
@@ -266,15 +176,18 @@ class Trainer:
             self.model.buffers[k][...] = v
 
     # -- checkpoints -------------------------------------------------------------------------
+    def _model_signature(self, state_dict):
+        return ckpt.signature(state_dict, [k for k, _ in self.model.named_parameters()])
+
     def state(self):
         """``(meta, arrays)``: everything a checkpoint holds, as a JSON-able dict and a dict of
-        named arrays."""
+        named arrays (layout in :mod:`nbconv.checkpoint`)."""
         arrays = {}
-        buffers = getattr(self.model, "buffers", {}) or {}
-        for k, v in self.model.params.items():
-            arrays[f"param/{k}"] = v
-        for k, v in buffers.items():
-            arrays[f"buffer/{k}"] = v
+        sd = self.model.state_dict()
+        sig = self._model_signature(sd)
+        for kind, prefix in (("params", "param"), ("buffers", "buffer")):
+            for k in sig[kind]:
+                arrays[f"{prefix}/{k}"] = sd[k]
         best = None
         if self.best_params is not None:
             for kind in ("params", "buffers"):
@@ -282,64 +195,39 @@ class Trainer:
                     arrays[f"best_{kind}/{k}"] = v
             best = {"epoch": self.best_epoch, "score": self.best_score}
         meta = {
-            "format": FORMAT, "version": VERSION,
-            "signature": _signature(self.model),
+            "signature": sig,
             "optimizer_class": type(self.optimizer).__name__,
             "scheduler_class": None if self.scheduler is None else type(self.scheduler).__name__,
             "epoch": self.epoch, "history": self.history, "best": best,
-            "optimizer": _encode(self.optimizer.state_dict(), arrays, "optimizer"),
+            "optimizer": ckpt.encode(self.optimizer.state_dict(), arrays, "optimizer"),
             "scheduler": None if self.scheduler is None else
-            _encode(self.scheduler.state_dict(), arrays, "scheduler"),
-            "rng": {"data": self.rng.bit_generator.state,
-                    "model": {k: g.bit_generator.state for k, g in _rngs(self.model).items()}},
-            "counters": {k: int(v.num_batches_tracked) for k, v in _counters(self.model).items()},
+            ckpt.encode(self.scheduler.state_dict(), arrays, "scheduler"),
+            "extra": ckpt.encode(self.model.get_extra_state(), arrays, "extra"),
+            "rng": {"data": self.rng.bit_generator.state},
         }
         return meta, arrays
 
     def save(self, path):
         """Write the checkpoint ``.npz`` to ``path`` atomically."""
-        meta, arrays = self.state()
-        meta_bytes = json.dumps(meta, sort_keys=True).encode()
-        out = dict(arrays)
-        out["__meta__"] = np.frombuffer(meta_bytes, np.uint8)
-        out["__checksum__"] = np.frombuffer(_checksum(meta_bytes, arrays).encode(), np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **out)
-        atomic_write(path, buf.getvalue())
+        ckpt.write(path, *self.state())
 
     @staticmethod
     def read(path):
-        """Read and verify a checkpoint file: ``(meta, arrays)``; ``CheckpointError`` if it is
-        unreadable, truncated, altered (checksum) or of another format/version."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # zip/CRC/format errors of a truncated or damaged file
-            raise CheckpointError(f"checkpoint {path} is unreadable (corrupted or truncated?): "
-                                  f"{type(e).__name__}: {e}") from e
-        if "__meta__" not in arrays or "__checksum__" not in arrays:
-            raise CheckpointError(f"{path} is not an nbconv checkpoint (no __meta__/__checksum__)")
-        meta_bytes = arrays.pop("__meta__").tobytes()
-        stored = arrays.pop("__checksum__").tobytes().decode("ascii", "replace")
-        if _checksum(meta_bytes, arrays) != stored:
-            raise CheckpointError(f"checkpoint {path} is corrupted: checksum mismatch")
-        meta = json.loads(meta_bytes)
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise CheckpointError(f"{path}: format {meta.get('format')!r} version "
-                                  f"{meta.get('version')!r}, expected {FORMAT!r} {VERSION}")
-        return meta, arrays
+        """Read and verify a checkpoint file: ``(meta, arrays)`` (see
+        :func:`nbconv.checkpoint.read`); ``CheckpointError`` if it is unreadable, truncated,
+        altered (checksum) or of another format/version."""
+        return ckpt.read(path)
 
     def load(self, path):
         """Restore model, optimizer, scheduler, epoch, history, best parameters and RNG states
         from ``path``. Everything is checked first; on any failure nothing is changed and
         :class:`CheckpointError` is raised."""
         meta, arrays = self.read(path)
-        mine = _signature(self.model)
+        current = self.model.state_dict()
+        mine = self._model_signature(current)
         if meta["signature"] != mine:
             raise CheckpointError(f"checkpoint {path} is for another model: "
-                                  f"{_diff(meta['signature'], mine)}")
+                                  f"{ckpt.signature_diff(meta['signature'], mine)}")
         if meta["optimizer_class"] != type(self.optimizer).__name__:
             raise CheckpointError(f"checkpoint {path} holds {meta['optimizer_class']} state, "
                                   f"the optimizer is {type(self.optimizer).__name__}")
@@ -347,58 +235,39 @@ class Trainer:
         if meta["scheduler_class"] != sched:
             raise CheckpointError(f"checkpoint {path} holds scheduler {meta['scheduler_class']}, "
                                   f"the trainer has {sched}")
-        model_rngs = _rngs(self.model)
-        if sorted(meta["rng"]["model"]) != sorted(model_rngs):
-            raise CheckpointError(f"checkpoint {path} has random generators "
-                                  f"{sorted(meta['rng']['model'])}, the model {sorted(model_rngs)}")
-        counters = _counters(self.model)
-        if sorted(meta["counters"]) != sorted(counters):
-            raise CheckpointError(f"checkpoint {path} has batch counters for layers "
-                                  f"{sorted(meta['counters'])}, the model {sorted(counters)}")
-        opt_state = _decode(meta["optimizer"], arrays)
-        sched_state = None if meta["scheduler"] is None else _decode(meta["scheduler"], arrays)
+        state = {k: arrays[f"param/{k}"] for k in mine["params"]}
+        state.update({k: arrays[f"buffer/{k}"] for k in mine["buffers"]})
+        extra = ckpt.decode(meta["extra"], arrays)
+        opt_state = ckpt.decode(meta["optimizer"], arrays)
+        sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
 
-        # everything checked: apply, rolling back if the optimizer/scheduler refuse their state
-        backup = (self._copy_state(), copy.deepcopy(self.optimizer.state_dict()),
+        # everything checked: apply, rolling back if a part refuses its state
+        backup = (current, self.model.get_extra_state(),
+                  copy.deepcopy(self.optimizer.state_dict()),
                   None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()))
         try:
+            self.model.load_state_dict(state)
+            self.model.set_extra_state(extra)
             self.optimizer.load_state_dict(opt_state)
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(sched_state)
         except Exception as e:
-            self.optimizer.load_state_dict(backup[1])
+            self.model.load_state_dict(backup[0])
+            self.model.set_extra_state(backup[1])
+            self.optimizer.load_state_dict(backup[2])
             if self.scheduler is not None:
-                self.scheduler.load_state_dict(backup[2])
-            raise CheckpointError(f"checkpoint {path}: optimizer/scheduler state rejected: {e}") from e
-        for k in self.model.params:
-            self.model.params[k][...] = arrays[f"param/{k}"]
-        buffers = getattr(self.model, "buffers", {}) or {}
-        for k in buffers:
-            buffers[k][...] = arrays[f"buffer/{k}"]
-        for k, layer in counters.items():
-            layer.num_batches_tracked = meta["counters"][k]
-        for k, g in model_rngs.items():
-            g.bit_generator.state = meta["rng"]["model"][k]
+                self.scheduler.load_state_dict(backup[3])
+            raise CheckpointError(f"checkpoint {path}: model/optimizer/scheduler state "
+                                  f"rejected: {e}") from e
         self.rng.bit_generator.state = meta["rng"]["data"]
         self.epoch, self.history = meta["epoch"], meta["history"]
         if meta["best"] is None:
             self.best_params, self.best_epoch, self.best_score = None, None, -np.inf
         else:
-            self.best_params = {kind: {k: arrays[f"best_{kind}/{k}"].copy() for k in mine[kind]}
-                                for kind in ("params", "buffers")}
+            buffers = getattr(self.model, "buffers", {}) or {}
+            self.best_params = {"params": {k: arrays[f"best_params/{k}"].copy()
+                                           for k in self.model.params},
+                                "buffers": {k: arrays[f"best_buffers/{k}"].copy()
+                                            for k in buffers}}
             self.best_epoch, self.best_score = meta["best"]["epoch"], meta["best"]["score"]
         return self
-
-
-def _diff(theirs, mine):
-    out = []
-    for kind in ("params", "buffers"):
-        a, b = theirs.get(kind, {}), mine.get(kind, {})
-        if set(a) - set(b):
-            out.append(f"{kind} only in the checkpoint: {sorted(set(a) - set(b))}")
-        if set(b) - set(a):
-            out.append(f"{kind} only in the model: {sorted(set(b) - set(a))}")
-        for k in sorted(set(a) & set(b)):
-            if a[k] != b[k]:
-                out.append(f"{kind} {k!r}: checkpoint shape/dtype {a[k]}, model {b[k]}")
-    return "; ".join(out[:6]) or "differs"

@@ -12,7 +12,8 @@ import pytest
 
 from nbconv import viz
 from nbconv.layers import Layer
-from nbconv.train import CheckpointError, Trainer, _decode, _encode
+from nbconv.checkpoint import decode as _decode, encode as _encode
+from nbconv.train import CheckpointError, Trainer
 
 
 # ---- stand-ins: a linear classifier with dropout and a buffer, momentum SGD, a step schedule ---

@@ -15,7 +15,7 @@ BatchNorm2d normalises each channel over its ``N * H * W`` values with the batch
 """
 import numpy as np
 
-from .._checks import check_array, check_float, check_int
+from .._checks import check_array, check_bool, check_dy, check_float, check_groups
 from ..kernels import norm as _k
 
 __all__ = ["group_norm", "group_norm_backward", "batch_norm2d", "batch_norm2d_backward"]
@@ -35,32 +35,12 @@ def _check_affine(a, name, C, dtype, default):
     return a
 
 
-def _check_groups(num_groups, C):
-    G = check_int(num_groups, "num_groups", 1)
-    if C % G:
-        raise ValueError(f"num_groups ({G}) must divide the number of channels ({C})")
-    return G
-
-
 def _check_stats(a, name, shape):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float64)
-
-
-def _check_dy(dy, x):
-    dy = check_array(dy, "dy", ndim=4, dtype=x.dtype)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    return dy
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 # ---- GroupNorm -------------------------------------------------------------------------------
@@ -73,7 +53,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, return_stats=Fal
     which :func:`group_norm_backward` needs."""
     x = _check_x(x)
     N, C, H, W = x.shape
-    G = _check_groups(num_groups, C)
+    G = check_groups(num_groups, C)
     w = _check_affine(weight, "weight", C, x.dtype, 1)
     b = _check_affine(bias, "bias", C, x.dtype, 0)
     eps = check_float(eps, "eps", 0)
@@ -94,13 +74,13 @@ def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None, need_dx=True
 
     ``mean``, ``rstd``: ``(N, G)`` from ``group_norm(..., return_stats=True)``."""
     x = _check_x(x)
-    dy = _check_dy(dy, x)
+    dy = check_dy(dy, x.shape, x.dtype, "the shape of x")
     N, C, H, W = x.shape
-    G = _check_groups(num_groups, C)
+    G = check_groups(num_groups, C)
     w = _check_affine(weight, "weight", C, x.dtype, 1)
     mean = _check_stats(mean, "mean", (N, G))
     rstd = _check_stats(rstd, "rstd", (N, G))
-    need_dx = _check_bool(need_dx, "need_dx")
+    need_dx = check_bool(need_dx, "need_dx")
     shape3 = (N * G, C // G, H * W)
     dx = np.empty_like(x) if need_dx else np.empty((1, 1, 1, 1), x.dtype)  # unused stand-in
     dw = np.empty(C, x.dtype)
@@ -140,7 +120,7 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     (``rstd = 1 / sqrt(var + eps)``), which :func:`batch_norm2d_backward` needs."""
     x = _check_x(x)
     N, C, H, W = x.shape
-    training = _check_bool(training, "training")
+    training = check_bool(training, "training")
     w = _check_affine(weight, "weight", C, x.dtype, 1)
     b = _check_affine(bias, "bias", C, x.dtype, 0)
     eps = check_float(eps, "eps", 0)
@@ -181,13 +161,13 @@ def batch_norm2d_backward(dy, x, mean, rstd, weight=None, training=True, need_dx
     they were the batch's own (gradient flows through them), else fixed running statistics
     (``dx = dy * weight * rstd``)."""
     x = _check_x(x)
-    dy = _check_dy(dy, x)
+    dy = check_dy(dy, x.shape, x.dtype, "the shape of x")
     N, C, H, W = x.shape
     w = _check_affine(weight, "weight", C, x.dtype, 1)
     mean = _check_stats(mean, "mean", (C,))
     rstd = _check_stats(rstd, "rstd", (C,))
-    training = _check_bool(training, "training")
-    need_dx = _check_bool(need_dx, "need_dx")
+    training = check_bool(training, "training")
+    need_dx = check_bool(need_dx, "need_dx")
     shape3 = (N, C, H * W)
     dx = np.empty_like(x) if need_dx else np.empty((1, C, 1, 1), x.dtype)
     dw = np.empty(C, x.dtype)

@@ -19,29 +19,11 @@ results.
 """
 import numpy as np
 
-from .._checks import check_array, check_int, conv_out_size, to_pair
+from .._checks import check_array, check_bool, check_dy, check_int, conv_out_size, pool_args
 from ..kernels import pool as _k
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
            "global_avg_pool2d", "global_avg_pool2d_backward"]
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return bool(value)
-
-
-def pool_args(kernel_size, stride=None, padding=0, dilation=1):
-    """Validated ``(kernel, stride, padding, dilation)`` as ``(h, w)`` pairs of ints."""
-    k = to_pair(kernel_size, "kernel_size", 1)
-    s = k if stride is None else to_pair(stride, "stride", 1)
-    p = to_pair(padding, "padding", 0)
-    d = to_pair(dilation, "dilation", 1)
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"padding {p} must be at most half of kernel_size {k} "
-                         f"(padding <= kernel_size // 2 per axis, as PyTorch)")
-    return k, s, p, d
 
 
 def _out_shape(x_shape, k, s, p, d, ceil_mode, name="x"):
@@ -59,13 +41,6 @@ def _check_shape(x_shape, name="x_shape"):
     if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
         raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {x_shape!r}")
     return tuple(check_int(v, name, 1) for v in x_shape)
-
-
-def _check_dy(dy, out_shape, dtype=None):
-    dy = check_array(dy, "dy", ndim=len(out_shape), dtype=dtype)
-    if dy.shape != tuple(out_shape):
-        raise ValueError(f"dy must have the output shape {tuple(out_shape)}, got {dy.shape}")
-    return dy
 
 
 def _ranges(size, out, k, s, p, d):
@@ -163,8 +138,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     input index), to pass to :func:`max_pool2d_backward`.
     """
     k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
-    return_indices = _check_bool(return_indices, "return_indices")
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    return_indices = check_bool(return_indices, "return_indices")
     x = check_array(x, "x", ndim=4)
     n, c, oh, ow = _out_shape(x.shape, k, s, p, d, ceil_mode)
     h, w = x.shape[2:]
@@ -195,10 +170,10 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
     maximum, so overlapping windows sum.
     """
     k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
     x_shape = _check_shape(x_shape)
     out_shape = _out_shape(x_shape, k, s, p, d, ceil_mode, "x_shape")
-    dy = _check_dy(dy, out_shape)
+    dy = check_dy(dy, out_shape)
     if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
         raise TypeError(f"indices must be an integer numpy.ndarray, got "
                         f"{getattr(indices, 'dtype', type(indices).__name__)}")
@@ -243,8 +218,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     not) or the number of input elements it covers (``count_include_pad=False``).
     """
     k, s, p, _ = pool_args(kernel_size, stride, padding)
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
-    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x = check_array(x, "x", ndim=4)
     n, c, oh, ow = _out_shape(x.shape, k, s, p, (1, 1), ceil_mode)
     h, w = x.shape[2:]
@@ -269,11 +244,11 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     from ``dy`` ``(N, C, OH, OW)``: each element collects ``dy / divisor`` of every window
     containing it."""
     k, s, p, _ = pool_args(kernel_size, stride, padding)
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
-    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x_shape = _check_shape(x_shape)
     out_shape = _out_shape(x_shape, k, s, p, (1, 1), ceil_mode, "x_shape")
-    dy = _check_dy(dy, out_shape)
+    dy = check_dy(dy, out_shape)
     n, c, h, w = x_shape
     oh, ow = out_shape[2:]
     tables = _avg_tables(h, w, oh, ow, k, s, p, count_include_pad, dy.dtype)
@@ -306,7 +281,7 @@ def global_avg_pool2d_backward(dy, x_shape):
     ``(N, C, H, W)`` with ``dx[n, c, :, :] = dy[n, c] / (H*W)``."""
     x_shape = _check_shape(x_shape)
     n, c, h, w = x_shape
-    dy = _check_dy(dy, (n, c))
+    dy = check_dy(dy, (n, c))
     dx = np.empty(x_shape, dy.dtype)
     _k.global_avg_pool2d_backward(dy.reshape(n * c), dx.reshape(n * c, h * w), dy.dtype.type(h * w))
     return dx

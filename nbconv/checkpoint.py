@@ -1,0 +1,187 @@
+"""The checkpoint file format: one ``.npz`` (no pickles) written atomically and verified on load.
+
+Layout (format ``"nbconv-checkpoint"``, version 2):
+
+- ``param/<key>``: the model's parameters and ``buffer/<key>`` its other ``state_dict`` entries
+  (buffers, ``num_batches_tracked`` as a 0-d int64 array), PyTorch's keys;
+- ``best_params/<key>``, ``best_buffers/<key>``: the best epoch's copies, if any;
+- ``<section>/...``: arrays of the nested states (optimizer, scheduler, extra state), referenced
+  from the metadata by name (:func:`encode` / :func:`decode`);
+- ``__meta__``: UTF-8 JSON (``format``, ``version``, ``signature`` = the ``state_dict``'s names,
+  shapes and dtypes, and whatever the writer adds: epoch, history, random generator states...);
+- ``__checksum__``: SHA-256 over the metadata bytes and every array's name, dtype, shape and
+  bytes (:func:`checksum`).
+
+:func:`read` raises :class:`CheckpointError` on an unreadable, truncated, altered or foreign
+file. Version 1 files (written before layers had ``state_dict``/``get_extra_state``: random
+generators and batch counters were stored by attribute path) are read and converted to the
+version 2 layout in memory. The training loop that writes and restores checkpoints is
+:class:`nbconv.train.Trainer`.
+"""
+import hashlib
+import io
+import json
+
+import numpy as np
+
+from ._io import atomic_write
+
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "encode", "decode", "checksum", "signature",
+           "signature_diff", "write", "read"]
+
+FORMAT = "nbconv-checkpoint"
+VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: unreadable, corrupted, or made for another model."""
+
+
+# ---- nested state <-> JSON + arrays -------------------------------------------------------------
+
+def encode(obj, arrays, prefix):
+    """A JSON-able tree of ``obj`` (dicts with any keys, lists, tuples, arrays, NumPy scalars,
+    ``None``/bool/int/float/str); arrays go into ``arrays`` under ``prefix/...`` names."""
+    if isinstance(obj, np.ndarray):
+        name = f"{prefix}"
+        arrays[name] = obj
+        return {"__array__": name}
+    if isinstance(obj, dict):
+        return {"__dict__": [[encode(k, arrays, f"{prefix}/k{i}"),
+                              encode(v, arrays, f"{prefix}/{i}")]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [encode(v, arrays, f"{prefix}/{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, np.generic):
+        return {"__scalar__": obj.item(), "dtype": obj.dtype.str}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint ({prefix})")
+
+
+def decode(tree, arrays):
+    """The object :func:`encode` made ``tree`` from (arrays looked up in ``arrays``)."""
+    if isinstance(tree, list):
+        return [decode(v, arrays) for v in tree]
+    if isinstance(tree, dict):
+        if "__array__" in tree:
+            return arrays[tree["__array__"]]
+        if "__dict__" in tree:
+            return {decode(k, arrays): decode(v, arrays) for k, v in tree["__dict__"]}
+        if "__tuple__" in tree:
+            return tuple(decode(v, arrays) for v in tree["__tuple__"])
+        if "__scalar__" in tree:
+            return np.dtype(tree["dtype"]).type(tree["__scalar__"])
+        raise CheckpointError(f"unknown entry in checkpoint: {sorted(tree)}")
+    return tree
+
+
+def checksum(meta_bytes, arrays):
+    """SHA-256 hex digest of the metadata bytes and the arrays (sorted by name)."""
+    h = hashlib.sha256(meta_bytes)
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# ---- model state ------------------------------------------------------------------------------
+
+def signature(state_dict, param_names):
+    """``{"params": {key: [shape, dtype]}, "buffers": {...}}`` of a ``state_dict``: the keys in
+    ``param_names`` are parameters, the others buffers."""
+    params = set(param_names)
+    sig = {"params": {}, "buffers": {}}
+    for k, v in state_dict.items():
+        sig["params" if k in params else "buffers"][k] = [list(v.shape), v.dtype.str]
+    return sig
+
+
+def signature_diff(theirs, mine):
+    """A short description of how two signatures differ."""
+    out = []
+    for kind in ("params", "buffers"):
+        a, b = theirs.get(kind, {}), mine.get(kind, {})
+        if set(a) - set(b):
+            out.append(f"{kind} only in the checkpoint: {sorted(set(a) - set(b))}")
+        if set(b) - set(a):
+            out.append(f"{kind} only in the model: {sorted(set(b) - set(a))}")
+        for k in sorted(set(a) & set(b)):
+            if a[k] != b[k]:
+                out.append(f"{kind} {k!r}: checkpoint shape/dtype {a[k]}, model {b[k]}")
+    return "; ".join(out[:6]) or "differs"
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+def write(path, meta, arrays):
+    """Write ``meta`` (JSON-able; ``format`` and ``version`` are added) and ``arrays`` (name ->
+    ndarray) to ``path`` atomically, with their checksum."""
+    meta = dict(meta, format=FORMAT, version=VERSION)
+    meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    out = dict(arrays)
+    out["__meta__"] = np.frombuffer(meta_bytes, np.uint8)
+    out["__checksum__"] = np.frombuffer(checksum(meta_bytes, arrays).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    atomic_write(path, buf.getvalue())
+
+
+def read(path):
+    """Read and verify a checkpoint file: ``(meta, arrays)`` in the version 2 layout;
+    ``CheckpointError`` if it is unreadable, truncated, altered (checksum) or of another
+    format/version."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zip/CRC/format errors of a truncated or damaged file
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupted or truncated?): "
+                              f"{type(e).__name__}: {e}") from e
+    if "__meta__" not in arrays or "__checksum__" not in arrays:
+        raise CheckpointError(f"{path} is not an nbconv checkpoint (no __meta__/__checksum__)")
+    meta_bytes = arrays.pop("__meta__").tobytes()
+    stored = arrays.pop("__checksum__").tobytes().decode("ascii", "replace")
+    if checksum(meta_bytes, arrays) != stored:
+        raise CheckpointError(f"checkpoint {path} is corrupted: checksum mismatch")
+    meta = json.loads(meta_bytes)
+    if meta.get("format") != FORMAT or meta.get("version") not in (1, VERSION):
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} version "
+                              f"{meta.get('version')!r}, expected {FORMAT!r} 1 or {VERSION}")
+    if meta["version"] == 1:
+        meta = _upgrade_v1(meta, arrays)
+    return meta, arrays
+
+
+def _v1_path(path):
+    """A version 1 attribute path (``"layers.0.layers.1."``, ``"layers.4.rng"``) as the
+    ``state_dict`` / extra-state key parts (``["0", "1"]``, ``["4", "rng"]``): a Sequential's
+    ``layers`` list is what its ``"<index>."`` prefixes stand for."""
+    return [p for p in path.split(".") if p and p != "layers"]
+
+
+def _upgrade_v1(meta, arrays):
+    """Version 1 kept ``num_batches_tracked`` counters and layer random generators in the
+    metadata by attribute path; version 2 keeps counters as 0-d int64 ``buffer/`` arrays and
+    generators in the model's extra state (``meta["extra"]``)."""
+    meta = dict(meta, version=VERSION)
+    sig = {"params": dict(meta["signature"]["params"]),
+           "buffers": dict(meta["signature"]["buffers"])}
+    for path, count in meta.pop("counters", {}).items():
+        key = ".".join(_v1_path(path) + ["num_batches_tracked"])
+        sig["buffers"][key] = [[], np.dtype(np.int64).str]
+        arrays[f"buffer/{key}"] = np.array(count, np.int64)
+    meta["signature"] = sig
+    extra = {}
+    for path, state in meta["rng"].get("model", {}).items():
+        *layers, attr = _v1_path(path)
+        node = extra
+        for part in layers:
+            node = node.setdefault(part, {})
+        node[attr] = state
+    meta["rng"] = {"data": meta["rng"]["data"]}
+    meta["extra"] = encode(extra or None, arrays, "extra")
+    return meta

@@ -1,0 +1,95 @@
+"""Pooling layers: MaxPool2d, AvgPool2d, GlobalAvgPool2d, stateful wrappers around the pool ops
+of :mod:`nbconv.functional`. Their arguments are validated and normalised to ``(h, w)`` pairs
+once, at construction."""
+from .. import functional as F
+from .._checks import check_bool, pool_args
+from .base import Layer
+
+
+class _Pool2d(Layer):
+    """Shared bits of the pooling layers: no parameters; backward checks ``dy``'s dtype against
+    the forward input's (the functional backward ops only see ``x``'s shape) and returns
+    ``None`` when ``input_grad`` is off."""
+
+    def _load_pool(self, dy):
+        dy, *saved = self._load(dy)
+        if dy.dtype != saved[-1]:
+            raise TypeError(f"dy has dtype {dy.dtype} but the last forward's input had "
+                            f"{saved[-1]}; cast it with .astype()")
+        return dy, saved
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._repr.items())
+        return f"{type(self).__name__}({args})"
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling ``(N, C, H, W) -> (N, C, OH, OW)``, PyTorch's ``nn.MaxPool2d`` semantics
+    (``OH = floor((H + 2*ph - dh*(kh-1) - 1) / sh) + 1``, ceil with ``ceil_mode``; see
+    :func:`nbconv.functional.max_pool2d`). Saves only the window offsets of the maxima (uint8
+    for kernels up to 16x16) and the input shape."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
+        self._args = dict(kernel_size=k, stride=s, padding=p, dilation=d,
+                          ceil_mode=check_bool(ceil_mode, "ceil_mode"))
+        self._repr = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                          dilation=dilation, ceil_mode=ceil_mode)
+
+    def forward(self, x):
+        y, idx = F.max_pool2d(x, **self._args, return_indices=True)
+        self._save(y.shape, idx, x.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        dy, (idx, x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.max_pool2d_backward(dy, idx, x_shape, **self._args)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling ``(N, C, H, W) -> (N, C, OH, OW)``, PyTorch's ``nn.AvgPool2d`` semantics
+    (``OH = floor((H + 2*ph - kh) / sh) + 1``, ceil with ``ceil_mode``; divisor rules in
+    :func:`nbconv.functional.avg_pool2d`). Saves only the input shape."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__()
+        k, s, p, _ = pool_args(kernel_size, stride, padding)
+        self._args = dict(kernel_size=k, stride=s, padding=p,
+                          ceil_mode=check_bool(ceil_mode, "ceil_mode"),
+                          count_include_pad=check_bool(count_include_pad, "count_include_pad"))
+        self._repr = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                          ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+
+    def forward(self, x):
+        y = F.avg_pool2d(x, **self._args)
+        self._save(y.shape, x.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        dy, (x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.avg_pool2d_backward(dy, x_shape, **self._args)
+
+
+class GlobalAvgPool2d(_Pool2d):
+    """Mean over the spatial axes: ``(N, C, H, W) -> (N, C)``. Saves only the input shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._repr = {}
+
+    def forward(self, x):
+        y = F.global_avg_pool2d(x)
+        self._save(y.shape, x.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        dy, (x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.global_avg_pool2d_backward(dy, x_shape)
