@@ -24,7 +24,8 @@ and ``reference.conv2d_naive``.
 """
 import numpy as np
 
-from ._checks import check_array, check_float, check_int, conv_out_size, to_pair
+from ._checks import (check_array, check_bool, check_float, check_groups, check_int,
+                      conv_out_size, pool_args, to_pair)
 from .kernels import textbook as _k
 from .reference import conv2d_padding as _parse_padding
 
@@ -32,11 +33,6 @@ __all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "av
            "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
            "group_norm", "group_norm_backward", "batch_norm2d", "batch_norm2d_backward"]
 
-
-def _bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _x_shape(x_shape, name="x_shape"):
@@ -120,18 +116,6 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
 
 # ---- pool -----------------------------------------------------------------------------------
 
-def _pool_args(kernel_size, stride, padding, dilation):
-    """``(kernel, stride, padding, dilation)`` as ``(h, w)`` pairs, PyTorch's rules (the same
-    checks as :func:`nbconv.functional.max_pool2d`)."""
-    k = to_pair(kernel_size, "kernel_size", 1)
-    s = k if stride is None else to_pair(stride, "stride", 1)
-    p = to_pair(padding, "padding", 0)
-    d = to_pair(dilation, "dilation", 1)
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"padding {p} must be at most half of kernel_size {k} "
-                         f"(padding <= kernel_size // 2 per axis, as PyTorch)")
-    return k, s, p, d
-
 
 def _pool_out(x_shape, k, s, p, d, ceil_mode, name="x"):
     oh = conv_out_size(x_shape[2], k[0], s[0], p[0], p[0], d[0], ceil_mode)
@@ -147,9 +131,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                return_indices=False):
     """Textbook twin of :func:`nbconv.functional.max_pool2d`: ``(N, C, H, W) -> (N, C, OH,
     OW)``; with ``return_indices`` also int64 ``indices`` ``ih * W + iw`` (PyTorch's form)."""
-    k, s, p, d = _pool_args(kernel_size, stride, padding, dilation)
-    ceil_mode = _bool(ceil_mode, "ceil_mode")
-    return_indices = _bool(return_indices, "return_indices")
+    k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    return_indices = check_bool(return_indices, "return_indices")
     x = check_array(x, "x", ndim=4)
     out = _pool_out(x.shape, k, s, p, d, ceil_mode)
     y = np.empty(out, x.dtype)
@@ -183,9 +167,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """Textbook twin of :func:`nbconv.functional.avg_pool2d`: ``(N, C, H, W) -> (N, C, OH,
     OW)``, each window's sum divided as PyTorch does (see
     :func:`nbconv.kernels.textbook.avg_pool2d_forward`)."""
-    k, s, p, _ = _pool_args(kernel_size, stride, padding, 1)
-    ceil_mode = _bool(ceil_mode, "ceil_mode")
-    count_include_pad = _bool(count_include_pad, "count_include_pad")
+    k, s, p, _ = pool_args(kernel_size, stride, padding, 1)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x = check_array(x, "x", ndim=4)
     y = np.empty(_pool_out(x.shape, k, s, p, (1, 1), ceil_mode), x.dtype)
     _k.avg_pool2d_forward(x, y, k[0], k[1], s[0], s[1], p[0], p[1], count_include_pad)
@@ -195,9 +179,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True):
     """Gradient of :func:`avg_pool2d`: ``dx`` ``x_shape`` from ``dy`` ``(N, C, OH, OW)``."""
-    k, s, p, _ = _pool_args(kernel_size, stride, padding, 1)
-    ceil_mode = _bool(ceil_mode, "ceil_mode")
-    count_include_pad = _bool(count_include_pad, "count_include_pad")
+    k, s, p, _ = pool_args(kernel_size, stride, padding, 1)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x_shape = _x_shape(x_shape)
     out = _pool_out(x_shape, k, s, p, (1, 1), ceil_mode, "x_shape")
     dy = _same_shape(check_array(dy, "dy", ndim=4), "dy", out)
@@ -231,12 +215,6 @@ def _affine(a, name, C, dtype, default):
     return _same_shape(check_array(a, name, ndim=1, dtype=dtype), name, (C,))
 
 
-def _groups(num_groups, C):
-    G = check_int(num_groups, "num_groups", 1)
-    if C % G:
-        raise ValueError(f"num_groups ({G}) must divide the number of channels ({C})")
-    return G
-
 
 def _stats(a, name, shape):
     if not isinstance(a, np.ndarray):
@@ -249,7 +227,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, return_stats=Fal
     ``return_stats`` also float64 ``mean``, ``rstd`` ``(N, G)``."""
     x = check_array(x, "x", ndim=4)
     C = x.shape[1]
-    G = _groups(num_groups, C)
+    G = check_groups(num_groups, C)
     w = _affine(weight, "weight", C, x.dtype, 1)
     b = _affine(bias, "bias", C, x.dtype, 0)
     eps = check_float(eps, "eps", 0)
@@ -265,7 +243,7 @@ def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None):
     x = check_array(x, "x", ndim=4)
     dy = _same_shape(check_array(dy, "dy", ndim=4, dtype=x.dtype), "dy", x.shape)
     C = x.shape[1]
-    G = _groups(num_groups, C)
+    G = check_groups(num_groups, C)
     w = _affine(weight, "weight", C, x.dtype, 1)
     mean = _stats(mean, "mean", (x.shape[0], G))
     rstd = _stats(rstd, "rstd", (x.shape[0], G))
@@ -283,7 +261,7 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     variance; else the running statistics)."""
     x = check_array(x, "x", ndim=4)
     N, C, H, W = x.shape
-    training = _bool(training, "training")
+    training = check_bool(training, "training")
     w = _affine(weight, "weight", C, x.dtype, 1)
     b = _affine(bias, "bias", C, x.dtype, 0)
     eps = check_float(eps, "eps", 0)
@@ -325,7 +303,7 @@ def batch_norm2d_backward(dy, x, mean, rstd, weight=None, training=True):
     w = _affine(weight, "weight", C, x.dtype, 1)
     mean = _stats(mean, "mean", (C,))
     rstd = _stats(rstd, "rstd", (C,))
-    training = _bool(training, "training")
+    training = check_bool(training, "training")
     dx = np.empty_like(x)
     dw = np.empty(C, x.dtype)
     db = np.empty(C, x.dtype)
