@@ -98,6 +98,30 @@ def test_reference_naive_im2col_torch(cfg):
 
 # ---- forward and every gradient against the references and torch ----------------------------
 
+@pytest.mark.parametrize("padding, stride", [
+    (0, 1), (2, 1), ((1, 0), 2), ("valid", 1), ("same", 1),
+    ((1, 2, 0, 1), 1),    # a 4-tuple: the reference took it as (top, bottom, left, right)
+    ("same", 2),          # the reference padded strided inputs 'same' anyway
+    (-1, 1), ((1, -1), 1),  # the reference padded negatively (cropped)
+    (1.5, 1), (True, 1),  # the reference truncated floats and bools with int()
+])
+def test_one_padding_parser_as_torch(padding, stride):
+    """The reference, the kernels' wrappers and torch accept the same paddings (the reference
+    had its own parser, which had drifted: it accepted every case marked above)."""
+    x, w, b, _ = make((1, 2, 6, 7, 3, 3, 1, 0, 1, 1), np.float64)
+    args = dict(stride=stride, padding=padding)
+    try:
+        expect = torch_ref(x, w, b, args)
+    except (RuntimeError, TypeError, ValueError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        for fn in (R.conv2d_naive, R.conv2d_im2col, F.conv2d):
+            with pytest.raises(err, match="padding"):
+                fn(x, w, b, **args)
+        return
+    for fn in (R.conv2d_naive, R.conv2d_im2col, F.conv2d):
+        assert_close(fn(x, w, b, **args), expect, err_msg=fn.__name__)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", CFGS, ids=IDS)
 def test_forward_backward(cfg, dtype):

@@ -31,7 +31,7 @@ import contextlib
 import numba
 import numpy as np
 
-from .._checks import check_array, check_int, conv_out_size, to_pair
+from .._checks import check_array, check_int, conv2d_padding, conv_out_size, to_pair
 from ..kernels import conv as _k
 from ..kernels import depthwise as _dk
 
@@ -55,26 +55,6 @@ def _threads_for_copy(nbytes):
         yield
     finally:
         numba.set_num_threads(old)
-
-
-def conv2d_padding(padding, kernel_hw, stride_hw=(1, 1), dilation_hw=(1, 1)):
-    """``padding`` (int, pair, 'valid', 'same', 'full') as ``(top, bottom, left, right)``."""
-    (kh, kw), (dh, dw) = kernel_hw, dilation_hw
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "full":
-            return (dh * (kh - 1),) * 2 + (dw * (kw - 1),) * 2
-        if padding == "same":
-            if tuple(stride_hw) != (1, 1):
-                raise ValueError(f"padding='same' is not supported for strided convolutions "
-                                 f"(stride {tuple(stride_hw)}), as in PyTorch")
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
-        raise ValueError(f"padding must be an int, a pair, 'valid', 'same' or 'full', "
-                         f"got {padding!r}")
-    ph, pw = to_pair(padding, "padding", 0)
-    return (ph, ph, pw, pw)
 
 
 class ConvGeometry:
