@@ -28,10 +28,9 @@ no float64 enters a float32 loop.
 import numpy as np
 from numba import prange
 
+from .._config import CONV_FB as FB  # outputs whose row block stays in L1 in ``conv_rows``
+from .._config import CONV_FW as FW  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 from .._config import kernel, serial_kernel
-
-FB = 8  # outputs whose row block stays in L1 in ``conv_rows``
-FW = 32  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 
 
 @serial_kernel
