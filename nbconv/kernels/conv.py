@@ -1,4 +1,4 @@
-"""Convolution loop nests (see :mod:`nbconv.functional.conv` for how the wrapper lays out data).
+"""Convolution loop nests (:mod:`nbconv.functional._conv_plan` plans the layouts and tables).
 
 The kernels work on *batch-interleaved planes*: a 1-d buffer holding, per channel (or stride
 phase of a channel), ``Hx`` rows, each row holding the same image row of all ``N`` images one
