@@ -156,3 +156,31 @@ def pool_args(kernel_size, stride=None, padding=0, dilation=1):
         raise ValueError(f"padding {p} must be at most half of kernel_size {k} "
                          f"(padding <= kernel_size // 2 per axis, as PyTorch)")
     return k, s, p, d
+
+
+def conv2d_padding(padding, kernel_hw, stride_hw=(1, 1), dilation_hw=(1, 1)):
+    """A convolution's ``padding`` as ``(top, bottom, left, right)``, parsed as PyTorch does.
+
+    ``padding`` is an int ``p >= 0``, a pair ``(ph, pw)`` (the same on both sides), ``'valid'``
+    (0), ``'same'`` (stride 1 only; total ``dilation * (k - 1)`` per axis, the odd extra
+    row/column at the bottom/right as PyTorch) or ``'full'`` (``dilation * (k - 1)`` on each
+    side; not in PyTorch). Anything else raises: a 4-tuple, a negative, a float or a bool, as
+    ``torch.nn.functional.conv2d`` does. ``kernel_hw``, ``stride_hw`` and ``dilation_hw`` are
+    pairs of ints. Shared by :mod:`nbconv.functional.conv` and :mod:`nbconv.reference`.
+    """
+    (kh, kw), (dh, dw) = kernel_hw, dilation_hw
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "full":
+            return (dh * (kh - 1),) * 2 + (dw * (kw - 1),) * 2
+        if padding == "same":
+            if tuple(stride_hw) != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(stride {tuple(stride_hw)}), as in PyTorch")
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, a pair, 'valid', 'same' or 'full', "
+                         f"got {padding!r}")
+    ph, pw = to_pair(padding, "padding", 0)
+    return (ph, ph, pw, pw)

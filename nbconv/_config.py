@@ -6,6 +6,12 @@ the kernels instead of compiling them.
 
 ``fastmath`` is the set of LLVM flags *without* ``nnan``/``ninf``: reductions may be
 re-associated and vectorised, but NaN and inf still propagate and ``x != x`` still works.
+
+It also holds every tuning constant (block sizes, task counts, thresholds), each with the reason
+for its value. None changes a result beyond float rounding order, and the reduction chunks
+depend only on shapes, never on the thread count. Kernels read the ``[kernel]`` ones as
+compile-time constants: Numba's cache is keyed on the kernel module's file, not this one, so
+after changing one delete ``nbconv/kernels/__pycache__`` (or the kernels keep the old value).
 """
 from numba import njit
 
@@ -23,3 +29,42 @@ def kernel(fn):
 def serial_kernel(fn):
     """Compile ``fn`` as a single-threaded kernel (helpers called from inside kernels)."""
     return njit(parallel=False, **_FLAGS)(fn)
+
+
+# ---- tuning constants ------------------------------------------------------------------------
+# Machine-level: an L1 data cache of 32-48 KiB, 256-bit vectors, a few cores.
+
+VEC = 8  # float32 lanes of a 256-bit vector: flat loops are padded to whole vectors
+MIN_TASKS = 8  # split work into at least this many tasks when it can: keeps every core busy
+#                and evens out unequal tasks on a shared machine
+
+# conv (nbconv.kernels.conv, nbconv.functional._conv_plan)
+CONV_BLOCK_BYTES = 2048  # bytes of one run of output pixels per filter: FB of them stay in L1
+CONV_FB = 8  # [kernel] filters whose output runs conv_rows keeps in L1 at once (8 x 2 KiB)
+CONV_FW = 32  # [kernel] filters whose dy rows conv_weight_grad reuses from L2 per pass
+SMALL_COPY_BYTES = 1 << 20  # layout copies below this run on the calling thread: waking the
+#                             pool costs a fork/join (milliseconds on a busy machine)
+DEPTHWISE_MAX_CHUNKS = 256  # (image, channel) planes are split into at most this many tasks:
+#                             enough to balance, few enough that each zeroes its scratch rarely
+
+# pool (nbconv.functional.pool, nbconv.kernels.pool)
+UNROLL_MAX_AREA = 16  # windows up to this many taps use the kernels unrolled on the window:
+#                       beyond it compile time grows and the gain fades
+UNROLL_MAX_STRIDE = 4  # strides up to this likewise (one specialisation per column stride)
+POOL_MAX_CHUNKS = 64  # planes are handed to threads in at most this many chunks (one scratch
+#                       buffer each): enough to balance, little scratch memory
+
+# norm (nbconv.kernels.norm)
+NORM_BLOCK = 16  # [kernel] at most this many rows/channels per task: a task's items stay cached
+NORM_MIN_TASKS = 16  # [kernel] smaller blocks down to 1 item until there are this many tasks
+
+# basic (nbconv.kernels.basic, nbconv.functional.basic)
+MATMUL_CHUNK = 512  # [kernel] columns of c per task in matmul_nn: a 2 KiB float32 row segment
+#                     stays in L1
+MATMUL_KC = 512  # [kernel] reduction chunk of matmul_nt: a 2x512 block of a and 4x512 of b
+#                  stay in L1
+FLAT = 16384  # [kernel] elements per task of the elementwise kernels: 64 KiB float32, long
+#               enough to amortise a task, short enough to split a 1 MB array 16 ways
+PARALLEL_ELEMENTS = 1 << 17  # smaller arrays run on one thread: waking the workers costs more
+#                              than the work (and much more on a busy machine)
+PARALLEL_MACS = 1 << 21  # the same for matrix products, counted in multiply-adds

@@ -6,35 +6,18 @@ kernels against both; benchmarks compare against the vectorised one.
 """
 import numpy as np
 
-from ._checks import conv_out_size  # noqa: F401
+from ._checks import conv2d_padding, conv_out_size  # noqa: F401  (one parser for every module)
 
 
 # ---- conv -----------------------------------------------------------------------------------
-# Shapes: x (N, C, H, W), weight (F, C/groups, KH, KW), bias (F,), y and dy (N, F, OH, OW) with
+# Shapes: x (N, C, H, W), weight (Fo, C/groups, KH, KW), bias (Fo,), y and dy (N, Fo, OH, OW)
+# (Fo filters) with
 #     OH = floor((H + pad_top + pad_bottom - dilation_h * (KH - 1) - 1) / stride_h) + 1
-# (OW likewise). ``padding`` is an int, a pair (ph, pw), a 4-tuple (top, bottom, left, right) or
-# 'valid' / 'same' (stride 1; the odd extra row/column at the bottom/right, as PyTorch) / 'full'
-# (dilation * (k - 1) on each side). Group g maps input channels [g*C/G, (g+1)*C/G) to filters
-# [g*F/G, (g+1)*F/G). Backward returns (dx, dweight, dbias).
-
-def conv2d_padding(padding, kernel_hw, stride_hw=(1, 1), dilation_hw=(1, 1)):
-    """``padding`` as ``(top, bottom, left, right)``."""
-    (kh, kw), (dh, dw) = kernel_hw, dilation_hw
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "full":
-            return (dh * (kh - 1),) * 2 + (dw * (kw - 1),) * 2
-        if padding == "same":
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
-        raise ValueError(f"unknown padding {padding!r}")
-    if isinstance(padding, (tuple, list)):
-        if len(padding) == 4:
-            return tuple(int(p) for p in padding)
-        return (int(padding[0]),) * 2 + (int(padding[1]),) * 2
-    return (int(padding),) * 4
-
+# (OW likewise). ``padding`` is an int, a pair (ph, pw), 'valid', 'same' (stride 1; the odd extra
+# row/column at the bottom/right, as PyTorch) or 'full' (dilation * (k - 1) on each side), parsed
+# by :func:`nbconv._checks.conv2d_padding`, the parser the kernels' wrappers use. Group g maps
+# input channels [g*C/G, (g+1)*C/G) to filters [g*Fo/G, (g+1)*Fo/G). Backward returns
+# (dx, dweight, dbias).
 
 def _conv_geometry(x_shape, w_shape, stride, padding, dilation):
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
@@ -50,13 +33,13 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     """Textbook loops: ``y[n,f,oh,ow] = b[f] + sum_{c,i,j} w[f,c,i,j] * x[n, g*Cg + c,
     oh*sh - pt + i*dh, ow*sw - pl + j*dw]`` (terms outside the input are zero)."""
     N, C, H, W = x.shape
-    F, Cg, KH, KW = weight.shape
+    Fo, Cg, KH, KW = weight.shape
     (sh, sw), (pt, _, pl, _), (dh, dw), (OH, OW) = _conv_geometry(x.shape, weight.shape, stride,
                                                                  padding, dilation)
-    Fg = F // groups
-    y = np.zeros((N, F, OH, OW), x.dtype)
+    Fg = Fo // groups
+    y = np.zeros((N, Fo, OH, OW), x.dtype)
     for n in range(N):
-        for f in range(F):
+        for f in range(Fo):
             g = f // Fg
             for oh in range(OH):
                 for ow in range(OW):
@@ -74,13 +57,13 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
 def conv2d_backward_naive(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
     """The same loops as :func:`conv2d_naive`, each product's gradient added to both factors."""
     N, C, H, W = x.shape
-    F, Cg, KH, KW = weight.shape
+    Fo, Cg, KH, KW = weight.shape
     (sh, sw), (pt, _, pl, _), (dh, dw), (OH, OW) = _conv_geometry(x.shape, weight.shape, stride,
                                                                  padding, dilation)
-    Fg = F // groups
+    Fg = Fo // groups
     dx, dwt = np.zeros_like(x), np.zeros_like(weight)
     for n in range(N):
-        for f in range(F):
+        for f in range(Fo):
             g = f // Fg
             for oh in range(OH):
                 for ow in range(OW):
@@ -111,32 +94,32 @@ def im2col(x, kernel_hw, stride=1, padding=0, dilation=1):
 def conv2d_im2col(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """im2col + one matrix product per group (CS231n style)."""
     N = x.shape[0]
-    F, Cg, KH, KW = weight.shape
+    Fo, Cg, KH, KW = weight.shape
     _, _, _, (OH, OW) = _conv_geometry(x.shape, weight.shape, stride, padding, dilation)
     cols = im2col(x, (KH, KW), stride, padding, dilation)
-    Fg, K = F // groups, Cg * KH * KW
-    w2 = weight.reshape(F, K)
-    y = np.empty((F, N * OH * OW), x.dtype)
+    Fg, K = Fo // groups, Cg * KH * KW
+    w2 = weight.reshape(Fo, K)
+    y = np.empty((Fo, N * OH * OW), x.dtype)
     for g in range(groups):
         np.matmul(w2[g * Fg:(g + 1) * Fg], cols[g * K:(g + 1) * K], out=y[g * Fg:(g + 1) * Fg])
     if bias is not None:
         y += bias[:, None]
-    return np.ascontiguousarray(y.reshape(F, N, OH, OW).transpose(1, 0, 2, 3))
+    return np.ascontiguousarray(y.reshape(Fo, N, OH, OW).transpose(1, 0, 2, 3))
 
 
 def conv2d_backward_im2col(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, cols=None):
     """dweight = dy @ cols.T, dcols = weight.T @ dy, then col2im: one strided add per kernel
     tap. ``cols`` (from :func:`im2col`, e.g. kept by the forward pass) is recomputed if None."""
     N, C, H, W = x.shape
-    F, Cg, KH, KW = weight.shape
+    Fo, Cg, KH, KW = weight.shape
     (sh, sw), (pt, pb, pl, pr), (dh, dw), (OH, OW) = _conv_geometry(
         x.shape, weight.shape, stride, padding, dilation)
     if cols is None:
         cols = im2col(x, (KH, KW), stride, padding, dilation)
-    Fg, K = F // groups, Cg * KH * KW
-    w2 = weight.reshape(F, K)
-    dy2 = dy.transpose(1, 0, 2, 3).reshape(F, N * OH * OW)
-    dw2 = np.empty((F, K), x.dtype)
+    Fg, K = Fo // groups, Cg * KH * KW
+    w2 = weight.reshape(Fo, K)
+    dy2 = dy.transpose(1, 0, 2, 3).reshape(Fo, N * OH * OW)
+    dw2 = np.empty((Fo, K), x.dtype)
     dcols = np.empty((C * KH * KW, N * OH * OW), x.dtype)
     for g in range(groups):
         fs, ks = slice(g * Fg, (g + 1) * Fg), slice(g * K, (g + 1) * K)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nbconv.functional as F
-import nbconv.functional.conv as CONV
+import nbconv.functional._conv_plan as PLAN
 from nbconv import reference as R
 from nbconv.layers import Conv2d
 from helpers import DTYPES, assert_close, non_contiguous, num_threads, numeric_grad, torch_tensor
@@ -98,6 +98,30 @@ def test_reference_naive_im2col_torch(cfg):
 
 # ---- forward and every gradient against the references and torch ----------------------------
 
+@pytest.mark.parametrize("padding, stride", [
+    (0, 1), (2, 1), ((1, 0), 2), ("valid", 1), ("same", 1),
+    ((1, 2, 0, 1), 1),    # a 4-tuple: the reference took it as (top, bottom, left, right)
+    ("same", 2),          # the reference padded strided inputs 'same' anyway
+    (-1, 1), ((1, -1), 1),  # the reference padded negatively (cropped)
+    (1.5, 1), (True, 1),  # the reference truncated floats and bools with int()
+])
+def test_one_padding_parser_as_torch(padding, stride):
+    """The reference, the kernels' wrappers and torch accept the same paddings (the reference
+    had its own parser, which had drifted: it accepted every case marked above)."""
+    x, w, b, _ = make((1, 2, 6, 7, 3, 3, 1, 0, 1, 1), np.float64)
+    args = dict(stride=stride, padding=padding)
+    try:
+        expect = torch_ref(x, w, b, args)
+    except (RuntimeError, TypeError, ValueError) as e:
+        err = TypeError if isinstance(e, TypeError) else ValueError
+        for fn in (R.conv2d_naive, R.conv2d_im2col, F.conv2d):
+            with pytest.raises(err, match="padding"):
+                fn(x, w, b, **args)
+        return
+    for fn in (R.conv2d_naive, R.conv2d_im2col, F.conv2d):
+        assert_close(fn(x, w, b, **args), expect, err_msg=fn.__name__)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", CFGS, ids=IDS)
 def test_forward_backward(cfg, dtype):
@@ -176,6 +200,42 @@ def test_prepared_matches_plain(cfg):
         F.conv2d(None, np.zeros(w.shape[:2] + (2, 2), w.dtype), b, **args, prepared=prep)
     with pytest.raises(ValueError, match="prepared"):  # another stride
         F.conv2d(None, w, b, **dict(args, stride=5), prepared=prep)
+
+
+def test_prepared_geometry_built_once(monkeypatch):
+    """A training step (prepare, forward, backward) parses the arguments into a geometry once:
+    the prepared input carries it."""
+    built = []
+    init = PLAN.ConvGeometry.__init__
+    monkeypatch.setattr(PLAN.ConvGeometry, "__init__",
+                        lambda self, *a, **k: (built.append(a[0]), init(self, *a, **k))[1])
+    for cfg in (CFGS[0], CFGS[1], CFGS[7]):  # planes, NCHW, depthwise
+        x, w, b, args = make(cfg, np.float32)
+        layer = Conv2d(cfg[1], cfg[4], cfg[5], **args)
+        built.clear()
+        y = layer(x)
+        layer.backward(np.ones_like(y))
+        assert built == [x.shape], cfg
+
+
+def test_prepared_other_arguments():
+    x, w, b, args = make(CFGS[5], np.float32)
+    prep = F.conv2d_prepare(x, w, **args)
+    dy = np.zeros(F.conv2d(x, w, b, **args).shape, np.float32)
+    for kw, wt, xx in [(dict(args, padding=0), w, None), (dict(args, groups=1), w, None),
+                       (dict(args, dilation=1), w, None), (args, w.astype(np.float64), None),
+                       (args, w[:4], None), (args, w, x[:1])]:
+        with pytest.raises(ValueError, match="prepared"):
+            F.conv2d(xx, wt, None, **kw, prepared=prep)
+        with pytest.raises(ValueError, match="prepared"):
+            F.conv2d_backward(dy.astype(wt.dtype), xx, wt, **kw, prepared=prep)
+    with pytest.raises(TypeError, match="prepared"):
+        F.conv2d(None, w, b, **args, prepared=prep.xb)
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
+        F.conv2d(None, w, b, **args)
+    # the same arguments spelled differently are the same arguments
+    same = dict(args, stride=tuple(args["stride"]), padding=[2, 1])
+    assert np.array_equal(F.conv2d(None, w, b, **same, prepared=prep), F.conv2d(x, w, b, **args))
 
 
 def test_seed_example():
@@ -385,8 +445,8 @@ def test_layer_protocol_and_skipped_dx(monkeypatch):
     layer.input_grad = False
     layer(x)
     with monkeypatch.context() as m:  # dx is not computed at all
-        m.setattr(CONV, "_dx_plan", None)
-        m.setattr(CONV, "_native_input_grad", None)
+        m.setattr(PLAN, "_dx_plan", None)
+        m.setattr(PLAN, "_nchw_input_grad", None)
         assert layer.backward(dy) is None
     assert np.array_equal(layer.grads["weight"], gw)
     assert dx.shape == x.shape

@@ -15,10 +15,8 @@ modified.
 import numpy as np
 
 from .._checks import check_array, check_float
+from .._config import PARALLEL_ELEMENTS, PARALLEL_MACS  # below these: one thread
 from ..kernels import basic as K
-
-PARALLEL_ELEMENTS = 1 << 17   # smaller arrays / products run on one thread: waking the
-PARALLEL_MACS = 1 << 21       # workers costs more than the work (and much more on a busy machine)
 
 __all__ = ["relu", "relu_backward", "linear", "linear_backward", "dropout_mask", "dropout",
            "dropout_backward", "softmax_cross_entropy"]

@@ -20,6 +20,9 @@ results.
 import numpy as np
 
 from .._checks import check_array, check_bool, check_dy, check_int, conv_out_size, pool_args
+from .._config import POOL_MAX_CHUNKS as MAX_CHUNKS
+from .._config import UNROLL_MAX_AREA, UNROLL_MAX_STRIDE
+from .._config import VEC as _VEC
 from ..kernels import pool as _k
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
@@ -52,14 +55,10 @@ def _ranges(size, out, k, s, p, d):
     return lo, hi
 
 
-# Windows up to this many taps and strides up to this, without dilation, use the fast
-# kernels specialised on the window size and stride (see nbconv.kernels.pool); others *_any.
-UNROLL_MAX_AREA = 16
-UNROLL_MAX_STRIDE = 4
-# planes are handed to threads in this many chunks at most (one scratch buffer per chunk)
-MAX_CHUNKS = 64
-# the flat kernels' window count is padded to a multiple of this (a float32 vector on AVX2)
-_VEC = 8
+# Windows up to UNROLL_MAX_AREA taps and strides up to UNROLL_MAX_STRIDE, without dilation, use
+# the fast kernels specialised on the window size and stride (see nbconv.kernels.pool); others
+# *_any. Planes are handed to threads in MAX_CHUNKS chunks at most (one scratch buffer per
+# chunk); the flat kernels' window count is padded to a multiple of _VEC. Values: nbconv._config.
 
 
 def _specialise(k, s, p, d=(1, 1)):

@@ -14,9 +14,10 @@ counts. No BLAS: NumPy's multi-threaded OpenBLAS fights Numba's worker threads f
 import numpy as np
 from numba import prange
 
+from .._config import FLAT  # elements per task of the elementwise kernels
+from .._config import MATMUL_CHUNK as CHUNK  # columns of c per task in matmul_nn
+from .._config import MATMUL_KC as KC  # reduction chunk of matmul_nt
 from .._config import kernel, serial_kernel
-
-CHUNK = 512   # columns of c per task in matmul_nn (a 2 KiB float32 row segment stays in L1)
 
 
 @serial_kernel
@@ -27,7 +28,6 @@ def _dot(a, i, b, j, K):
     return s
 
 
-KC = 512      # reduction chunk of matmul_nt: a 2x512 block of a and 4x512 of b stay in L1
 
 
 @serial_kernel
@@ -210,7 +210,6 @@ def sum_rows(a, out):
                 out[j] += a[i, j]
 
 
-FLAT = 16384   # elements per task of the elementwise kernels
 
 
 @serial_kernel

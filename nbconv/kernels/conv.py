@@ -1,4 +1,4 @@
-"""Convolution loop nests (see :mod:`nbconv.functional.conv` for how the wrapper lays out data).
+"""Convolution loop nests (:mod:`nbconv.functional._conv_plan` plans the layouts and tables).
 
 The kernels work on *batch-interleaved planes*: a 1-d buffer holding, per channel (or stride
 phase of a channel), ``Hx`` rows, each row holding the same image row of all ``N`` images one
@@ -28,10 +28,9 @@ no float64 enters a float32 loop.
 import numpy as np
 from numba import prange
 
+from .._config import CONV_FB as FB  # outputs whose row block stays in L1 in ``conv_rows``
+from .._config import CONV_FW as FW  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 from .._config import kernel, serial_kernel
-
-FB = 8  # outputs whose row block stays in L1 in ``conv_rows``
-FW = 32  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 
 
 @serial_kernel

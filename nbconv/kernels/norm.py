@@ -27,13 +27,14 @@ import math
 
 from numba import prange
 
-from .._config import kernel, serial_kernel
+from .._config import NORM_BLOCK, NORM_MIN_TASKS, kernel, serial_kernel
 
 
 @serial_kernel
 def block_size(items):
-    """Items per task: up to 16, and at least 16 tasks when there are enough items."""
-    return max(1, min(16, items // 16))
+    """Items per task: up to ``NORM_BLOCK`` (16), and at least ``NORM_MIN_TASKS`` (16) tasks
+    when there are enough items."""
+    return max(1, min(NORM_BLOCK, items // NORM_MIN_TASKS))
 
 
 # ---- GroupNorm -------------------------------------------------------------------------------
