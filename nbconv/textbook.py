@@ -25,9 +25,8 @@ and ``reference.conv2d_naive``.
 import numpy as np
 
 from ._checks import (check_array, check_bool, check_float, check_groups, check_int,
-                      conv_out_size, pool_args, to_pair)
+                      conv2d_padding, conv_out_size, pool_args, to_pair)
 from .kernels import textbook as _k
-from .reference import conv2d_padding as _parse_padding
 
 __all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
            "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
@@ -55,15 +54,7 @@ def _conv_args(x_shape, weight, stride, padding, dilation, groups):
     stride = to_pair(stride, "stride", 1)
     dilation = to_pair(dilation, "dilation", 1)
     F, Cg, KH, KW = weight.shape
-    if padding == "same" and stride != (1, 1):
-        raise ValueError(f"padding='same' is not supported for strided convolutions "
-                         f"(stride {stride}), as in PyTorch")
-    if isinstance(padding, str) and padding not in ("valid", "same", "full"):
-        raise ValueError(f"padding must be an int, a pair, 'valid', 'same' or 'full', "
-                         f"got {padding!r}")
-    if not isinstance(padding, str):
-        to_pair(padding, "padding", 0)          # type and sign checks only
-    pads = _parse_padding(padding, (KH, KW), stride, dilation)
+    pads = conv2d_padding(padding, (KH, KW), stride, dilation)
     C = x_shape[1]
     if F % groups or C % groups:
         raise ValueError(f"groups={groups} must divide in_channels ({C}) and out_channels "
