@@ -63,10 +63,17 @@ class Trainer:
     :class:`nbconv.data.BatchIterator` (shuffled with a generator seeded by ``seed``).
     ``eval_batch_size``: batch size of the accuracy passes. ``progress``: show a tqdm bar
     (loss, accuracy, images/s). ``verbose``: print one line per epoch (default: ``progress``).
+
+    ``comm``: a :class:`nbconv.distributed.Communicator` for data-parallel training under
+    ``mpiexec`` (pass the plain optimizer): each rank takes its contiguous slice of every global
+    batch of ``batch_size`` (all ranks draw the same order and augmentation from ``seed``),
+    gradients are averaged with one Allreduce per step, metrics are reduced over the ranks,
+    buffers are taken from rank 0 after each epoch, and only rank 0 shows progress, prints and
+    writes checkpoints/metrics (and calls ``on_epoch_end``). See :mod:`nbconv.distributed`.
     """
 
     def __init__(self, model, optimizer, scheduler=None, loss=None, batch_size=64, crop=0,
-                 flip=False, seed=0, eval_batch_size=500, progress=True, verbose=None):
+                 flip=False, seed=0, eval_batch_size=500, progress=True, verbose=None, comm=None):
         if loss is None:
             from .layers import SoftmaxCrossEntropy
             loss = SoftmaxCrossEntropy()
@@ -80,6 +87,17 @@ class Trainer:
         self.best_params = None  # {"params": {...}, "buffers": {...}} copies
         self.best_epoch = None
         self.best_score = -np.inf
+        # data parallelism (nbconv.distributed): None in a single process
+        self.dp = None
+        if comm is not None:
+            if getattr(optimizer, "averages_gradients", False):
+                raise ValueError("with comm=..., pass the plain optimizer: the Trainer averages "
+                                 "the gradients itself (got a DistributedOptimizer)")
+            from .distributed import DataParallel
+            self.dp = DataParallel(comm, model)
+        self.is_root = self.dp is None or self.dp.rank == 0
+        if not self.is_root:
+            self.progress = self.verbose = False
 
     # -- evaluation --------------------------------------------------------------------------
     def predict(self, x):
@@ -94,6 +112,8 @@ class Trainer:
 
     def evaluate(self, x, y):
         """Accuracy of the model on ``x (N, C, H, W)``, ``y (N,)`` in eval mode."""
+        if self.dp is not None:
+            return self.dp.evaluate(self.predict, x, y)
         return accuracy(self.predict(x), y)
 
     # -- training ----------------------------------------------------------------------------
@@ -109,9 +129,19 @@ class Trainer:
         with tqdm(total=len(batches), desc=desc, unit="batch", disable=not self.progress,
                   leave=False, dynamic_ncols=True) as bar:
             for xb, yb in batches:
+                if self.dp is not None:   # this rank's slice; scale: see DataParallel.shard
+                    shard = self.dp.shard(xb, yb)
+                    if shard is None:
+                        bar.update(1)
+                        continue
+                    xb, yb, scale = shard
                 logits = self.model(xb)
                 loss, dlogits = self.loss(logits, yb)
+                if self.dp is not None and scale != 1:
+                    dlogits = dlogits * dlogits.dtype.type(scale)
                 self.model.backward(dlogits)
+                if self.dp is not None:
+                    self.dp.average_gradients()
                 self.optimizer.step()
                 total_loss += float(loss) * len(yb)
                 correct += int(np.sum(np.argmax(logits, axis=1) == yb))
@@ -119,6 +149,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
                 bar.update(1)
+        if self.dp is not None:
+            total_loss, correct, seen = self.dp.reduce_sums(total_loss, correct, seen)
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0)
 
     def fit(self, data, epochs, checkpoint=None, metrics=None, on_epoch_end=None):
@@ -138,6 +170,8 @@ class Trainer:
                 data["x_train"], data["y_train"], desc=f"epoch {self.epoch + 1}/{epochs}")
             if self.scheduler is not None:
                 self.scheduler.step()
+            if self.dp is not None:
+                self.dp.sync_buffers()
             val_acc = self.evaluate(data["x_val"], data["y_val"]) if has_val else None
             test_acc = self.evaluate(data["x_test"], data["y_test"]) if has_test else None
             self.epoch += 1
@@ -153,11 +187,11 @@ class Trainer:
                 print(f"epoch {self.epoch}/{epochs}: loss {loss:.4f}  train {train_acc:.4f}  "
                       f"val {fmt(val_acc)}  test {fmt(test_acc)}  {ips:.0f} img/s  "
                       f"{self.history[-1]['seconds']:.1f} s", flush=True)
-            if checkpoint is not None:
+            if checkpoint is not None and self.is_root:
                 self.save(checkpoint)
-            if metrics is not None:
+            if metrics is not None and self.is_root:
                 write_json(metrics, {"epochs": self.history})
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and self.is_root:
                 on_epoch_end(self)
         return self.history
 

@@ -6,6 +6,7 @@
     python scripts/train_cifar.py --model deep --epochs 20 --out runs/deep
     python scripts/train_cifar.py --download --data-dir ~/data/cifar10   # the full data set
     python scripts/train_cifar.py --out runs/deep --resume                # continue a run
+    mpiexec -n 2 python scripts/train_cifar.py --distributed ...          # 2 ranks (MPI)
 
 Writes into ``--out``: ``metrics.json`` (``{"epochs": [{"epoch", "loss", "train_accuracy",
 "val_accuracy", "test_accuracy", "seconds", "images_per_second"}, ...]}``, rewritten after every
@@ -81,6 +82,14 @@ def parse_args(argv=None):
     ap.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                     help="continue from CHECKPOINT (default: --out/checkpoint.npz)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over MPI: run under mpiexec -n P; --batch-size is the "
+                         "global batch, split over the ranks; rank 0 prints and writes")
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="with --distributed: BatchNorm statistics over the global batch")
+    ap.add_argument("--threads-per-rank", type=int, default=None,
+                    help="with --distributed: Numba threads per rank (default: cores / local "
+                         "ranks)")
     args = ap.parse_args(argv)
     for k, v in DEFAULTS[args.model].items():
         if getattr(args, k) is None:
@@ -126,6 +135,14 @@ def first_conv_weight(model):
 
 def main(argv=None):
     args = parse_args(argv)
+    # -- data parallelism (--distributed): rank 0 alone prints and writes -----------------------
+    comm = None
+    if args.distributed:
+        from nbconv import distributed
+        comm = distributed.init(threads=args.threads_per_rank)
+        if comm.rank != 0:
+            sys.stdout = open(os.devnull, "w")
+            args.no_progress = True
     data_dir = args.data_dir
     if args.download:
         data_dir = D.download(data_dir or "data", progress=not args.no_progress)
@@ -134,10 +151,15 @@ def main(argv=None):
           f"{len(data['x_test'])} test images from {data_dir or D.SAMPLE_DIR}", flush=True)
 
     model = build_model(args)
+    if comm is not None:
+        if args.sync_bn:
+            from nbconv.layers import convert_sync_batchnorm
+            model = convert_sync_batchnorm(model, comm)
+        distributed.broadcast_parameters(model, comm)
     opt, sched = build_optimizer(args, model)
     crop, flip = (4 if args.augment == "crop-flip" else 0), args.augment != "none"
     trainer = Trainer(model, opt, sched, batch_size=args.batch_size, crop=crop, flip=flip,
-                      seed=args.seed, progress=not args.no_progress, verbose=True)
+                      seed=args.seed, progress=not args.no_progress, verbose=True, comm=comm)
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.npz")
     if args.resume is not None:
@@ -151,7 +173,8 @@ def main(argv=None):
     print(f"model: {args.model} ({n_params:,} parameters, {args.dtype}); optimizer {args.optimizer} "
           f"lr {args.lr:g} wd {args.weight_decay:g} batch {args.batch_size} "
           f"schedule {args.schedule} augment {args.augment}", flush=True)
-    write_json(os.path.join(args.out, "args.json"), vars(args))
+    if comm is None or comm.rank == 0:
+        write_json(os.path.join(args.out, "args.json"), vars(args))
 
     def pictures(tr):
         viz.save_curves(os.path.join(args.out, "curves.png"), tr.history)
@@ -176,4 +199,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    if "--distributed" in sys.argv[1:]:   # a failing rank aborts the whole MPI job
+        from nbconv.distributed import run_main
+        run_main(main)
+    else:
+        main()

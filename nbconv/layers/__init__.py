@@ -5,6 +5,7 @@
 - :mod:`.conv`: :class:`Conv2d`
 - :mod:`.pool`: :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`GlobalAvgPool2d`
 - :mod:`.norm`: :class:`GroupNorm`, :class:`BatchNorm2d`
+- :mod:`.sync_norm`: :class:`SyncBatchNorm2d` (statistics over every MPI rank's slice)
 - :mod:`.basic`: :class:`ReLU`, :class:`Linear`, :class:`Flatten`, :class:`Dropout`,
   :class:`SoftmaxCrossEntropy`
 - :mod:`.container`: :class:`Sequential`
@@ -18,7 +19,8 @@ from .container import Sequential
 from .conv import Conv2d
 from .norm import BatchNorm2d, GroupNorm
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .sync_norm import SyncBatchNorm2d, convert_sync_batchnorm
 
 __all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
            "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout", "Sequential",
-           "SoftmaxCrossEntropy"]
+           "SoftmaxCrossEntropy", "SyncBatchNorm2d", "convert_sync_batchnorm"]
