@@ -220,29 +220,21 @@ class Trainer:
 
     def load(self, path):
         """Restore model, optimizer, scheduler, epoch, history, best parameters and RNG states
-        from ``path``. Everything is checked first; on any failure nothing is changed and
-        :class:`CheckpointError` is raised."""
+        from ``path``. Everything is checked first (every array against the signature: present,
+        same shape, same dtype; epoch, history, best entry and generator states by type); on any
+        failure nothing is changed and :class:`CheckpointError` is raised."""
         meta, arrays = self.read(path)
-        current = self.model.state_dict()
-        mine = self._model_signature(current)
-        if meta["signature"] != mine:
-            raise CheckpointError(f"checkpoint {path} is for another model: "
-                                  f"{ckpt.signature_diff(meta['signature'], mine)}")
-        if meta["optimizer_class"] != type(self.optimizer).__name__:
-            raise CheckpointError(f"checkpoint {path} holds {meta['optimizer_class']} state, "
-                                  f"the optimizer is {type(self.optimizer).__name__}")
-        sched = None if self.scheduler is None else type(self.scheduler).__name__
-        if meta["scheduler_class"] != sched:
-            raise CheckpointError(f"checkpoint {path} holds scheduler {meta['scheduler_class']}, "
-                                  f"the trainer has {sched}")
-        state = {k: arrays[f"param/{k}"] for k in mine["params"]}
-        state.update({k: arrays[f"buffer/{k}"] for k in mine["buffers"]})
-        extra = ckpt.decode(meta["extra"], arrays)
-        opt_state = ckpt.decode(meta["optimizer"], arrays)
-        sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
+        try:
+            parts = self._check(meta, arrays)
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {path} does not match its metadata: "
+                                  f"{type(e).__name__}: {e}") from e
+        state, extra, opt_state, sched_state, best_params = parts
 
         # everything checked: apply, rolling back if a part refuses its state
-        backup = (current, self.model.get_extra_state(),
+        backup = (self.model.state_dict(), self.model.get_extra_state(),
                   copy.deepcopy(self.optimizer.state_dict()),
                   None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()))
         try:
@@ -264,10 +256,66 @@ class Trainer:
         if meta["best"] is None:
             self.best_params, self.best_epoch, self.best_score = None, None, -np.inf
         else:
-            buffers = getattr(self.model, "buffers", {}) or {}
-            self.best_params = {"params": {k: arrays[f"best_params/{k}"].copy()
-                                           for k in self.model.params},
-                                "buffers": {k: arrays[f"best_buffers/{k}"].copy()
-                                            for k in buffers}}
-            self.best_epoch, self.best_score = meta["best"]["epoch"], meta["best"]["score"]
+            self.best_params = best_params
+            self.best_epoch, self.best_score = meta["best"]["epoch"], float(meta["best"]["score"])
         return self
+
+    def _check(self, meta, arrays):
+        """Everything :meth:`load` assigns, built and checked without changing anything:
+        ``(state_dict, extra, optimizer state, scheduler state, best_params)``."""
+        mine = self._model_signature(self.model.state_dict())
+        if meta["signature"] != mine:
+            raise CheckpointError(f"made for another model: "
+                                  f"{ckpt.signature_diff(meta['signature'], mine)}")
+        if meta["optimizer_class"] != type(self.optimizer).__name__:
+            raise CheckpointError(f"holds {meta['optimizer_class']} state, the optimizer is "
+                                  f"{type(self.optimizer).__name__}")
+        sched = None if self.scheduler is None else type(self.scheduler).__name__
+        if meta["scheduler_class"] != sched:
+            raise CheckpointError(f"holds scheduler {meta['scheduler_class']}, the trainer has "
+                                  f"{sched}")
+
+        def take(name, shape, dtype):
+            if name not in arrays:
+                raise CheckpointError(f"array {name!r} is missing")
+            a = arrays[name]
+            if list(a.shape) != list(shape) or a.dtype.str != dtype:
+                raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
+                                      f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
+            return a
+
+        state = {}
+        for kind, prefix in (("params", "param"), ("buffers", "buffer")):
+            for k, (shape, dtype) in mine[kind].items():
+                state[k] = take(f"{prefix}/{k}", shape, dtype)
+        epoch = meta["epoch"]
+        if type(epoch) is not int or epoch < 0:
+            raise CheckpointError(f"epoch must be an integer >= 0, got {epoch!r}")
+        history = meta["history"]
+        if (not isinstance(history, list) or len(history) != epoch
+                or not all(isinstance(h, dict) for h in history)):
+            raise CheckpointError(f"history must be a list of {epoch} dicts (one per epoch)")
+        best_params, best = None, meta["best"]
+        if best is not None:
+            if (not isinstance(best, dict) or type(best.get("epoch")) is not int
+                    or not 1 <= best["epoch"] <= epoch
+                    or not isinstance(best.get("score"), (int, float))
+                    or isinstance(best.get("score"), bool)):
+                raise CheckpointError(f"best entry must be {{'epoch': 1..{epoch}, 'score': a "
+                                      f"number}}, got {best!r}")
+            best_params = {kind: {k: take(f"best_{kind}/{k}", shape, dtype).copy()
+                                  for k, (shape, dtype) in mine[kind].items()
+                                  if kind == "params" or k in (getattr(self.model, "buffers", {}) or {})}
+                           for kind in ("params", "buffers")}
+        rng_state = meta["rng"]["data"]
+        probe = type(self.rng.bit_generator)()
+        want = type(probe).__name__
+        if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != want:
+            got = rng_state.get("bit_generator") if isinstance(rng_state, dict) else rng_state
+            raise CheckpointError(f"data generator state is for {got!r}, the trainer's "
+                                  f"generator is {want}")
+        probe.state = rng_state  # raises on a malformed state
+        extra = ckpt.decode(meta["extra"], arrays)
+        opt_state = ckpt.decode(meta["optimizer"], arrays)
+        sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
+        return state, extra, opt_state, sched_state, best_params
