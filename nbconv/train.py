@@ -30,8 +30,11 @@ epoch, history, best parameters and the data shuffling/augmentation generator.
 trainer are never left half-loaded. Training resumed from a checkpoint of epoch k gives bitwise
 the same parameters as an uninterrupted run.
 """
+import contextlib
 import copy
 import json
+import signal
+import threading
 import time
 
 import numpy as np
@@ -41,7 +44,18 @@ from ._io import atomic_write
 from .checkpoint import CheckpointError
 from .data import BatchIterator
 
-__all__ = ["Trainer", "CheckpointError", "accuracy", "write_json"]
+__all__ = ["Trainer", "CheckpointError", "TrainingInterrupted", "accuracy", "write_json"]
+
+
+class TrainingInterrupted(Exception):
+    """Raised by :meth:`Trainer.fit` when a stop was requested (:meth:`Trainer.request_stop`,
+    or Ctrl-C under :meth:`Trainer.stop_on_sigint`): the current batch was finished and, if
+    ``fit`` was given a checkpoint path, a checkpoint of this point written (``.checkpoint``,
+    else ``None``); ``.epoch`` and ``.batch`` say where training stopped."""
+
+    def __init__(self, epoch, batch, checkpoint):
+        self.epoch, self.batch, self.checkpoint = epoch, batch, checkpoint
+        super().__init__(f"training stopped in epoch {epoch + 1} after batch {batch}")
 
 def accuracy(logits, labels):
     """Fraction of rows of ``logits (N, K)`` whose argmax equals ``labels (N,)``."""
@@ -63,10 +77,15 @@ class Trainer:
     :class:`nbconv.data.BatchIterator` (shuffled with a generator seeded by ``seed``).
     ``eval_batch_size``: batch size of the accuracy passes. ``progress``: show a tqdm bar
     (loss, accuracy, images/s). ``verbose``: print one line per epoch (default: ``progress``).
+    ``warmup``: before the first epoch, compile (or load from Numba's cache) the kernels the
+    model needs at the batch sizes this run uses (:func:`nbconv.warmup.warm_up`), announced when
+    ``verbose``, so that compile time stays out of the epoch times, images/s and the progress
+    bar's ETA; it is kept apart in :attr:`compile_seconds` (and ``metrics.json``).
     """
 
     def __init__(self, model, optimizer, scheduler=None, loss=None, batch_size=64, crop=0,
-                 flip=False, seed=0, eval_batch_size=500, progress=True, verbose=None):
+                 flip=False, seed=0, eval_batch_size=500, progress=True, verbose=None,
+                 warmup=True):
         if loss is None:
             from .layers import SoftmaxCrossEntropy
             loss = SoftmaxCrossEntropy()
@@ -80,6 +99,9 @@ class Trainer:
         self.best_params = None  # {"params": {...}, "buffers": {...}} copies
         self.best_epoch = None
         self.best_score = -np.inf
+        self.warmup, self.compile_seconds = warmup, None
+        self.partial = None  # a checkpoint written mid-epoch: where the epoch stopped
+        self._stop = threading.Event()
 
     # -- evaluation --------------------------------------------------------------------------
     def predict(self, x):
@@ -98,17 +120,28 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
     def train_epoch(self, x, y, desc="train"):
-        """One pass over ``(x, y)``; returns ``(mean loss, accuracy, images/s)``."""
+        """One pass over ``(x, y)``; returns ``(mean loss, accuracy, images/s)``. Continues a
+        partial epoch (:attr:`partial`, from a checkpoint written mid-epoch) where it stopped;
+        after a stop request it finishes the current batch, records :attr:`partial` and
+        returns ``None``."""
         from tqdm.auto import tqdm
 
+        p, self.partial = self.partial, None
+        if p is not None:
+            self.rng.bit_generator.state = p["rng"]  # the epoch's start: same order and crops
+        start_state = self.rng.bit_generator.state
         batches = BatchIterator(x, y, self.batch_size, shuffle=True, crop=self.crop,
                                 flip=self.flip, seed=self.rng)
         self.model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        t0 = time.perf_counter()
-        with tqdm(total=len(batches), desc=desc, unit="batch", disable=not self.progress,
-                  leave=False, dynamic_ncols=True) as bar:
-            for xb, yb in batches:
+        total_loss, correct, seen, skip = 0.0, 0, 0, 0
+        if p is not None:
+            total_loss, correct, seen, skip = p["loss"], p["correct"], p["seen"], p["batch"]
+        t0 = time.perf_counter() - (p["seconds"] if p is not None else 0.0)
+        with tqdm(total=len(batches), initial=skip, desc=desc, unit="batch",
+                  disable=not self.progress, leave=False, dynamic_ncols=True) as bar:
+            for i, (xb, yb) in enumerate(batches):
+                if i < skip:  # drawn again (for the generator's sake), trained before the stop
+                    continue
                 logits = self.model(xb)
                 loss, dlogits = self.loss(logits, yb)
                 self.model.backward(dlogits)
@@ -119,6 +152,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
                 bar.update(1)
+                if self._stop.is_set() and i + 1 < len(batches):
+                    self.partial = {"rng": start_state, "batch": i + 1, "loss": total_loss,
+                                    "correct": correct, "seen": seen,
+                                    "seconds": time.perf_counter() - t0}
+                    return None
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0)
 
     def fit(self, data, epochs, checkpoint=None, metrics=None, on_epoch_end=None):
@@ -126,16 +164,29 @@ class Trainer:
         checkpoint stopped). After every epoch: the scheduler steps, the history grows, the
         best parameters are updated, ``checkpoint`` (a path) and ``metrics`` (a path for
         ``{"epochs": history}`` JSON) are written atomically, and ``on_epoch_end(trainer)`` is
-        called. Returns :attr:`history`."""
+        called. Returns :attr:`history`.
+
+        After a stop request (:meth:`request_stop`, Ctrl-C under :meth:`stop_on_sigint`) the
+        current batch is finished, the checkpoint (if any) written with the partial epoch, and
+        :class:`TrainingInterrupted` raised; loading that checkpoint and calling ``fit`` again
+        continues bitwise as if there had been no stop."""
         for split in ("x_train", "y_train"):
             if split not in data:
                 raise ValueError(f"data must hold {split!r}, got keys {sorted(data)}")
         has_val = data.get("x_val") is not None and len(data["x_val"]) > 0
         has_test = data.get("x_test") is not None and len(data["x_test"]) > 0
+        if self.warmup and self.epoch < epochs and self.compile_seconds is None:
+            self.warm_up(data)
         while self.epoch < epochs:
             t0 = time.perf_counter()
-            loss, train_acc, ips = self.train_epoch(
+            result = self.train_epoch(
                 data["x_train"], data["y_train"], desc=f"epoch {self.epoch + 1}/{epochs}")
+            if result is None:
+                batch = self.partial["batch"]
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                raise TrainingInterrupted(self.epoch, batch, checkpoint)
+            loss, train_acc, ips = result
             if self.scheduler is not None:
                 self.scheduler.step()
             val_acc = self.evaluate(data["x_val"], data["y_val"]) if has_val else None
@@ -156,10 +207,59 @@ class Trainer:
             if checkpoint is not None:
                 self.save(checkpoint)
             if metrics is not None:
-                write_json(metrics, {"epochs": self.history})
+                write_json(metrics, self.metrics())
             if on_epoch_end is not None:
                 on_epoch_end(self)
+            if self._stop.is_set() and self.epoch < epochs:
+                raise TrainingInterrupted(self.epoch, 0, checkpoint)
         return self.history
+
+    def metrics(self):
+        """What ``metrics.json`` holds: ``{"epochs": history, "compile_seconds": seconds of
+        the warm-up (compiling or loading kernels; ``None`` without one)}``."""
+        return {"epochs": self.history, "compile_seconds": self.compile_seconds}
+
+    def warm_up(self, data):
+        """Compile or load the kernels for the batch sizes :meth:`fit` will use on ``data``
+        (see :mod:`nbconv.warmup`); prints one line when ``verbose``. Returns the seconds."""
+        from . import warmup as W
+        x = data["x_train"]
+        train = W._sizes(len(x), self.batch_size)
+        evals = set()
+        for split in ("x_train", "x_val", "x_test"):
+            if data.get(split) is not None and len(data[split]):
+                evals.update(W._sizes(len(data[split]), self.eval_batch_size))
+        if self.verbose:
+            print(W.announce(x.dtype), end="", flush=True)
+        sec, compiled = W.warm_up(self.model, x.shape[1:], train, sorted(evals), self.loss,
+                                  x.dtype)
+        if self.verbose:
+            print(W.report(sec, compiled), flush=True)
+        self.compile_seconds = sec
+        return sec
+
+    def request_stop(self):
+        """Ask :meth:`fit` to stop after the current batch (thread- and signal-safe)."""
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def stop_on_sigint(self, message=None):
+        """Within this block, the first Ctrl-C (SIGINT) calls :meth:`request_stop` (printing
+        ``message``, if given), a second one raises ``KeyboardInterrupt`` at once (files are
+        written atomically, so none is left half-written). Main thread only."""
+        def handler(signum, frame):
+            if self._stop.is_set():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._stop.set()
+            if message:
+                print(f"\n{message}", flush=True)
+
+        old = signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, old)
 
     def _copy_state(self):
         buffers = getattr(self.model, "buffers", {}) or {}
@@ -204,6 +304,7 @@ class Trainer:
             ckpt.encode(self.scheduler.state_dict(), arrays, "scheduler"),
             "extra": ckpt.encode(self.model.get_extra_state(), arrays, "extra"),
             "rng": {"data": self.rng.bit_generator.state},
+            "partial": self.partial,
         }
         return meta, arrays
 
@@ -253,6 +354,7 @@ class Trainer:
                                   f"rejected: {e}") from e
         self.rng.bit_generator.state = meta["rng"]["data"]
         self.epoch, self.history = meta["epoch"], meta["history"]
+        self.partial = meta.get("partial")
         if meta["best"] is None:
             self.best_params, self.best_epoch, self.best_score = None, None, -np.inf
         else:
@@ -315,6 +417,15 @@ class Trainer:
             raise CheckpointError(f"data generator state is for {got!r}, the trainer's "
                                   f"generator is {want}")
         probe.state = rng_state  # raises on a malformed state
+        partial = meta.get("partial")
+        if partial is not None:
+            keys = {"rng", "batch", "loss", "correct", "seen", "seconds"}
+            if not isinstance(partial, dict) or set(partial) != keys:
+                raise CheckpointError(f"partial-epoch entry must have keys {sorted(keys)}")
+            probe.state = partial["rng"]
+            for k in ("batch", "correct", "seen"):
+                if type(partial[k]) is not int or partial[k] < 0:
+                    raise CheckpointError(f"partial-epoch {k!r} must be an integer >= 0")
         extra = ckpt.decode(meta["extra"], arrays)
         opt_state = ckpt.decode(meta["optimizer"], arrays)
         sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
