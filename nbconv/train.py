@@ -24,7 +24,8 @@ Checkpoints (:meth:`Trainer.save` / :meth:`Trainer.load`) are one ``.npz`` file 
 :mod:`nbconv.checkpoint` (no pickles, written atomically, SHA-256 checksum). It holds the model's
 ``state_dict()`` (parameters, buffers, BatchNorm2d's ``num_batches_tracked``) and
 ``get_extra_state()`` (e.g. Dropout's random generator), the optimizer and scheduler state,
-epoch, history, best parameters and the data shuffling/augmentation generator.
+epoch, history, best parameters, the data shuffling/augmentation generator, the position in a
+partial epoch (after a stop request) and the run's arguments (:attr:`Trainer.run_args`).
 :meth:`Trainer.load` checks everything before it changes anything and raises
 :class:`CheckpointError` on a corrupted, truncated or mismatched file: the model, optimizer and
 trainer are never left half-loaded. Training resumed from a checkpoint of epoch k gives bitwise
@@ -101,6 +102,7 @@ class Trainer:
         self.best_score = -np.inf
         self.warmup, self.compile_seconds = warmup, None
         self.partial = None  # a checkpoint written mid-epoch: where the epoch stopped
+        self.run_args = None  # JSON-able arguments of the run, saved with the checkpoint
         self._stop = threading.Event()
 
     # -- evaluation --------------------------------------------------------------------------
@@ -305,6 +307,7 @@ class Trainer:
             "extra": ckpt.encode(self.model.get_extra_state(), arrays, "extra"),
             "rng": {"data": self.rng.bit_generator.state},
             "partial": self.partial,
+            "args": self.run_args,
         }
         return meta, arrays
 
@@ -355,6 +358,7 @@ class Trainer:
         self.rng.bit_generator.state = meta["rng"]["data"]
         self.epoch, self.history = meta["epoch"], meta["history"]
         self.partial = meta.get("partial")
+        self.run_args = meta.get("args")
         if meta["best"] is None:
             self.best_params, self.best_epoch, self.best_score = None, None, -np.inf
         else:
