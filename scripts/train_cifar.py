@@ -34,6 +34,7 @@ import argparse
 import datetime
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -287,6 +288,7 @@ def train(trainer, data, args, ckpt, pictures):
               flush=True)
         raise SystemExit(130)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"\nstopped at once: {ckpt} holds the last checkpoint written (if any); "
               f"continue with: {cont}", flush=True)
         raise SystemExit(130)
@@ -363,4 +365,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before training started (during training: see train)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C changes nothing now
+        print("\nstopped before training started (nothing to continue)", flush=True)
+        raise SystemExit(130)
