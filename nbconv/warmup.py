@@ -38,13 +38,14 @@ def compilations():
 
 
 def kernels_cached():
-    """True if every kernel has an entry in Numba's on-disk cache (for some dtype)."""
+    """True if Numba's on-disk cache holds some nbconv kernel (an earlier run compiled; which
+    kernels and dtypes a model needs is only known once it runs)."""
     for d in _config.DISPATCHERS:
         cache = getattr(d, "_cache", None)
         path = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-        if path is not None and not os.path.exists(path):
-            return False
-    return True
+        if path is not None and os.path.exists(path):
+            return True
+    return False
 
 
 def _sizes(n, batch):
@@ -82,7 +83,7 @@ def announce(dtype, estimate=None):
     """The first half of the warm-up line (printed before :func:`warm_up`)."""
     name = np.dtype(dtype).name
     if kernels_cached():
-        return f"loading kernels for {name} from Numba's cache..."
+        return f"loading kernels for {name} from Numba's cache (compiling any not cached yet)..."
     about = f", about {estimate} s" if estimate else ""
     return f"compiling kernels for {name} (first run only{about})..."
 

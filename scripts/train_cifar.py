@@ -313,7 +313,7 @@ def main(argv=None):
         src = resume_args(args)
         fill_defaults(args, lambda m: (_ for _ in ()).throw(SystemExit(m)))
     else:
-        new_out_dir(args)
+        args.out = new_out_dir(args)
     data_dir = args.data_dir
     if args.download:
         data_dir = D.download(data_dir or "data", progress=not args.no_progress)
@@ -358,8 +358,9 @@ def main(argv=None):
     write_json(os.path.join(args.out, "metrics.json"), dict(trainer.metrics(), result=res))
     which = ("the best validation epoch's parameters" if res["params"] == "best-val" else
              "the last epoch's parameters")
-    print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0:.0f} s (+ "
-          f"{trainer.compile_seconds or 0:.0f} s kernels); outputs in {args.out}")
+    kernels = trainer.compile_seconds or 0
+    print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0 - kernels:.0f} s (+ "
+          f"{kernels:.0f} s kernels); outputs in {args.out}")
     print(f"test accuracy {res['test_accuracy']:.4f} ({which}: epoch {res['epoch']})")
     return res["test_accuracy"]
 
