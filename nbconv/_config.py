@@ -13,6 +13,10 @@ depend only on shapes, never on the thread count. Kernels read the ``[kernel]`` 
 compile-time constants: Numba's cache is keyed on the kernel module's file, not this one, so
 after changing one delete ``nbconv/kernels/__pycache__`` (or the kernels keep the old value).
 """
+import os
+import threading
+
+import numba
 from numba import njit
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
@@ -22,13 +26,103 @@ _FLAGS = dict(fastmath=set(FASTMATH), error_model="numpy", boundscheck=False, ca
 
 
 def kernel(fn):
-    """Compile ``fn`` as a parallel kernel (``prange`` loops run on Numba's thread pool)."""
-    return njit(parallel=True, **_FLAGS)(fn)
+    """Compile ``fn`` as a parallel kernel (``prange`` loops run on Numba's thread pool).
+
+    The result is a :class:`Kernel`: called from Python, it launches the compiled loops under
+    the thread and fork rules below; its other attributes are the Numba dispatcher's. (Parallel
+    kernels are only ever called from Python, never from other jitted code.)"""
+    k = Kernel(njit(parallel=True, **_FLAGS)(fn))
+    DISPATCHERS.append(k.dispatcher)
+    return k
 
 
 def serial_kernel(fn):
     """Compile ``fn`` as a single-threaded kernel (helpers called from inside kernels)."""
-    return njit(parallel=False, **_FLAGS)(fn)
+    d = njit(parallel=False, **_FLAGS)(fn)
+    DISPATCHERS.append(d)
+    return d
+
+
+DISPATCHERS = []  # every kernel's Numba dispatcher (nbconv.warmup counts their compilations)
+
+
+# ---- threads and processes ------------------------------------------------------------------
+# Numba runs prange loops on one of three threading layers (NUMBA_THREADING_LAYER; by default
+# the first that loads of tbb, omp, workqueue; with numba's wheels on Linux that is GNU OpenMP,
+# "omp", since tbb is a separate package nbconv does not require):
+#
+# - Several Python threads calling kernels at once (a web server): omp and tbb are thread-safe;
+#   workqueue aborts the process on concurrent launches. So while the layer is unknown (before
+#   the first launch) or is workqueue, launches are serialised with a lock (_LAUNCH_LOCK); once
+#   a thread-safe layer is running, kernels run concurrently without it (kernels release the GIL).
+# - fork() after a parallel kernel ran: GNU OpenMP cannot run in the child (Numba prints
+#   "Terminating: fork() called from a process already using GNU OpenMP, this is unsafe." and
+#   the child kills itself, so a multiprocessing fork pool waits forever). nbconv notices the
+#   fork (os.register_at_fork) and a kernel called in such a child raises ForkedProcessError
+#   at once, telling the user to use the 'spawn' or 'forkserver' start method. A child forked
+#   before any parallel kernel ran, or under tbb/workqueue, works normally.
+
+class ForkedProcessError(RuntimeError):
+    """An nbconv kernel was called in a process forked after GNU OpenMP had started."""
+
+
+_SAFE, _LOCKED, _FORKED = "safe", "locked", "forked"
+_mode = _LOCKED  # until the first launch tells which layer runs
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _running_layer():
+    """The threading layer Numba has started, or None before the first parallel launch."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _after_fork_in_child():
+    global _mode, _LAUNCH_LOCK
+    _LAUNCH_LOCK = threading.Lock()  # another thread may have held it at the fork
+    if _running_layer() == "omp":
+        _mode = _FORKED
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Kernel:
+    """A parallel kernel: ``Kernel(dispatcher)(*args)`` runs ``dispatcher(*args)`` under the
+    thread and fork rules above."""
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+        self.__name__ = dispatcher.__name__
+        self.__qualname__ = getattr(dispatcher, "__qualname__", dispatcher.__name__)
+        self.__doc__ = dispatcher.__doc__
+        self.__module__ = dispatcher.__module__
+        self.__wrapped__ = dispatcher.py_func
+
+    def __call__(self, *args):
+        global _mode
+        if _mode is _SAFE:
+            return self.dispatcher(*args)
+        if _mode is _FORKED:
+            raise ForkedProcessError(
+                f"nbconv kernel {self.__name__} called in a process forked after Numba's GNU "
+                "OpenMP threads had started in its parent, which cannot work (OpenMP is not "
+                "fork-safe). Start worker processes with multiprocessing.get_context('spawn') "
+                "or get_context('forkserver') (or fork before the first nbconv call).")
+        with _LAUNCH_LOCK:
+            out = self.dispatcher(*args)
+            layer = _running_layer()
+            if layer is not None and layer != "workqueue":
+                _mode = _SAFE
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self):
+        return f"Kernel({self.dispatcher!r})"
 
 
 # ---- tuning constants ------------------------------------------------------------------------

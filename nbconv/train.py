@@ -24,14 +24,18 @@ Checkpoints (:meth:`Trainer.save` / :meth:`Trainer.load`) are one ``.npz`` file 
 :mod:`nbconv.checkpoint` (no pickles, written atomically, SHA-256 checksum). It holds the model's
 ``state_dict()`` (parameters, buffers, BatchNorm2d's ``num_batches_tracked``) and
 ``get_extra_state()`` (e.g. Dropout's random generator), the optimizer and scheduler state,
-epoch, history, best parameters and the data shuffling/augmentation generator.
+epoch, history, best parameters, the data shuffling/augmentation generator, the position in a
+partial epoch (after a stop request) and the run's arguments (:attr:`Trainer.run_args`).
 :meth:`Trainer.load` checks everything before it changes anything and raises
 :class:`CheckpointError` on a corrupted, truncated or mismatched file: the model, optimizer and
 trainer are never left half-loaded. Training resumed from a checkpoint of epoch k gives bitwise
 the same parameters as an uninterrupted run.
 """
+import contextlib
 import copy
 import json
+import signal
+import threading
 import time
 
 import numpy as np
@@ -41,7 +45,18 @@ from ._io import atomic_write
 from .checkpoint import CheckpointError
 from .data import BatchIterator
 
-__all__ = ["Trainer", "CheckpointError", "accuracy", "write_json"]
+__all__ = ["Trainer", "CheckpointError", "TrainingInterrupted", "accuracy", "write_json"]
+
+
+class TrainingInterrupted(Exception):
+    """Raised by :meth:`Trainer.fit` when a stop was requested (:meth:`Trainer.request_stop`,
+    or Ctrl-C under :meth:`Trainer.stop_on_sigint`): the current batch was finished and, if
+    ``fit`` was given a checkpoint path, a checkpoint of this point written (``.checkpoint``,
+    else ``None``); ``.epoch`` and ``.batch`` say where training stopped."""
+
+    def __init__(self, epoch, batch, checkpoint):
+        self.epoch, self.batch, self.checkpoint = epoch, batch, checkpoint
+        super().__init__(f"training stopped in epoch {epoch + 1} after batch {batch}")
 
 def accuracy(logits, labels):
     """Fraction of rows of ``logits (N, K)`` whose argmax equals ``labels (N,)``."""
@@ -63,6 +78,10 @@ class Trainer:
     :class:`nbconv.data.BatchIterator` (shuffled with a generator seeded by ``seed``).
     ``eval_batch_size``: batch size of the accuracy passes. ``progress``: show a tqdm bar
     (loss, accuracy, images/s). ``verbose``: print one line per epoch (default: ``progress``).
+    ``warmup``: before the first epoch, compile (or load from Numba's cache) the kernels the
+    model needs at the batch sizes this run uses (:func:`nbconv.warmup.warm_up`), announced when
+    ``verbose``, so that compile time stays out of the epoch times, images/s and the progress
+    bar's ETA; it is kept apart in :attr:`compile_seconds` (and ``metrics.json``).
 
     ``comm``: a :class:`nbconv.distributed.Communicator` for data-parallel training under
     ``mpiexec`` (pass the plain optimizer): each rank takes its contiguous slice of every global
@@ -73,7 +92,8 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, scheduler=None, loss=None, batch_size=64, crop=0,
-                 flip=False, seed=0, eval_batch_size=500, progress=True, verbose=None, comm=None):
+                 flip=False, seed=0, eval_batch_size=500, progress=True, verbose=None,
+                 warmup=True, comm=None):
         if loss is None:
             from .layers import SoftmaxCrossEntropy
             loss = SoftmaxCrossEntropy()
@@ -87,6 +107,10 @@ class Trainer:
         self.best_params = None  # {"params": {...}, "buffers": {...}} copies
         self.best_epoch = None
         self.best_score = -np.inf
+        self.warmup, self.compile_seconds = warmup, None
+        self.partial = None  # a checkpoint written mid-epoch: where the epoch stopped
+        self.run_args = None  # JSON-able arguments of the run, saved with the checkpoint
+        self._stop = threading.Event()
         # data parallelism (nbconv.distributed): None in a single process
         self.dp = None
         if comm is not None:
@@ -118,17 +142,28 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
     def train_epoch(self, x, y, desc="train"):
-        """One pass over ``(x, y)``; returns ``(mean loss, accuracy, images/s)``."""
+        """One pass over ``(x, y)``; returns ``(mean loss, accuracy, images/s)``. Continues a
+        partial epoch (:attr:`partial`, from a checkpoint written mid-epoch) where it stopped;
+        after a stop request it finishes the current batch, records :attr:`partial` and
+        returns ``None``."""
         from tqdm.auto import tqdm
 
+        p, self.partial = self.partial, None
+        if p is not None:
+            self.rng.bit_generator.state = p["rng"]  # the epoch's start: same order and crops
+        start_state = self.rng.bit_generator.state
         batches = BatchIterator(x, y, self.batch_size, shuffle=True, crop=self.crop,
                                 flip=self.flip, seed=self.rng)
         self.model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        t0 = time.perf_counter()
-        with tqdm(total=len(batches), desc=desc, unit="batch", disable=not self.progress,
-                  leave=False, dynamic_ncols=True) as bar:
-            for xb, yb in batches:
+        total_loss, correct, seen, skip = 0.0, 0, 0, 0
+        if p is not None:
+            total_loss, correct, seen, skip = p["loss"], p["correct"], p["seen"], p["batch"]
+        t0 = time.perf_counter() - (p["seconds"] if p is not None else 0.0)
+        with tqdm(total=len(batches), initial=skip, desc=desc, unit="batch",
+                  disable=not self.progress, leave=False, dynamic_ncols=True) as bar:
+            for i, (xb, yb) in enumerate(batches):
+                if i < skip:  # drawn again (for the generator's sake), trained before the stop
+                    continue
                 if self.dp is not None:   # this rank's slice; scale: see DataParallel.shard
                     shard = self.dp.shard(xb, yb)
                     if shard is None:
@@ -149,6 +184,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
                 bar.update(1)
+                if self._stop.is_set() and i + 1 < len(batches):
+                    self.partial = {"rng": start_state, "batch": i + 1, "loss": total_loss,
+                                    "correct": correct, "seen": seen,
+                                    "seconds": time.perf_counter() - t0}
+                    return None
         if self.dp is not None:
             total_loss, correct, seen = self.dp.reduce_sums(total_loss, correct, seen)
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0)
@@ -158,16 +198,29 @@ class Trainer:
         checkpoint stopped). After every epoch: the scheduler steps, the history grows, the
         best parameters are updated, ``checkpoint`` (a path) and ``metrics`` (a path for
         ``{"epochs": history}`` JSON) are written atomically, and ``on_epoch_end(trainer)`` is
-        called. Returns :attr:`history`."""
+        called. Returns :attr:`history`.
+
+        After a stop request (:meth:`request_stop`, Ctrl-C under :meth:`stop_on_sigint`) the
+        current batch is finished, the checkpoint (if any) written with the partial epoch, and
+        :class:`TrainingInterrupted` raised; loading that checkpoint and calling ``fit`` again
+        continues bitwise as if there had been no stop."""
         for split in ("x_train", "y_train"):
             if split not in data:
                 raise ValueError(f"data must hold {split!r}, got keys {sorted(data)}")
         has_val = data.get("x_val") is not None and len(data["x_val"]) > 0
         has_test = data.get("x_test") is not None and len(data["x_test"]) > 0
+        if self.warmup and self.epoch < epochs and self.compile_seconds is None:
+            self.warm_up(data)
         while self.epoch < epochs:
             t0 = time.perf_counter()
-            loss, train_acc, ips = self.train_epoch(
+            result = self.train_epoch(
                 data["x_train"], data["y_train"], desc=f"epoch {self.epoch + 1}/{epochs}")
+            if result is None:
+                batch = self.partial["batch"]
+                if checkpoint is not None and self.is_root:
+                    self.save(checkpoint)
+                raise TrainingInterrupted(self.epoch, batch, checkpoint)
+            loss, train_acc, ips = result
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.dp is not None:
@@ -190,10 +243,59 @@ class Trainer:
             if checkpoint is not None and self.is_root:
                 self.save(checkpoint)
             if metrics is not None and self.is_root:
-                write_json(metrics, {"epochs": self.history})
+                write_json(metrics, self.metrics())
             if on_epoch_end is not None and self.is_root:
                 on_epoch_end(self)
+            if self._stop.is_set() and self.epoch < epochs:
+                raise TrainingInterrupted(self.epoch, 0, checkpoint)
         return self.history
+
+    def metrics(self):
+        """What ``metrics.json`` holds: ``{"epochs": history, "compile_seconds": seconds of
+        the warm-up (compiling or loading kernels; ``None`` without one)}``."""
+        return {"epochs": self.history, "compile_seconds": self.compile_seconds}
+
+    def warm_up(self, data):
+        """Compile or load the kernels for the batch sizes :meth:`fit` will use on ``data``
+        (see :mod:`nbconv.warmup`); prints one line when ``verbose``. Returns the seconds."""
+        from . import warmup as W
+        x = data["x_train"]
+        train = W._sizes(len(x), self.batch_size)
+        evals = set()
+        for split in ("x_train", "x_val", "x_test"):
+            if data.get(split) is not None and len(data[split]):
+                evals.update(W._sizes(len(data[split]), self.eval_batch_size))
+        if self.verbose:
+            print(W.announce(x.dtype), end="", flush=True)
+        sec, compiled = W.warm_up(self.model, x.shape[1:], train, sorted(evals), self.loss,
+                                  x.dtype)
+        if self.verbose:
+            print(W.report(sec, compiled), flush=True)
+        self.compile_seconds = sec
+        return sec
+
+    def request_stop(self):
+        """Ask :meth:`fit` to stop after the current batch (thread- and signal-safe)."""
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def stop_on_sigint(self, message=None):
+        """Within this block, the first Ctrl-C (SIGINT) calls :meth:`request_stop` (printing
+        ``message``, if given), a second one raises ``KeyboardInterrupt`` at once (files are
+        written atomically, so none is left half-written). Main thread only."""
+        def handler(signum, frame):
+            if self._stop.is_set():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._stop.set()
+            if message:
+                print(f"\n{message}", flush=True)
+
+        old = signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, old)
 
     def _copy_state(self):
         buffers = getattr(self.model, "buffers", {}) or {}
@@ -238,6 +340,8 @@ class Trainer:
             ckpt.encode(self.scheduler.state_dict(), arrays, "scheduler"),
             "extra": ckpt.encode(self.model.get_extra_state(), arrays, "extra"),
             "rng": {"data": self.rng.bit_generator.state},
+            "partial": self.partial,
+            "args": self.run_args,
         }
         return meta, arrays
 
@@ -254,29 +358,21 @@ class Trainer:
 
     def load(self, path):
         """Restore model, optimizer, scheduler, epoch, history, best parameters and RNG states
-        from ``path``. Everything is checked first; on any failure nothing is changed and
-        :class:`CheckpointError` is raised."""
+        from ``path``. Everything is checked first (every array against the signature: present,
+        same shape, same dtype; epoch, history, best entry and generator states by type); on any
+        failure nothing is changed and :class:`CheckpointError` is raised."""
         meta, arrays = self.read(path)
-        current = self.model.state_dict()
-        mine = self._model_signature(current)
-        if meta["signature"] != mine:
-            raise CheckpointError(f"checkpoint {path} is for another model: "
-                                  f"{ckpt.signature_diff(meta['signature'], mine)}")
-        if meta["optimizer_class"] != type(self.optimizer).__name__:
-            raise CheckpointError(f"checkpoint {path} holds {meta['optimizer_class']} state, "
-                                  f"the optimizer is {type(self.optimizer).__name__}")
-        sched = None if self.scheduler is None else type(self.scheduler).__name__
-        if meta["scheduler_class"] != sched:
-            raise CheckpointError(f"checkpoint {path} holds scheduler {meta['scheduler_class']}, "
-                                  f"the trainer has {sched}")
-        state = {k: arrays[f"param/{k}"] for k in mine["params"]}
-        state.update({k: arrays[f"buffer/{k}"] for k in mine["buffers"]})
-        extra = ckpt.decode(meta["extra"], arrays)
-        opt_state = ckpt.decode(meta["optimizer"], arrays)
-        sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
+        try:
+            parts = self._check(meta, arrays)
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {path} does not match its metadata: "
+                                  f"{type(e).__name__}: {e}") from e
+        state, extra, opt_state, sched_state, best_params = parts
 
         # everything checked: apply, rolling back if a part refuses its state
-        backup = (current, self.model.get_extra_state(),
+        backup = (self.model.state_dict(), self.model.get_extra_state(),
                   copy.deepcopy(self.optimizer.state_dict()),
                   None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()))
         try:
@@ -295,13 +391,80 @@ class Trainer:
                                   f"rejected: {e}") from e
         self.rng.bit_generator.state = meta["rng"]["data"]
         self.epoch, self.history = meta["epoch"], meta["history"]
+        self.partial = meta.get("partial")
+        self.run_args = meta.get("args")
         if meta["best"] is None:
             self.best_params, self.best_epoch, self.best_score = None, None, -np.inf
         else:
-            buffers = getattr(self.model, "buffers", {}) or {}
-            self.best_params = {"params": {k: arrays[f"best_params/{k}"].copy()
-                                           for k in self.model.params},
-                                "buffers": {k: arrays[f"best_buffers/{k}"].copy()
-                                            for k in buffers}}
-            self.best_epoch, self.best_score = meta["best"]["epoch"], meta["best"]["score"]
+            self.best_params = best_params
+            self.best_epoch, self.best_score = meta["best"]["epoch"], float(meta["best"]["score"])
         return self
+
+    def _check(self, meta, arrays):
+        """Everything :meth:`load` assigns, built and checked without changing anything:
+        ``(state_dict, extra, optimizer state, scheduler state, best_params)``."""
+        mine = self._model_signature(self.model.state_dict())
+        if meta["signature"] != mine:
+            raise CheckpointError(f"made for another model: "
+                                  f"{ckpt.signature_diff(meta['signature'], mine)}")
+        if meta["optimizer_class"] != type(self.optimizer).__name__:
+            raise CheckpointError(f"holds {meta['optimizer_class']} state, the optimizer is "
+                                  f"{type(self.optimizer).__name__}")
+        sched = None if self.scheduler is None else type(self.scheduler).__name__
+        if meta["scheduler_class"] != sched:
+            raise CheckpointError(f"holds scheduler {meta['scheduler_class']}, the trainer has "
+                                  f"{sched}")
+
+        def take(name, shape, dtype):
+            if name not in arrays:
+                raise CheckpointError(f"array {name!r} is missing")
+            a = arrays[name]
+            if list(a.shape) != list(shape) or a.dtype.str != dtype:
+                raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
+                                      f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
+            return a
+
+        state = {}
+        for kind, prefix in (("params", "param"), ("buffers", "buffer")):
+            for k, (shape, dtype) in mine[kind].items():
+                state[k] = take(f"{prefix}/{k}", shape, dtype)
+        epoch = meta["epoch"]
+        if type(epoch) is not int or epoch < 0:
+            raise CheckpointError(f"epoch must be an integer >= 0, got {epoch!r}")
+        history = meta["history"]
+        if (not isinstance(history, list) or len(history) != epoch
+                or not all(isinstance(h, dict) for h in history)):
+            raise CheckpointError(f"history must be a list of {epoch} dicts (one per epoch)")
+        best_params, best = None, meta["best"]
+        if best is not None:
+            if (not isinstance(best, dict) or type(best.get("epoch")) is not int
+                    or not 1 <= best["epoch"] <= epoch
+                    or not isinstance(best.get("score"), (int, float))
+                    or isinstance(best.get("score"), bool)):
+                raise CheckpointError(f"best entry must be {{'epoch': 1..{epoch}, 'score': a "
+                                      f"number}}, got {best!r}")
+            best_params = {kind: {k: take(f"best_{kind}/{k}", shape, dtype).copy()
+                                  for k, (shape, dtype) in mine[kind].items()
+                                  if kind == "params" or k in (getattr(self.model, "buffers", {}) or {})}
+                           for kind in ("params", "buffers")}
+        rng_state = meta["rng"]["data"]
+        probe = type(self.rng.bit_generator)()
+        want = type(probe).__name__
+        if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != want:
+            got = rng_state.get("bit_generator") if isinstance(rng_state, dict) else rng_state
+            raise CheckpointError(f"data generator state is for {got!r}, the trainer's "
+                                  f"generator is {want}")
+        probe.state = rng_state  # raises on a malformed state
+        partial = meta.get("partial")
+        if partial is not None:
+            keys = {"rng", "batch", "loss", "correct", "seen", "seconds"}
+            if not isinstance(partial, dict) or set(partial) != keys:
+                raise CheckpointError(f"partial-epoch entry must have keys {sorted(keys)}")
+            probe.state = partial["rng"]
+            for k in ("batch", "correct", "seen"):
+                if type(partial[k]) is not int or partial[k] < 0:
+                    raise CheckpointError(f"partial-epoch {k!r} must be an integer >= 0")
+        extra = ckpt.decode(meta["extra"], arrays)
+        opt_state = ckpt.decode(meta["optimizer"], arrays)
+        sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
+        return state, extra, opt_state, sched_state, best_params

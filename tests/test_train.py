@@ -128,7 +128,8 @@ def test_fit_history_metrics_best(tmp_path):
             "images_per_second"]
     with open(metrics) as f:
         m = json.load(f)
-    assert list(m) == ["epochs"] and [list(e) for e in m["epochs"]] == [keys] * 3
+    assert list(m) == ["epochs", "compile_seconds"] and m["compile_seconds"] >= 0
+    assert [list(e) for e in m["epochs"]] == [keys] * 3
     assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3]
     for e in m["epochs"]:
         assert all(0 <= e[k] <= 1 for k in keys[2:5]) and e["seconds"] > 0
@@ -395,7 +396,7 @@ def test_train_script_outputs_and_resume(tmp_path, capsys):
     common = ["--data-dir", str(d), "--val-size", "16", "--batch-size", "16", "--hidden", "8",
               "--out", str(out), "--no-progress"]
     script.main(common + ["--epochs", "1"])
-    assert "test accuracy:" in capsys.readouterr().out
+    assert "test accuracy " in capsys.readouterr().out
     for name in ("metrics.json", "curves.png", "filters.png", "checkpoint.npz"):
         assert (out / name).exists(), name
     assert viz.read_png(out / "filters.png").shape == (6 * 43 + 1, 6 * 43 + 1, 3)  # 32 7x7 filters
@@ -403,7 +404,9 @@ def test_train_script_outputs_and_resume(tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().out
     with open(out / "metrics.json") as f:
         m = json.load(f)
-    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["epochs"][1]["test_accuracy"] == acc
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["result"]["test_accuracy"] == acc
+    best = m["result"]["epoch"]
+    assert m["result"]["params"] == "best-val" and m["epochs"][best - 1]["test_accuracy"] == acc
     assert set(m["epochs"][0]) == {"epoch", "loss", "train_accuracy", "val_accuracy",
                                    "test_accuracy", "seconds", "images_per_second"}
     # a straight 2-epoch run gives the same numbers

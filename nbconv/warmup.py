@@ -1,0 +1,126 @@
+"""Compile nbconv's kernels ahead of time (or load them from Numba's on-disk cache).
+
+Numba compiles a kernel the first time it is called with a new dtype and caches the machine code
+in ``__pycache__`` beside the kernel modules; later processes load it in about a second. The
+first training run therefore spends tens of seconds compiling before its first batch.
+:func:`warm_up` does that work in the open, before training starts, and says how long it took
+(:class:`nbconv.train.Trainer` calls it before its first epoch); the command line fills the
+cache for both dtypes ahead of time (optional, e.g. as an install step)::
+
+    python -m nbconv.warmup                                  # every model, float32 and float64
+    python -m nbconv.warmup --dtype float32 --model deep
+
+Which kernels an op runs depends on its shapes, batch size included (e.g. products and copies
+below ``PARALLEL_ELEMENTS``/``SMALL_COPY_BYTES`` run on one thread, the conv planner picks its
+layout from the shapes), so the warm-up runs the model at the batch sizes training will use:
+a training step (train mode, forward and backward) at each training batch size and an
+evaluation pass (eval mode) at each evaluation batch size. It runs on a deep copy of the model:
+the model's parameters, buffers and random generators are not touched.
+"""
+import argparse
+import copy
+import os
+import time
+
+import numpy as np
+
+from . import _config
+
+__all__ = ["warm_up", "kernels_cached", "compilations", "main"]
+
+# rough compile times on 2 cores (seconds), for the "about N s" message
+ESTIMATE_SECONDS = {"three-layer": 30, "deep": 60}
+
+
+def compilations():
+    """How many kernel compilations (cache misses) this process has done so far."""
+    return sum(sum(d.stats.cache_misses.values()) for d in _config.DISPATCHERS)
+
+
+def kernels_cached():
+    """True if Numba's on-disk cache holds some nbconv kernel (an earlier run compiled; which
+    kernels and dtypes a model needs is only known once it runs)."""
+    for d in _config.DISPATCHERS:
+        cache = getattr(d, "_cache", None)
+        path = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+        if path is not None and os.path.exists(path):
+            return True
+    return False
+
+
+def _sizes(n, batch):
+    """The batch sizes a pass over ``n`` items in batches of ``batch`` sees."""
+    sizes = {min(batch, n)}
+    if n > batch and n % batch:
+        sizes.add(n % batch)
+    return sorted(sizes)
+
+
+def warm_up(model, input_shape, train_sizes=(), eval_sizes=(), loss=None, dtype=np.float32):
+    """Run ``model`` (a deep copy) once per batch size: a training step (``train()``, forward
+    and ``backward``) for each of ``train_sizes`` and an eval-mode forward for each of
+    ``eval_sizes``, on zero-mean random inputs ``(n, *input_shape)`` of ``dtype``, so that every
+    kernel those passes use is compiled or loaded from cache. Returns ``(seconds,
+    compiled)``: the wall time and the number of kernels compiled (0: all came from cache)."""
+    if loss is None:
+        from .layers import SoftmaxCrossEntropy
+        loss = SoftmaxCrossEntropy()
+    m = copy.deepcopy(model)
+    g = np.random.default_rng(0)
+    before, t0 = compilations(), time.perf_counter()
+    for train, sizes in ((True, train_sizes), (False, eval_sizes)):
+        m.train(train)
+        for n in sizes:
+            x = g.standard_normal((n, *input_shape)).astype(dtype)
+            logits = m(x)
+            if train:
+                _, dlogits = loss(logits, np.arange(n) % logits.shape[1])
+                m.backward(dlogits)
+    return time.perf_counter() - t0, compilations() - before
+
+
+def announce(dtype, estimate=None):
+    """The first half of the warm-up line (printed before :func:`warm_up`)."""
+    name = np.dtype(dtype).name
+    if kernels_cached():
+        return f"loading kernels for {name} from Numba's cache (compiling any not cached yet)..."
+    about = f", about {estimate} s" if estimate else ""
+    return f"compiling kernels for {name} (first run only{about})..."
+
+
+def report(seconds, compiled):
+    """The second half of the warm-up line."""
+    if compiled:
+        return f" compiled in {seconds:.1f} s"
+    return f" kernels loaded from cache in {seconds:.1f} s"
+
+
+def main(argv=None):
+    from . import models
+    ap = argparse.ArgumentParser(
+        prog="python -m nbconv.warmup",
+        description="Compile nbconv's kernels into Numba's on-disk cache ahead of time.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--dtype", nargs="+", choices=("float32", "float64"),
+                    default=["float32", "float64"], help="dtypes to compile for")
+    ap.add_argument("--model", nargs="+", choices=sorted(models.MODELS),
+                    default=sorted(models.MODELS), help="models whose kernels to compile")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[50, 64],
+                    help="training batch sizes to warm up")
+    ap.add_argument("--eval-batch-size", type=int, default=500,
+                    help="evaluation batch size to warm up")
+    args = ap.parse_args(argv)
+    total = time.perf_counter()
+    for dtype in args.dtype:
+        for name in args.model:
+            model = models.MODELS[name](seed=0, dtype=np.dtype(dtype))
+            print(f"{name}: " + announce(dtype, ESTIMATE_SECONDS.get(name)), end="", flush=True)
+            sec, n = warm_up(model, (3, 32, 32), args.batch_size,
+                             [args.eval_batch_size, 1], dtype=np.dtype(dtype))
+            print(report(sec, n), flush=True)
+    print(f"done in {time.perf_counter() - total:.1f} s; kernels cached in "
+          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels', '__pycache__')}")
+
+
+if __name__ == "__main__":
+    main()

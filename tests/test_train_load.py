@@ -1,0 +1,138 @@
+"""Trainer.load is all or nothing (issue 11, bug D): a checkpoint whose checksum is valid but
+whose content disagrees with its metadata raises CheckpointError before anything is assigned.
+
+The bad checkpoints are a good one re-signed after an edit (nbconv.checkpoint.write recomputes
+the checksum), so only the content checks can catch them."""
+import numpy as np
+import pytest
+
+from nbconv import checkpoint as ckpt
+from nbconv import optim
+from nbconv.models import three_layer_convnet
+from nbconv.train import CheckpointError, Trainer
+
+
+def make_trainer(seed=0):
+    model = three_layer_convnet(hidden=8, num_filters=4, filter_size=3, input_shape=(3, 8, 8),
+                                seed=seed)
+    opt = optim.Adam(model.params, model.grads, lr=1e-2)
+    return Trainer(model, opt, optim.CosineAnnealingLR(opt, T_max=4), batch_size=8,
+                   seed=seed, progress=False, verbose=False, warmup=False)
+
+
+def data(seed=0):
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((24, 3, 8, 8)).astype(np.float32)
+    y = g.integers(0, 10, 24)
+    return dict(x_train=x[:16], y_train=y[:16], x_val=x[16:], y_val=y[16:])
+
+
+def snapshot(tr):
+    return (tr.model.state_dict(), tr.optimizer.state_dict(), tr.scheduler.state_dict(),
+            tr.epoch, list(tr.history), tr.rng.bit_generator.state, tr.best_epoch,
+            None if tr.best_params is None else
+            {k: v.copy() for k, v in tr.best_params["params"].items()})
+
+
+def assert_same(a, b):
+    for k in a[0]:
+        np.testing.assert_array_equal(a[0][k], b[0][k])
+    assert a[1]["step_count"] == b[1]["step_count"]
+    for k, s in a[1]["state"].items():
+        for n in s:
+            np.testing.assert_array_equal(s[n], b[1]["state"][k][n])
+    assert a[2:7] == b[2:7]
+    if a[7] is not None:
+        for k in a[7]:
+            np.testing.assert_array_equal(a[7][k], b[7][k])
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    src = make_trainer()
+    src.fit(data(), 2)
+    path = tmp_path_factory.mktemp("ck") / "good.npz"
+    src.save(path)
+    return path
+
+
+def _drop(m, a):
+    del a["param/4.bias"]
+
+
+def _broadcast_bias(m, a):
+    a["param/4.bias"] = a["param/4.bias"][:1].copy()
+
+
+def _float64(m, a):
+    for k in list(a):
+        if k.startswith("param/"):
+            a[k] = a[k].astype(np.float64)
+
+
+def _float64_best(m, a):
+    a["best_params/0.weight"] = a["best_params/0.weight"].astype(np.float64)
+
+
+def _drop_best(m, a):
+    del a["best_params/6.bias"]
+
+
+def _rng_type(m, a):
+    m["rng"]["data"] = np.random.MT19937(0).state
+    m["rng"]["data"]["state"]["key"] = m["rng"]["data"]["state"]["key"].tolist()
+
+
+def _rng_garbled(m, a):
+    m["rng"]["data"]["state"] = "x"
+
+
+def _epoch_text(m, a):
+    m["epoch"] = "ten"
+
+
+def _epoch_float(m, a):
+    m["epoch"] = 2.0
+
+
+def _history_short(m, a):
+    m["history"] = m["history"][:1]
+
+
+def _best_epoch(m, a):
+    m["best"]["epoch"] = 7
+
+
+def _optimizer_array_missing(m, a):
+    name = next(k for k in a if k.startswith("optimizer/"))
+    del a[name]
+
+
+def _optimizer_float64(m, a):
+    for k in list(a):
+        if k.startswith("optimizer/") and a[k].dtype == np.float32:
+            a[k] = a[k].astype(np.float64)
+
+
+BAD = [_drop, _broadcast_bias, _float64, _float64_best, _drop_best, _rng_type, _rng_garbled,
+       _epoch_text, _epoch_float, _history_short, _best_epoch, _optimizer_array_missing,
+       _optimizer_float64]
+
+
+@pytest.mark.parametrize("edit", BAD, ids=[f.__name__.strip("_") for f in BAD])
+def test_resigned_inconsistent_checkpoint_is_refused_and_changes_nothing(good, tmp_path, edit):
+    meta, arrays = ckpt.read(good)
+    edit(meta, arrays)
+    bad = tmp_path / "bad.npz"
+    ckpt.write(bad, meta, arrays)
+    ckpt.read(bad)  # the checksum is valid: only the content checks can refuse it
+
+    target = make_trainer(seed=3)
+    target.fit(data(1), 1)
+    before = snapshot(target)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        target.load(bad)
+    assert_same(snapshot(target), before)
+
+    target.load(good)  # the untouched checkpoint still loads
+    assert target.epoch == 2
