@@ -209,7 +209,9 @@ class Trainer:
                 raise ValueError(f"data must hold {split!r}, got keys {sorted(data)}")
         has_val = data.get("x_val") is not None and len(data["x_val"]) > 0
         has_test = data.get("x_test") is not None and len(data["x_test"]) > 0
-        if self.warmup and self.epoch < epochs and self.compile_seconds is None:
+        # under MPI the kernels compile in the first steps: a warm-up copy of the model would
+        # need its own collectives (SyncBatchNorm2d holds the communicator)
+        if self.warmup and self.dp is None and self.epoch < epochs and self.compile_seconds is None:
             self.warm_up(data)
         while self.epoch < epochs:
             t0 = time.perf_counter()
