@@ -20,3 +20,19 @@ def test_batch_norm_read_only_running_stat_updates_neither(rng, read_only):
     # evaluation only reads them
     y = F.batch_norm2d(x, stats["running_mean"], stats["running_var"], training=False)
     np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+# ---- group_norm: groups of one value (found by the thorough hypothesis profile) -------------
+
+def test_group_norm_groups_of_one_value():
+    """torch refuses N * (C/G) * H * W == 1 (shape (1, 2, 1, 1), num_groups=2: "expected more
+    than 1 value per channel"); nbconv, deliberately, normalises each one-value group: xhat = 0,
+    so y is the bias and dx is 0."""
+    x = np.array([3.0, -1.0]).reshape(1, 2, 1, 1)
+    w, b = np.array([2.0, 5.0]), np.array([0.5, -0.25])
+    y, mean, rstd = F.group_norm(x, 2, w, b, return_stats=True)
+    np.testing.assert_array_equal(y.reshape(-1), b)
+    dx, dw, db = F.group_norm_backward(np.ones_like(x), x, mean, rstd, 2, w)
+    np.testing.assert_array_equal(dx, np.zeros_like(x))
+    np.testing.assert_array_equal(dw, [0.0, 0.0])
+    np.testing.assert_array_equal(db, [1.0, 1.0])
