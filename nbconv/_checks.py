@@ -17,21 +17,35 @@ def conv_out_size(size, kernel, stride=1, pad_lo=0, pad_hi=None, dilation=1, cei
 
     ``out = floor((size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) / stride) + 1``
 
-    With ``ceil_mode`` the division rounds up, but (as in PyTorch) the last window must start
-    inside the input or the left padding: if it would start in the right padding it is dropped.
-    ``pad_hi`` defaults to ``pad_lo``. The result may be < 1; callers raise on that.
+    ``pad_hi`` defaults to ``pad_lo``. The result may be < 1 (0 when the window does not fit);
+    callers raise on that. ``ceil_mode`` is pooling's rule: see :func:`pool_out_size`.
     """
     if pad_hi is None:
         pad_hi = pad_lo
+    if ceil_mode:
+        return pool_out_size(size, kernel, stride, pad_lo, pad_hi, dilation, ceil_mode)
     span = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1
     if span < 0:
         return 0
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + pad_lo:
-            out -= 1
-    else:
-        out = span // stride + 1
+    return span // stride + 1
+
+
+def pool_out_size(size, kernel, stride=1, pad_lo=0, pad_hi=None, dilation=1, ceil_mode=False):
+    """Output length of a pooling window along one axis, PyTorch's rule exactly:
+
+    ``out = floor((size + pad_lo + pad_hi - dilation*(kernel - 1) - 1 + (stride - 1 if
+    ceil_mode else 0)) / stride) + 1`` (floor division, also of a numerator below zero), and
+    with ``ceil_mode`` the last window dropped if it would start in the right padding
+    (``(out - 1) * stride >= size + pad_lo``). So a ``ceil_mode`` window may reach past the
+    padded input, even when the (dilated) kernel is longer than the padded input. ``pad_hi``
+    defaults to ``pad_lo``. The result may be < 1; callers raise on that.
+    """
+    if pad_hi is None:
+        pad_hi = pad_lo
+    num = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = num // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_lo:
+        out -= 1
     return out
 
 

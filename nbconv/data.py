@@ -15,7 +15,7 @@ normalisation) and a random horizontal flip.
 """
 import hashlib
 import os
-import pickle
+import re
 import shutil
 import tarfile
 import tempfile
@@ -24,6 +24,7 @@ import urllib.request
 
 import numpy as np
 
+from . import _unpickle
 from ._checks import check_dtype, check_int
 from ._io import atomic_write
 
@@ -46,26 +47,43 @@ __all__ = ["URL", "MD5", "SAMPLE_DIR", "CLASSES", "load_batch", "save_batch", "l
 def load_batch(path):
     """Read one official python batch: ``(images (N, 3, 32, 32) uint8, labels (N,) int64)``.
 
-    ``N`` is the number of rows of ``b'data'``. A malformed file raises ``ValueError`` naming it.
+    ``N`` is the number of rows of ``b'data'``; ``b'labels'`` must hold ``N`` integers in
+    0..9 (a list of ints or an integer array; floats and bools are refused). The file is read
+    with a restricted unpickler (:mod:`nbconv._unpickle`) that builds dicts, lists, strings,
+    numbers and numeric NumPy arrays only: a file naming any other global (a crafted pickle
+    that would run code) is refused before anything runs. A malformed or refused file raises
+    ``ValueError`` naming it.
     """
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # truncated or not a pickle
-        raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+    d = _unpickle.load(path, "a CIFAR-10 python batch")
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data'/b'labels' keys)")
-    data = np.asarray(d[b"data"])
-    labels = np.asarray(d[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    data = d[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
+        raise ValueError(f"{path}: b'data' must be a uint8 (N, 3072) array, got "
+                         f"{getattr(data, 'dtype', type(data).__name__)} "
+                         f"{getattr(data, 'shape', '')}")
+    labels = _labels(d[b"labels"], path)
     if labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: b'labels' has {labels.size} entries for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
     return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
+def _labels(v, path):
+    """``b'labels'`` as a 1-d integer array: a list/tuple of ints (not bools) or an integer
+    ndarray; anything else (floats such as ``0.5``, strings, nested lists) is a ``ValueError``."""
+    if isinstance(v, (list, tuple)):
+        bad = [x for x in v if type(x) is not int and not isinstance(x, np.integer)]
+        if bad:
+            raise ValueError(f"{path}: b'labels' must hold integers 0..9, got {bad[0]!r} "
+                             f"({type(bad[0]).__name__})")
+        return np.array(v, dtype=np.int64).reshape(len(v))
+    if isinstance(v, np.ndarray) and v.dtype.kind in "iu" and v.ndim == 1:
+        return v
+    raise ValueError(f"{path}: b'labels' must be a list of integers 0..9, got "
+                     f"{getattr(v, 'dtype', type(v).__name__)}")
 
 
 def _pickle_py2(d):
@@ -122,10 +140,33 @@ def save_batch(path, images, labels, batch_label, filenames=None):
     atomic_write(path, payload)
 
 
+#: the training batch names: ``data_batch_1`` .. ``data_batch_5``, ASCII digits, no leading zero
+_TRAIN_NAME = re.compile(r"data_batch_[1-5]", re.ASCII)
+
+
 def _train_batch_files(data_dir):
-    names = [n for n in os.listdir(data_dir)
-             if n.startswith("data_batch_") and n[len("data_batch_"):].isdigit()]
-    return [os.path.join(data_dir, n) for n in sorted(names, key=lambda n: int(n[11:]))]
+    names = [n for n in os.listdir(data_dir) if _TRAIN_NAME.fullmatch(n)]
+    return [os.path.join(data_dir, n) for n in sorted(names)]
+
+
+def _load_meta(path):
+    """The class names of ``batches.meta`` (a dict whose ``b'label_names'`` lists 10 names), or
+    ``None`` when it has none; a malformed or refused file is a ``ValueError`` naming it."""
+    d = _unpickle.load(path, "a CIFAR-10 batches.meta file")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 batches.meta file (a {type(d).__name__}, "
+                         f"not a dict)")
+    names = d.get(b"label_names", d.get("label_names"))
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or len(names) != len(CLASSES) \
+            or not all(isinstance(n, (bytes, str)) for n in names):
+        raise ValueError(f"{path}: b'label_names' must be a list of {len(CLASSES)} names, got "
+                         f"{names!r:.200}")
+    try:
+        return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: b'label_names' is not UTF-8 text ({e})") from e
 
 
 def load_cifar10(data_dir=None):
@@ -133,7 +174,10 @@ def load_cifar10(data_dir=None):
 
     ``data_dir`` may also be its parent (where the tarball was unpacked). Returns a dict with
     ``x_train (N, 3, 32, 32) uint8``, ``y_train (N,) int64``, ``x_test``, ``y_test`` and
-    ``classes`` (names). Training batches are ``data_batch_<k>`` in order of ``k``.
+    ``classes`` (names, from ``batches.meta`` when present). Training batches are the files
+    ``data_batch_1`` .. ``data_batch_5`` present (exactly these names), in that order. Every file
+    is read with a restricted unpickler (see :func:`load_batch`); a malformed one raises
+    ``ValueError`` naming it.
     """
     data_dir = os.fspath(SAMPLE_DIR if data_dir is None else data_dir)
     if os.path.isdir(os.path.join(data_dir, BATCHES_DIR)):
@@ -144,7 +188,7 @@ def load_cifar10(data_dir=None):
     files = _train_batch_files(data_dir)
     test_file = os.path.join(data_dir, "test_batch")
     if not files or not os.path.isfile(test_file):
-        raise FileNotFoundError(f"data_dir {data_dir!r} must hold data_batch_1.. and test_batch "
+        raise FileNotFoundError(f"data_dir {data_dir!r} must hold data_batch_1..5 and test_batch "
                                 f"(the official CIFAR-10 python format), found "
                                 f"{sorted(os.listdir(data_dir))}")
     parts = [load_batch(p) for p in files]
@@ -152,10 +196,7 @@ def load_cifar10(data_dir=None):
     classes = CLASSES
     meta = os.path.join(data_dir, "batches.meta")
     if os.path.isfile(meta):
-        with open(meta, "rb") as f:
-            names = pickle.load(f, encoding="bytes").get(b"label_names")
-        if names:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        classes = _load_meta(meta) or classes
     return dict(x_train=np.concatenate([p[0] for p in parts]),
                 y_train=np.concatenate([p[1] for p in parts]),
                 x_test=x_test, y_test=y_test, classes=classes)

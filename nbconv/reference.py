@@ -6,7 +6,7 @@ kernels against both; benchmarks compare against the vectorised one.
 """
 import numpy as np
 
-from ._checks import conv2d_padding, conv_out_size  # noqa: F401  (one parser for every module)
+from ._checks import conv2d_padding, conv_out_size, pool_out_size  # noqa: F401  (one parser for every module)
 
 
 # ---- conv -----------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def conv2d_backward_im2col(dy, x, weight, stride=1, padding=0, dilation=1, group
 
 
 # ---- pool -----------------------------------------------------------------------------------
-# Shapes: x (N, C, H, W) -> (N, C, OH, OW), OH = conv_out_size(H, kh, sh, ph, ph, dh, ceil_mode).
+# Shapes: x (N, C, H, W) -> (N, C, OH, OW), OH = pool_out_size(H, kh, sh, ph, ph, dh, ceil_mode).
 # Max pooling pads with -inf, keeps the first maximum (row-major window order) on ties and the
 # last NaN if the window has any (PyTorch's CPU rule); indices are window offsets i*kw + j.
 # Average pooling divides by the window size clipped at the padded boundary
@@ -151,7 +151,7 @@ def _pool_pairs(kernel_size, stride, padding, dilation):
 
 
 def _pool_out(x_shape, k, s, p, d, ceil_mode):
-    return tuple(conv_out_size(x_shape[2 + a], k[a], s[a], p[a], p[a], d[a], ceil_mode)
+    return tuple(pool_out_size(x_shape[2 + a], k[a], s[a], p[a], p[a], d[a], ceil_mode)
                  for a in range(2))
 
 
@@ -166,29 +166,43 @@ def max_pool2d_naive(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mo
         for c in range(C):
             for oh in range(OH):
                 for ow in range(OW):
-                    best, bi = None, None
+                    # a window over padding only (dilation): -inf at its first tap past
+                    # the top/left padding
+                    best = -np.inf
+                    bi = (_first_tap(oh, sh, ph, dh) * kw + _first_tap(ow, sw, pw, dw))
+                    seen = False
                     for i in range(kh):
                         for j in range(kw):
                             ih, iw = oh * sh - ph + i * dh, ow * sw - pw + j * dw
                             if 0 <= ih < H and 0 <= iw < W:
                                 v = x[n, c, ih, iw]
-                                if bi is None or v > best or np.isnan(v):
-                                    best, bi = v, i * kw + j
+                                if not seen or v > best or np.isnan(v):
+                                    best, bi, seen = v, i * kw + j, True
                     y[n, c, oh, ow], idx[n, c, oh, ow] = best, bi
     return y, idx
 
 
+def _first_tap(o, s, p, d):
+    """The first tap of window ``o`` whose position ``o*s - p + i*d`` is not in the leading
+    padding."""
+    return max(0, -((o * s - p) // d))
+
+
 def max_pool2d_backward_naive(dy, indices, x_shape, kernel_size, stride=None, padding=0,
                               dilation=1, ceil_mode=False):
+    """An index pointing into the padding (a window over padding only) passes no gradient."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pool_pairs(kernel_size, stride, padding, dilation)
     dx = np.zeros(x_shape, dy.dtype)
     N, C, OH, OW = dy.shape
+    H, W = x_shape[2:]
     for n in range(N):
         for c in range(C):
             for oh in range(OH):
                 for ow in range(OW):
                     i, j = divmod(int(indices[n, c, oh, ow]), kw)
-                    dx[n, c, oh * sh - ph + i * dh, ow * sw - pw + j * dw] += dy[n, c, oh, ow]
+                    ih, iw = oh * sh - ph + i * dh, ow * sw - pw + j * dw
+                    if 0 <= ih < H and 0 <= iw < W:
+                        dx[n, c, ih, iw] += dy[n, c, oh, ow]
     return dx
 
 
@@ -265,6 +279,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         take = real[sl] & ((idx < 0) | (v > y) | np.isnan(v))
         y = np.where(take, v, y)
         idx = np.where(take, off, idx)
+    first = np.add.outer([_first_tap(o, s[0], p[0], d[0]) * k[1] for o in range(out[0])],
+                         [_first_tap(o, s[1], p[1], d[1]) for o in range(out[1])])
+    idx = np.where(idx < 0, first, idx)  # windows over padding only, as max_pool2d_naive
     return y, idx
 
 

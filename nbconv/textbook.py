@@ -25,7 +25,7 @@ and ``reference.conv2d_naive``.
 import numpy as np
 
 from ._checks import (check_array, check_bool, check_float, check_groups, check_int,
-                      conv2d_padding, conv_out_size, pool_args, to_pair)
+                      conv2d_padding, conv_out_size, pool_args, pool_out_size, to_pair)
 from .kernels import textbook as _k
 
 __all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
@@ -109,8 +109,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _pool_out(x_shape, k, s, p, d, ceil_mode, name="x"):
-    oh = conv_out_size(x_shape[2], k[0], s[0], p[0], p[0], d[0], ceil_mode)
-    ow = conv_out_size(x_shape[3], k[1], s[1], p[1], p[1], d[1], ceil_mode)
+    oh = pool_out_size(x_shape[2], k[0], s[0], p[0], p[0], d[0], ceil_mode)
+    ow = pool_out_size(x_shape[3], k[1], s[1], p[1], p[1], d[1], ceil_mode)
     if oh < 1 or ow < 1:
         raise ValueError(f"output size ({oh}, {ow}) is too small: {name} of shape "
                          f"{tuple(x_shape)} with kernel_size {k}, stride {s}, padding {p}, "

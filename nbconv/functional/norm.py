@@ -129,6 +129,10 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     if running_mean is not None:
         _check_running(running_mean, "running_mean", C, x.dtype)
         _check_running(running_var, "running_var", C, x.dtype)
+        for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if training and not a.flags.writeable:  # both checked before either is written
+                raise ValueError(f"{name} is read-only, but training=True updates "
+                                 f"running_mean and running_var in place")
     L = N * H * W
     y = np.empty_like(x)
     x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)

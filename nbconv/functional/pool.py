@@ -6,7 +6,7 @@ Shapes: ``x`` is ``(N, C, H, W)``; pooled outputs are ``(N, C, OH, OW)`` with, p
                                                                ``ceil_mode``)
 
 and, with ``ceil_mode``, the last window dropped if it would start in the right padding
-(PyTorch's rule, see :func:`nbconv._checks.conv_out_size`). Average pooling has no dilation
+(PyTorch's rule, see :func:`nbconv._checks.pool_out_size`). Average pooling has no dilation
 (``dh = dw = 1``). ``global_avg_pool2d`` maps ``(N, C, H, W) -> (N, C)``.
 
 Hyper-parameters follow PyTorch: ``stride`` defaults to ``kernel_size``; ``padding`` must be at
@@ -19,7 +19,7 @@ results.
 """
 import numpy as np
 
-from .._checks import check_array, check_bool, check_dy, check_int, conv_out_size, pool_args
+from .._checks import check_array, check_bool, check_dy, check_int, pool_args, pool_out_size
 from .._config import POOL_MAX_CHUNKS as MAX_CHUNKS
 from .._config import UNROLL_MAX_AREA, UNROLL_MAX_STRIDE
 from .._config import VEC as _VEC
@@ -31,8 +31,8 @@ __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backwa
 
 def _out_shape(x_shape, k, s, p, d, ceil_mode, name="x"):
     n, c, h, w = x_shape
-    oh = conv_out_size(h, k[0], s[0], p[0], p[0], d[0], ceil_mode)
-    ow = conv_out_size(w, k[1], s[1], p[1], p[1], d[1], ceil_mode)
+    oh = pool_out_size(h, k[0], s[0], p[0], p[0], d[0], ceil_mode)
+    ow = pool_out_size(w, k[1], s[1], p[1], p[1], d[1], ceil_mode)
     if oh < 1 or ow < 1:
         raise ValueError(f"output size ({oh}, {ow}) is too small: {name} of shape {tuple(x_shape)} "
                          f"with kernel_size {k}, stride {s}, padding {p}, dilation {d}, "
@@ -166,7 +166,9 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
 
     ``dy`` and ``indices`` (the window offsets returned by ``max_pool2d(...,
     return_indices=True)``) are ``(N, C, OH, OW)``; each ``dy`` element is added at its window's
-    maximum, so overlapping windows sum.
+    maximum, so overlapping windows sum. A window that covers only padding (possible with
+    dilation) has output -inf whatever ``x`` is and passes no gradient (PyTorch's CPU kernel
+    adds it to an unrelated pixel).
     """
     k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
@@ -188,9 +190,9 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
     oh, ow = out_shape[2:]
     dx = np.empty(x_shape, dy.dtype)
     i = np.arange(area, dtype=np.int64)
-    delta = (i // k[1]) * d[0] * w + (i % k[1]) * d[1]
     _k.max_pool2d_backward(dy.reshape(n * c, oh, ow), indices.reshape(n * c, oh, ow),
-                           dx.reshape(n * c, h * w), delta, w, s[0], s[1], p[0], p[1])
+                           dx.reshape(n * c, h * w), (i // k[1]) * d[0], (i % k[1]) * d[1],
+                           h, w, s[0], s[1], p[0], p[1])
     return dx
 
 

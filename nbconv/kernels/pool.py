@@ -73,10 +73,13 @@ def max_pool2d_forward_any(x, y, idx, ninf, KW, sh, sw, ph, pw, dh, dw, kh_lo, k
 
 
 @kernel
-def max_pool2d_backward(dy, idx, dx, delta, W, sh, sw, ph, pw):
-    """``dx`` (``(P, H*W)``) = each ``dy`` added at the input element its window offset points
-    to, ``(oh*sh - ph)*W + ow*sw - pw + delta[offset]`` (``W`` is the input width). Outputs are
-    visited in row-major order, so sums of overlapping windows are fixed.
+def max_pool2d_backward(dy, idx, dx, di, dj, H, W, sh, sw, ph, pw):
+    """``dx`` (``(P, H*W)``) = each ``dy`` added at the input element its window offset ``k``
+    points to: row ``oh*sh - ph + di[k]``, column ``ow*sw - pw + dj[k]``. An offset whose row or
+    column lies in the padding (a window that covers only padding, whose maximum is -inf and
+    does not depend on ``x``) adds nothing: row and column are checked apart, so it never
+    wraps onto another pixel. Outputs are visited in row-major order, so sums of overlapping
+    windows are fixed.
 
     Textbook twin: :func:`nbconv.kernels.textbook.max_pool2d_backward`."""
     P = dx.shape[0]
@@ -88,9 +91,11 @@ def max_pool2d_backward(dy, idx, dx, delta, W, sh, sw, ph, pw):
             dx[p, k] = 0
         for oh in range(OH):
             for ow in range(OW):
-                f = (oh * sh - ph) * W + ow * sw - pw + delta[idx[p, oh, ow]]
-                if f >= 0 and f < HW:
-                    dx[p, f] += dy[p, oh, ow]
+                t = idx[p, oh, ow]
+                r = oh * sh - ph + di[t]
+                c = ow * sw - pw + dj[t]
+                if r >= 0 and r < H and c >= 0 and c < W:
+                    dx[p, r * W + c] += dy[p, oh, ow]
 
 
 @serial_kernel
