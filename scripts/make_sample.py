@@ -2,7 +2,7 @@
 
     python scripts/make_sample.py [SRC_DIR] [--train-per-class 200] [--out DIR]
 
-``SRC_DIR`` is an official ``cifar-10-batches-py`` directory (default: the shared subset). The
+``SRC_DIR`` is an official ``cifar-10-batches-py`` directory (default: `../shared/cifar10-subset/cifar-10-batches-py` beside the checkout). The
 sample keeps the official python format: every test image of ``SRC_DIR``'s ``test_batch`` and,
 for the training part, the first ``--train-per-class`` images of each class in the official
 order, spread over ``data_batch_1`` .. ``data_batch_5`` (each class-balanced), plus
@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from nbconv.data import BATCHES_DIR, load_batch, load_cifar10, save_batch  # noqa: E402
 
-DEFAULT_SRC = "/work/shared/cifar10-subset/cifar-10-batches-py"
+DEFAULT_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                            "shared", "cifar10-subset", "cifar-10-batches-py"))
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """Shared test helpers: tolerances, torch conversion, thread-count control, finite differences."""
 import contextlib
+import os
 
 import numba
 import numpy as np
@@ -11,6 +12,14 @@ TOL = {
     np.dtype(np.float64): dict(rtol=1e-9, atol=1e-9),
 }
 DTYPES = [np.float32, np.float64]
+
+# The shared CIFAR-10 subset, found beside the checkout (``../shared``) or where
+# NBCONV_CIFAR_SUBSET points; tests that need it skip with that reason when it is absent.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBSET = os.environ.get("NBCONV_CIFAR_SUBSET") or os.path.normpath(
+    os.path.join(ROOT, "..", "shared", "cifar10-subset", "cifar-10-batches-py"))
+SUBSET_ABSENT = (f"the shared CIFAR-10 subset is absent ({SUBSET}; set NBCONV_CIFAR_SUBSET to "
+                 f"a cifar-10-batches-py folder)")
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, err_msg=""):

@@ -9,8 +9,8 @@ import pytest
 
 from nbconv import data as D
 
-SUBSET = "/work/shared/cifar10-subset/cifar-10-batches-py"
-need_subset = pytest.mark.skipif(not os.path.isdir(SUBSET), reason="shared CIFAR-10 subset absent")
+from helpers import SUBSET, SUBSET_ABSENT
+need_subset = pytest.mark.skipif(not os.path.isdir(SUBSET), reason=SUBSET_ABSENT)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from nbconv import _unpickle
 from nbconv import data as D
 
-SUBSET = "/work/shared/cifar10-subset/cifar-10-batches-py"
+from helpers import SUBSET, SUBSET_ABSENT
 
 
 def _images(rng, n):
