@@ -320,11 +320,11 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
                         count_include_pad=True):
     k, s, p, d = _pool_pairs(kernel_size, stride, padding, 1)
     padded, taps = _pool_taps(x_shape, k, s, p, d, dy.shape[2:])
-    g = dy / _avg_divisor(x_shape, k, s, p, dy.shape[2:], padded, taps, count_include_pad,
-                          dy.dtype)
+    share = dy / _avg_divisor(x_shape, k, s, p, dy.shape[2:], padded, taps, count_include_pad,
+                              dy.dtype)
     dxp = np.zeros(tuple(x_shape[:2]) + padded, dy.dtype)
     for _, sl in taps:
-        dxp[sl] += g
+        dxp[sl] += share
     return dxp[:, :, p[0]:p[0] + x_shape[2], p[1]:p[1] + x_shape[3]].copy()
 
 

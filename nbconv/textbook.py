@@ -53,12 +53,12 @@ def _conv_args(x_shape, weight, stride, padding, dilation, groups):
     groups = check_int(groups, "groups", 1)
     stride = to_pair(stride, "stride", 1)
     dilation = to_pair(dilation, "dilation", 1)
-    F, Cg, KH, KW = weight.shape
+    n_filters, Cg, KH, KW = weight.shape
     pads = conv2d_padding(padding, (KH, KW), stride, dilation)
     C = x_shape[1]
-    if F % groups or C % groups:
+    if n_filters % groups or C % groups:
         raise ValueError(f"groups={groups} must divide in_channels ({C}) and out_channels "
-                         f"({F}): x has shape {tuple(x_shape)}, weight {weight.shape}")
+                         f"({n_filters}): x has shape {tuple(x_shape)}, weight {weight.shape}")
     if Cg * groups != C:
         raise ValueError(f"weight of shape {weight.shape} with groups={groups} expects "
                          f"{Cg * groups} input channels, but x has shape {tuple(x_shape)}")

@@ -180,8 +180,8 @@ def depthwise_forward(x, w, offs, bias, y, sh, sw, pt, pl, Hq, Wq, nchunks, zero
 
     Textbook twin: :func:`nbconv.kernels.textbook.conv2d_forward`."""
     N, C = x.shape[0], x.shape[1]
-    F, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    Fg = F // C
+    n_filters, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    Fg = n_filters // C
     P = N * C
     L = ((OH - 1) * Wq + OW + 7) // 8 * 8  # whole vectors: the scratch tails absorb the rest
     y1 = y.reshape(-1)
@@ -196,7 +196,7 @@ def depthwise_forward(x, w, offs, bias, y, sh, sw, pt, pl, Hq, Wq, nchunks, zero
                 _taps(S, w[f], offs, acc, L, bias[f], True)
                 for oh in range(OH):  # flat unsigned indices: no slices per short row
                     su = np.uint64(oh * Wq)
-                    du = np.uint64(((n * F + f) * OH + oh) * OW)
+                    du = np.uint64(((n * n_filters + f) * OH + oh) * OW)
                     for ow in range(OW):
                         y1[du + np.uint64(ow)] = acc[su + np.uint64(ow)]
 
@@ -214,8 +214,8 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
     Textbook twins: :func:`nbconv.kernels.textbook.conv2d_backward_input`,
     :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
     N, C, H, W = x.shape
-    F, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
-    Fg = F // C
+    n_filters, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Fg = n_filters // C
     nsplit = dwp.shape[0]
     L = ((OH - 1) * Wq + OW + 7) // 8 * 8   # whole vectors: the scratch tails absorb the rest
     Ldx = ((H - 1) * Wz + W + 7) // 8 * 8
@@ -241,7 +241,7 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
                 # rows of dy into D (and spread into Dz): flat unsigned indices, no slices
                 s = zero
                 for oh in range(OH):
-                    su = np.uint64(((n * F + f) * OH + oh) * OW)
+                    su = np.uint64(((n * n_filters + f) * OH + oh) * OW)
                     du = np.uint64(oh * Wq)
                     for ow in range(OW):
                         v = dy1[su + np.uint64(ow)]
@@ -251,7 +251,7 @@ def depthwise_backward(x, dy, w, offs, offs_dx, dx, dwp, dbp, sh, sw, pt, pl, Hq
                 _tap_grads(S, D, offs, L, dw[f], zero)
                 if need_dx:
                     for oh in range(OH):
-                        su = np.uint64(((n * F + f) * OH + oh) * OW)
+                        su = np.uint64(((n * n_filters + f) * OH + oh) * OW)
                         du = np.uint64((oh * sh + Toff) * Wz + Loff)
                         for ow in range(OW):
                             Dz[du + np.uint64(ow) * swu] = dy1[su + np.uint64(ow)]

@@ -51,12 +51,12 @@ def conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw):
     ``y`` ``(N, F, OH, OW)`` is allocated by the caller, who chose ``OH, OW``. The ``(n, f)``
     loops are fused into one ``prange`` so that one image still has ``F`` parallel tasks."""
     N, C, H, W = x.shape
-    F, Cg, KH, KW = w.shape
+    n_filters, Cg, KH, KW = w.shape
     OH, OW = y.shape[2], y.shape[3]
-    Fg = F // (C // Cg)                      # filters per group
-    for nf in prange(N * F):                 # loops 1, 2: one output plane (n, f) per task
-        n = nf // F
-        f = nf % F
+    Fg = n_filters // (C // Cg)              # filters per group
+    for nf in prange(N * n_filters):         # loops 1, 2: one output plane (n, f) per task
+        n = nf // n_filters
+        f = nf % n_filters
         g = f // Fg
         for oh in range(OH):                 # loop 3
             for ow in range(OW):             # loop 4
@@ -83,9 +83,9 @@ def conv2d_backward_input(dy, w, dx, sh, sw, pt, pl, dh, dw):
     hold for a whole output ``(oh, ow)``, i.e. ``ih + pt - i*dh`` is a multiple of ``sh`` in
     ``[0, sh*OH)`` (columns likewise). Each ``dx`` element is written once, by one task."""
     N, C, H, W = dx.shape
-    F, Cg, KH, KW = w.shape
+    n_filters, Cg, KH, KW = w.shape
     OH, OW = dy.shape[2], dy.shape[3]
-    Fg = F // (C // Cg)
+    Fg = n_filters // (C // Cg)
     for nc in prange(N * C):                 # one input plane (n, c) per task
         n = nc // C
         c = nc % C
@@ -118,10 +118,10 @@ def conv2d_backward_weight(dy, x, dwt, db, sh, sw, pt, pl, dh, dw):
     (``ih, iw`` as in :func:`conv2d_forward`, taps outside ``x`` skipped). Each task owns the
     rows of its filter ``f``."""
     N, C, H, W = x.shape
-    F, Cg, KH, KW = dwt.shape
+    n_filters, Cg, KH, KW = dwt.shape
     OH, OW = dy.shape[2], dy.shape[3]
-    Fg = F // (C // Cg)
-    for f in prange(F):
+    Fg = n_filters // (C // Cg)
+    for f in prange(n_filters):
         g = f // Fg
         for c in range(Cg):
             for i in range(KH):
