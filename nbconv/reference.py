@@ -550,3 +550,69 @@ def adaptive_max_pool2d_backward_naive(dy, indices, x_shape):
         for c in range(C):
             np.add.at(dx[n, c], indices[n, c].reshape(-1), dy[n, c].reshape(-1))
     return dx.reshape(x_shape)
+
+
+# ---- transposed convolution -------------------------------------------------------------------
+# x (N, C_in, H, W), weight (C_in, C_out/groups, KH, KW) (PyTorch's layout), bias (C_out,),
+# y (N, C_out, OH, OW) with OH = (H - 1)*sh - 2*ph + dh*(KH - 1) + output_padding_h + 1.
+
+def conv_transpose2d_naive(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                           dilation=1):
+    """Scatter loops: ``y[n, g*Cog + o, i*sh - ph + k*dh, j*sw - pw + l*dw] += x[n, c, i, j] *
+    weight[c, o, k, l]`` for input channel ``c`` of group ``g`` (targets outside are dropped)."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = (pair(v) for v in (stride, padding,
+                                                                   output_padding, dilation))
+    N, C, H, W = x.shape
+    _, Cog, KH, KW = weight.shape
+    Cig = C // groups
+    OH = (H - 1) * sh - 2 * ph + dh * (KH - 1) + oph + 1
+    OW = (W - 1) * sw - 2 * pw + dw * (KW - 1) + opw + 1
+    y = np.zeros((N, Cog * groups, OH, OW), x.dtype)
+    for n in range(N):
+        for c in range(C):
+            g = c // Cig
+            for i in range(H):
+                for j in range(W):
+                    for k in range(KH):
+                        oh = i * sh - ph + k * dh
+                        if not 0 <= oh < OH:
+                            continue
+                        for l in range(KW):  # noqa: E741
+                            ow = j * sw - pw + l * dw
+                            if 0 <= ow < OW:
+                                y[n, g * Cog:(g + 1) * Cog, oh, ow] += x[n, c, i, j] * \
+                                    weight[c, :, k, l]
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward_naive(dy, x, weight, stride=1, padding=0, output_padding=0,
+                                    groups=1, dilation=1):
+    """``(dx, dweight, dbias)`` of :func:`conv_transpose2d_naive` by the same index map: each
+    (input pixel, tap) pair that reached ``y`` reads ``dy`` there."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (sh, sw), (ph, pw), (dh, dw) = (pair(v) for v in (stride, padding, dilation))
+    N, C, H, W = x.shape
+    _, Cog, KH, KW = weight.shape
+    Cig = C // groups
+    OH, OW = dy.shape[2:]
+    dx = np.zeros_like(x)
+    dwt = np.zeros_like(weight)
+    for n in range(N):
+        for c in range(C):
+            g = c // Cig
+            for i in range(H):
+                for j in range(W):
+                    for k in range(KH):
+                        oh = i * sh - ph + k * dh
+                        if not 0 <= oh < OH:
+                            continue
+                        for l in range(KW):  # noqa: E741
+                            ow = j * sw - pw + l * dw
+                            if 0 <= ow < OW:
+                                d = dy[n, g * Cog:(g + 1) * Cog, oh, ow]
+                                dx[n, c, i, j] += (d * weight[c, :, k, l]).sum()
+                                dwt[c, :, k, l] += x[n, c, i, j] * d
+    return dx, dwt, dy.sum(axis=(0, 2, 3))
