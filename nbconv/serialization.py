@@ -38,8 +38,10 @@ length within the file and at most 100 MB, valid UTF-8 JSON object with no dupli
 known dtypes, non-negative integer shapes, each tensor's byte range ``[begin, end)`` inside the
 data and exactly ``prod(shape) * itemsize`` long, and the ranges tiling the data with no
 overlap and no hole. Any violation raises :class:`SafetensorsError` naming the tensor. Tensors
-are written in the reference implementation's order (by dtype, then by name), so a file that nbconv writes is byte-identical to ``safetensors.numpy.save_file``'s. bfloat16 and
-float8 tensors (``BF16``, ``F8_*``) have no NumPy dtype and are refused on load.
+are written in the reference implementation's order (by dtype, then by name), so a file
+that nbconv writes is byte-identical to ``safetensors.numpy.save_file``'s (for C-contiguous
+arrays: safetensors 0.8's NumPy writer ignores strides and writes a strided view's underlying
+buffer, silently wrong; nbconv writes the view's values). bfloat16 and float8 tensors (``BF16``, ``F8_*``) have no NumPy dtype and are refused on load.
 
 Both writers go through :func:`nbconv._io.atomic_write`: a reader sees the old file or the new
 one, never half of one.

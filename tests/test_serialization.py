@@ -292,8 +292,8 @@ def test_safetensors_corrupt_files(tmp_path, case, match):
     elif case == "json":
         _write(p, None, d24, raw_header=b"{\"a\": \xff}")
     elif case == "duplicate":
-        _write(p, None, d24, raw_header=(b'{"a":{"dtype":"F32","shape":[6],"data_offsets":[0,24]},'
-                                          b'"a":{"dtype":"F32","shape":[6],"data_offsets":[0,24]}}'))
+        one = b'"a":{"dtype":"F32","shape":[6],"data_offsets":[0,24]}'
+        _write(p, None, d24, raw_header=b"{" + one + b"," + one + b"}")
     elif case == "shape":
         _write(p, {"a": e((0, 24), shape=(-6,))}, d24)
     elif case == "keys":
