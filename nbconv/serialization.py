@@ -41,7 +41,8 @@ overlap and no hole. Any violation raises :class:`SafetensorsError` naming the t
 are written in the reference implementation's order (by dtype, then by name), so a file
 that nbconv writes is byte-identical to ``safetensors.numpy.save_file``'s (for C-contiguous
 arrays: safetensors 0.8's NumPy writer ignores strides and writes a strided view's underlying
-buffer, silently wrong; nbconv writes the view's values). bfloat16 and float8 tensors (``BF16``, ``F8_*``) have no NumPy dtype and are refused on load.
+buffer, silently wrong; nbconv writes the view's values). bfloat16 and float8 tensors
+(``BF16``, ``F8_*``) have no NumPy dtype and are refused on load.
 
 Both writers go through :func:`nbconv._io.atomic_write`: a reader sees the old file or the new
 one, never half of one.
