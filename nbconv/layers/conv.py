@@ -1,4 +1,5 @@
-"""Conv2d: the convolution layer, a stateful wrapper around :func:`nbconv.functional.conv2d`."""
+"""Convolution layers: Conv2d and ConvTranspose2d, stateful wrappers around
+:func:`nbconv.functional.conv2d` and :func:`nbconv.functional.conv_transpose2d`."""
 import numpy as np
 
 from .. import functional as F
@@ -64,3 +65,75 @@ class Conv2d(Layer):
 
     def __repr__(self):
         return "Conv2d(" + ", ".join(f"{k}={v!r}" for k, v in self._repr.items()) + ")"
+
+
+class ConvTranspose2d(Layer):
+    """Transposed convolution ``(N, C_in, H, W) -> (N, C_out, OH, OW)`` as
+    ``torch.nn.ConvTranspose2d`` (same argument order), with
+    ``OH = (H - 1)*stride - 2*padding + dilation*(KH - 1) + output_padding + 1`` (OW likewise;
+    ``output_padding`` smaller than the stride or the dilation of its axis).
+
+    Params ``weight (C_in, C_out/groups, KH, KW)`` (PyTorch's layout) and ``bias (C_out,)`` (if
+    ``bias``), initialised ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with PyTorch's
+    ``fan_in = weight.shape[1] * KH * KW = C_out/groups * KH * KW``, reproducible from ``seed``.
+    See :mod:`nbconv.functional.conv_transpose` for how it runs on the conv kernels. ``forward``
+    keeps the input (do not modify it in place before ``backward``); ``backward`` skips dx
+    (returns ``None``) when ``input_grad`` is False.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32, seed=None):
+        super().__init__()
+        c = check_int(in_channels, "in_channels", 1)
+        f = check_int(out_channels, "out_channels", 1)
+        k = to_pair(kernel_size, "kernel_size", 1)
+        groups = check_int(groups, "groups", 1)
+        if c % groups or f % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={c} and "
+                             f"out_channels={f}")
+        dtype = check_dtype(dtype)
+        rng = make_rng(seed)
+        fan_in = f // groups * k[0] * k[1]
+        self.params["weight"] = uniform_fan_in((c, f // groups) + k, fan_in, rng, dtype)
+        if bias:
+            self.params["bias"] = uniform_fan_in((f,), fan_in, rng, dtype)
+        # validates stride, padding, output_padding and dilation (and their rule)
+        F.conv_transpose2d_args(self.params["weight"], None, stride, padding, output_padding, dilation, groups)
+        self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
+        self.in_channels, self.out_channels, self.kernel_size = c, f, k
+        self.stride, self.padding = to_pair(stride, "stride"), to_pair(padding, "padding")
+        self.output_padding = to_pair(output_padding, "output_padding")
+        self.dilation, self.groups = to_pair(dilation, "dilation"), groups
+        self._args = dict(stride=self.stride, padding=self.padding,
+                          output_padding=self.output_padding, groups=groups,
+                          dilation=self.dilation)
+
+    def forward(self, x):
+        y = F.conv_transpose2d(x, self.params["weight"], self.params.get("bias"), **self._args)
+        self._save(y.shape, x)
+        return y
+
+    def backward(self, dy):
+        dy, x = self._load(dy)
+        dx, dw, db = F.conv_transpose2d_backward(dy, x, self.params["weight"], **self._args,
+                                                   need_dx=self.input_grad,
+                                                   need_bias="bias" in self.params)
+        self.grads["weight"][...] = dw
+        if db is not None:
+            self.grads["bias"][...] = db
+        return dx
+
+    def __repr__(self):
+        s = (f"ConvTranspose2d({self.in_channels}, {self.out_channels}, "
+             f"kernel_size={self.kernel_size}, stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if "bias" not in self.params:
+            s += ", bias=False"
+        return s + ")"

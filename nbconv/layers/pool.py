@@ -1,6 +1,8 @@
-"""Pooling layers: MaxPool2d, AvgPool2d, GlobalAvgPool2d, stateful wrappers around the pool ops
+"""Pooling layers: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, stateful wrappers around the pool ops
 of :mod:`nbconv.functional`. Their arguments are validated and normalised to ``(h, w)`` pairs
 once, at construction."""
+import numpy as np
+
 from .. import functional as F
 from .._checks import check_bool, pool_args
 from .base import Layer
@@ -93,3 +95,58 @@ class GlobalAvgPool2d(_Pool2d):
         if not self.input_grad:
             return None
         return F.global_avg_pool2d_backward(dy, x_shape)
+
+
+class _Adaptive(_Pool2d):
+    """Shared bits: ``output_size`` (int, or pair of ints / ``None`` = keep that input size)
+    validated at construction."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        F.adaptive_output_size(output_size, 1, 1)  # raises on a bad output_size
+        self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
+
+    def __repr__(self):
+        return f"{type(self).__name__}(output_size={self.output_size!r})"
+
+
+class AdaptiveAvgPool2d(_Adaptive):
+    """Adaptive average pooling ``(N, C, H, W) -> (N, C, OH, OW)`` as
+    ``torch.nn.AdaptiveAvgPool2d``: output row ``oh`` averages input rows
+    ``[floor(oh*H/OH), ceil((oh+1)*H/OH))`` (columns likewise); ``output_size=1`` is a global
+    average pool that keeps the spatial axes. Saves only the input shape."""
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(x, self.output_size)
+        self._save(y.shape, x.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        dy, (x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.adaptive_avg_pool2d_backward(dy, x_shape)
+
+
+class AdaptiveMaxPool2d(_Adaptive):
+    """Adaptive max pooling ``(N, C, H, W) -> (N, C, OH, OW)`` as
+    ``torch.nn.AdaptiveMaxPool2d`` (PyTorch's bins, ties and NaN rule; see
+    :mod:`nbconv.functional.adaptive`). With ``return_indices`` ``forward`` returns
+    ``(y, indices)`` (int64 flat positions ``h*W + w``), as PyTorch. Saves the indices."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__(output_size)
+        if not isinstance(return_indices, (bool, np.bool_)):
+            raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+        self.return_indices = bool(return_indices)
+
+    def forward(self, x):
+        y, idx = F.adaptive_max_pool2d(x, self.output_size, return_indices=True)
+        self._save(y.shape, idx, x.shape, x.dtype)
+        return (y, idx.copy()) if self.return_indices else y
+
+    def backward(self, dy):
+        dy, (idx, x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.adaptive_max_pool2d_backward(dy, idx, x_shape)
