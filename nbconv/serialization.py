@@ -58,8 +58,8 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["load_torch", "save_safetensors", "load_safetensors", "UnsafeFileError",
-           "SafetensorsError"]
+__all__ = ["load_torch", "save_safetensors", "load_safetensors", "save", "load",
+           "UnsafeFileError", "SafetensorsError"]
 
 
 class UnsafeFileError(pickle.UnpicklingError):
@@ -381,3 +381,23 @@ def load_safetensors(path, return_metadata=False):
         a = np.frombuffer(data[begin:end], dt.newbyteorder("<")).reshape(shape)
         out[name] = a.astype(dt, copy=True)
     return (out, metadata) if return_metadata else out
+
+
+# ---- torch.save / torch.load on state dicts ---------------------------------------------------
+
+def save(state_dict, path):
+    """Write a ``state_dict`` (``{str: ndarray}``, e.g. ``model.state_dict()``) to ``path``, as
+    ``torch.save(model.state_dict(), path)`` does, in the safetensors format
+    (:func:`save_safetensors`): safe to load (no pickle), readable by torch
+    (``safetensors.torch.load_file``) and by :func:`load`. Only arrays, not the architecture:
+    rebuild the model in code, then ``model.load_state_dict(nbconv.load(path))``."""
+    save_safetensors(state_dict, path)
+
+
+def load(path):
+    """The ``{str: ndarray}`` state dict in ``path``: a file of :func:`save` (safetensors) or a
+    ``torch.save(model.state_dict(), path)`` zip file (read by :func:`load_torch`, without torch
+    and without running the pickle), told apart by their first bytes."""
+    if zipfile.is_zipfile(path):
+        return load_torch(path)
+    return load_safetensors(path)

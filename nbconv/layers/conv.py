@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import check_dtype, check_int, to_pair
+from .._checks import check_dtype, check_int, conv_out_size, to_pair
 from ..init import make_rng, uniform_fan_in
 from .base import Layer
 
@@ -63,8 +63,35 @@ class Conv2d(Layer):
             self.grads["bias"][...] = db
         return dx
 
+    def output_shape(self, input_shape):
+        """``(N, F, OH, OW)`` (``(F, OH, OW)`` for ``(C, H, W)``), the class doc's formula."""
+        *lead, _, h, w = input_shape
+        k = self.params["weight"].shape[2:]
+        s, d = self._args["stride"], self._args["dilation"]
+        pt, pb, pl, pr = F.conv2d_padding(self._args["padding"], k, s, d)
+        return (*lead, self.params["weight"].shape[0], conv_out_size(h, k[0], s[0], pt, pb, d[0]),
+                conv_out_size(w, k[1], s[1], pl, pr, d[1]))
+
+    def macs(self, input_shape):
+        """``N * F * OH * OW * (C/groups * KH * KW)``."""
+        out = self.output_shape(input_shape)
+        n = 1 if len(out) == 3 else out[0]
+        return n * int(np.prod(out[-3:])) * int(np.prod(self.params["weight"].shape[1:]))
+
     def __repr__(self):
-        return "Conv2d(" + ", ".join(f"{k}={v!r}" for k, v in self._repr.items()) + ")"
+        r = self._repr
+        s = (f"Conv2d({r['in_channels']}, {r['out_channels']}, kernel_size={r['kernel_size']}, "
+             f"stride={r['stride']}")
+        pad = r["padding"] if isinstance(r["padding"], str) else to_pair(r["padding"], "padding")
+        if pad != (0, 0):
+            s += f", padding={pad}"   # torch prints a string padding unquoted
+        if r["dilation"] != (1, 1):
+            s += f", dilation={r['dilation']}"
+        if r["groups"] != 1:
+            s += f", groups={r['groups']}"
+        if not r["bias"]:
+            s += ", bias=False"
+        return s + ")"
 
 
 class ConvTranspose2d(Layer):
@@ -98,7 +125,8 @@ class ConvTranspose2d(Layer):
         if bias:
             self.params["bias"] = uniform_fan_in((f,), fan_in, rng, dtype)
         # validates stride, padding, output_padding and dilation (and their rule)
-        F.conv_transpose2d_args(self.params["weight"], None, stride, padding, output_padding, dilation, groups)
+        F.conv_transpose2d_args(self.params["weight"], None, stride, padding, output_padding,
+                                dilation, groups)
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
         self.stride, self.padding = to_pair(stride, "stride"), to_pair(padding, "padding")
@@ -122,6 +150,20 @@ class ConvTranspose2d(Layer):
         if db is not None:
             self.grads["bias"][...] = db
         return dx
+
+    def output_shape(self, input_shape):
+        """``(N, C_out, OH, OW)`` (unbatched likewise), the class doc's formula."""
+        *lead, _, h, w = input_shape
+        size = [F.conv_transpose2d_out_size(v, self.kernel_size[a], self.stride[a],
+                                            self.padding[a], self.output_padding[a],
+                                            self.dilation[a]) for a, v in enumerate((h, w))]
+        return (*lead, self.out_channels, *size)
+
+    def macs(self, input_shape):
+        """``N * C_in * H * W * (C_out/groups * KH * KW)``: each input element times each weight
+        tap it meets (taps that land in the cropped padding included, as torchinfo)."""
+        n = 1 if len(input_shape) == 3 else input_shape[0]
+        return n * int(np.prod(input_shape[-3:])) * int(np.prod(self.params["weight"].shape[1:]))
 
     def __repr__(self):
         s = (f"ConvTranspose2d({self.in_channels}, {self.out_channels}, "
