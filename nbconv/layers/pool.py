@@ -1,6 +1,7 @@
 """Pooling layers: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d,
-stateful wrappers around the pool ops of :mod:`nbconv.functional`. Their arguments are validated and normalised to ``(h, w)`` pairs
-once, at construction."""
+stateful wrappers around the pool ops of :mod:`nbconv.functional`. Their arguments are validated
+and normalised to ``(h, w)`` pairs once, at construction. They take ``(N, C, H, W)`` or
+unbatched ``(C, H, W)`` inputs, as PyTorch."""
 import numpy as np
 
 from .. import functional as F
