@@ -19,7 +19,7 @@ class Conv2d(Layer):
     layout of ``x`` (a padded copy; ``x`` itself for a 1x1 stride-1 unpadded convolution and
     when each filter reads one input channel, as in depthwise layers, so do not modify it in
     place before ``backward``); ``backward`` skips dx (returns ``None``) when ``input_grad`` is
-    False.
+    False. An unbatched ``(C, H, W)`` input gives ``(F, OH, OW)`` (and takes such a ``dy``).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
