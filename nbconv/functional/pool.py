@@ -45,7 +45,8 @@ def _out_shape(x_shape, k, s, p, d, ceil_mode, name="x"):
 
 def _check_shape(x_shape, name="x_shape"):
     if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
-        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {x_shape!r}")
+        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W) or a 3-tuple (C, H, W), "
+                         f"got {x_shape!r}")
     return tuple(check_int(v, name, 1) for v in x_shape)
 
 
