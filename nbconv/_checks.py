@@ -198,3 +198,25 @@ def conv2d_padding(padding, kernel_hw, stride_hw=(1, 1), dilation_hw=(1, 1)):
                          f"got {padding!r}")
     ph, pw = to_pair(padding, "padding", 0)
     return (ph, ph, pw, pw)
+
+
+# ---- unbatched (C, H, W) arrays, as PyTorch's conv and pool ops accept ------------------------
+
+def is_unbatched(a):
+    """True for a 3-d ndarray: an unbatched ``(C, H, W)`` input (PyTorch's conv and pool ops
+    take one and return an unbatched output)."""
+    return isinstance(a, np.ndarray) and a.ndim == 3
+
+
+def is_unbatched_shape(shape):
+    """True for a 3-tuple (or list) ``(C, H, W)`` shape."""
+    return isinstance(shape, (tuple, list)) and len(shape) == 3
+
+
+def add_batch(a, name):
+    """``a[None]`` for the gradient (or indices) ``a`` that goes with an unbatched input, which
+    must then be 3-d too; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(a, np.ndarray) and a.ndim != 3:
+        raise ValueError(f"{name} must be 3-d (C, OH, OW) like the unbatched input, got shape "
+                         f"{a.shape}")
+    return a[None] if isinstance(a, np.ndarray) else a

@@ -487,3 +487,132 @@ def softmax_cross_entropy_naive(logits, labels):
         for k in range(K):
             d[n, k] = (e[k] / s - (k == labels[n])) / N
     return logits.dtype.type(loss / N), d
+
+
+# ---- adaptive pooling -------------------------------------------------------------------------
+# x (N, C, H, W) -> (N, C, OH, OW); output row oh pools input rows
+#     [floor(oh * H / OH), ceil((oh + 1) * H / OH))
+# (columns likewise). Max indices are flat positions h * W + w in the input plane.
+
+def adaptive_bins(size, out):
+    """``[(start, end)]`` of the ``out`` adaptive bins over ``size`` inputs (PyTorch's)."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_avg_pool2d_naive(x, output_size):
+    """Each output the mean of its bin (one NumPy mean per bin, over all planes at once)."""
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    y = np.empty((N, C, OH, OW), x.dtype)
+    for oh, (h0, h1) in enumerate(adaptive_bins(H, OH)):
+        for ow, (w0, w1) in enumerate(adaptive_bins(W, OW)):
+            y[:, :, oh, ow] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) / ((h1 - h0) * (w1 - w0))
+    return y
+
+
+def adaptive_avg_pool2d_backward_naive(dy, x_shape):
+    """Each bin spreads ``dy / area`` evenly over its input elements."""
+    N, C, H, W = x_shape
+    OH, OW = dy.shape[2:]
+    dx = np.zeros(x_shape, dy.dtype)
+    for oh, (h0, h1) in enumerate(adaptive_bins(H, OH)):
+        for ow, (w0, w1) in enumerate(adaptive_bins(W, OW)):
+            dx[:, :, h0:h1, w0:w1] += (dy[:, :, oh, ow] / ((h1 - h0) * (w1 - w0)))[:, :, None,
+                                                                                   None]
+    return dx
+
+
+def adaptive_max_pool2d_naive(x, output_size):
+    """``(y, indices)``: the max of each bin and its flat input position ``h * W + w``; the
+    first maximum on ties, the last NaN when the bin holds one (PyTorch's CPU rule)."""
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    y = np.empty((N, C, OH, OW), x.dtype)
+    idx = np.empty((N, C, OH, OW), np.int64)
+    for oh, (h0, h1) in enumerate(adaptive_bins(H, OH)):
+        for ow, (w0, w1) in enumerate(adaptive_bins(W, OW)):
+            win = x[:, :, h0:h1, w0:w1].reshape(N, C, -1)
+            nan = np.isnan(win)
+            k = win.shape[2]
+            last_nan = k - 1 - np.argmax(nan[:, :, ::-1], axis=2)
+            first_max = np.argmax(np.where(nan, -np.inf, win), axis=2)
+            j = np.where(nan.any(axis=2), last_nan, first_max)
+            y[:, :, oh, ow] = np.take_along_axis(win, j[:, :, None], 2)[:, :, 0]
+            idx[:, :, oh, ow] = (h0 + j // (w1 - w0)) * W + w0 + j % (w1 - w0)
+    return y, idx
+
+
+def adaptive_max_pool2d_backward_naive(dy, indices, x_shape):
+    """Each ``dy`` added at its maximum's flat position."""
+    N, C, H, W = x_shape
+    dx = np.zeros((N, C, H * W), dy.dtype)
+    for n in range(N):
+        for c in range(C):
+            np.add.at(dx[n, c], indices[n, c].reshape(-1), dy[n, c].reshape(-1))
+    return dx.reshape(x_shape)
+
+
+# ---- transposed convolution -------------------------------------------------------------------
+# x (N, C_in, H, W), weight (C_in, C_out/groups, KH, KW) (PyTorch's layout), bias (C_out,),
+# y (N, C_out, OH, OW) with OH = (H - 1)*sh - 2*ph + dh*(KH - 1) + output_padding_h + 1.
+
+def conv_transpose2d_naive(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                           dilation=1):
+    """Scatter loops: ``y[n, g*Cog + o, i*sh - ph + k*dh, j*sw - pw + l*dw] += x[n, c, i, j] *
+    weight[c, o, k, l]`` for input channel ``c`` of group ``g`` (targets outside are dropped)."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = (pair(v) for v in (stride, padding,
+                                                                   output_padding, dilation))
+    N, C, H, W = x.shape
+    _, Cog, KH, KW = weight.shape
+    Cig = C // groups
+    OH = (H - 1) * sh - 2 * ph + dh * (KH - 1) + oph + 1
+    OW = (W - 1) * sw - 2 * pw + dw * (KW - 1) + opw + 1
+    y = np.zeros((N, Cog * groups, OH, OW), x.dtype)
+    for n in range(N):
+        for c in range(C):
+            g = c // Cig
+            for i in range(H):
+                for j in range(W):
+                    for k in range(KH):
+                        oh = i * sh - ph + k * dh
+                        if not 0 <= oh < OH:
+                            continue
+                        for l in range(KW):  # noqa: E741
+                            ow = j * sw - pw + l * dw
+                            if 0 <= ow < OW:
+                                y[n, g * Cog:(g + 1) * Cog, oh, ow] += x[n, c, i, j] * \
+                                    weight[c, :, k, l]
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward_naive(dy, x, weight, stride=1, padding=0, output_padding=0,
+                                    groups=1, dilation=1):
+    """``(dx, dweight, dbias)`` of :func:`conv_transpose2d_naive` by the same index map: each
+    (input pixel, tap) pair that reached ``y`` reads ``dy`` there."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (sh, sw), (ph, pw), (dh, dw) = (pair(v) for v in (stride, padding, dilation))
+    N, C, H, W = x.shape
+    _, Cog, KH, KW = weight.shape
+    Cig = C // groups
+    OH, OW = dy.shape[2:]
+    dx = np.zeros_like(x)
+    dwt = np.zeros_like(weight)
+    for n in range(N):
+        for c in range(C):
+            g = c // Cig
+            for i in range(H):
+                for j in range(W):
+                    for k in range(KH):
+                        oh = i * sh - ph + k * dh
+                        if not 0 <= oh < OH:
+                            continue
+                        for l in range(KW):  # noqa: E741
+                            ow = j * sw - pw + l * dw
+                            if 0 <= ow < OW:
+                                d = dy[n, g * Cog:(g + 1) * Cog, oh, ow]
+                                dx[n, c, i, j] += (d * weight[c, :, k, l]).sum()
+                                dwt[c, :, k, l] += x[n, c, i, j] * d
+    return dx, dwt, dy.sum(axis=(0, 2, 3))

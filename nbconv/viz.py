@@ -1,80 +1,69 @@
-"""PNG pictures without plotting libraries: a tiny PNG writer and two images built on numpy.
+"""Pictures through matplotlib: training curves, first-layer filters, a speed chart.
 
-- :func:`write_png` writes an RGB8 ``(H, W, 3)`` or gray ``(H, W)`` uint8 array (zlib + struct).
-- :func:`filter_grid` tiles conv weights ``(F, C, KH, KW)`` into one image, each filter scaled
-  to [0, 255] on its own, enlarged ``scale`` times, separated by ``border``-pixel lines.
-- :func:`curves_image` draws training curves: the loss on the left panel, the train (blue), val
-  (orange) and test (green) accuracy on the right panel (y from 0 to 1, light grid at 0.1 steps).
+matplotlib is optional (``pip install -e ".[plot]"`` or ``pip install matplotlib``): it is
+imported, with the non-interactive ``Agg`` backend, only when a picture is made, so importing
+nbconv and training never need it. Without it the ``save_*`` functions raise ``ImportError``
+saying how to get it (:func:`have_matplotlib` tells beforehand).
+
+- :func:`save_curves`: loss and accuracy (train / val / test) per epoch, labelled axes, a tick
+  per epoch, legends and a title;
+- :func:`save_filters`: the filters of a conv layer's weight as a grid of tiles
+  (:func:`filter_grid`, plain NumPy) with a title;
+- :func:`save_speed_chart`: grouped bars per benchmark shape (nbconv vs torch vs im2col, rates
+  or ratios).
+
+Every PNG is rendered into memory and written with :func:`nbconv._io.atomic_write`.
 """
-import struct
-import zlib
+import io
 
 import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["write_png", "read_png", "filter_grid", "curves_image", "save_filters", "save_curves"]
+__all__ = ["filter_grid", "save_filters", "save_curves", "save_speed_chart", "have_matplotlib",
+           "INSTALL_HINT"]
 
-COLORS = {"loss": (200, 30, 30), "train_accuracy": (31, 119, 180),
-          "val_accuracy": (255, 127, 14), "test_accuracy": (44, 160, 44)}
+INSTALL_HINT = 'pip install matplotlib (or: python -m pip install -e ".[plot]")'
 
-
-def _chunk(kind, data):
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-
-def png_bytes(img):
-    """The PNG file of uint8 ``img`` ``(H, W)`` (gray) or ``(H, W, 3)`` (RGB)."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"img must be uint8 (H, W) or (H, W, 3), got {img.dtype} {img.shape}")
-    if img.shape[0] < 1 or img.shape[1] < 1:
-        raise ValueError(f"img must not be empty, got shape {img.shape}")
-    h, w = img.shape[:2]
-    color_type = 2 if img.ndim == 3 else 0
-    rows = np.ascontiguousarray(img).reshape(h, -1)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter 0
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 9))
-            + _chunk(b"IEND", b""))
+# one colour per series, the same in every picture
+COLORS = {"loss": "#c81e1e", "train_accuracy": "#1f77b4", "val_accuracy": "#ff7f0e",
+          "test_accuracy": "#2ca02c", "nbconv": "#1f77b4", "torch": "#ee4c2c",
+          "im2col": "#7f7f7f"}
 
 
-def write_png(path, img):
-    """Write uint8 ``img`` (``(H, W)`` gray or ``(H, W, 3)`` RGB) to ``path`` atomically."""
-    atomic_write(path, png_bytes(img))
+def have_matplotlib():
+    """True when matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def read_png(path):
-    """Read back a PNG written by :func:`write_png` (8-bit, no interlace, filter 0 rows only)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError(f"{path} is not a PNG file")
-    pos, idat, hdr = 8, b"", None
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] != zlib.crc32(kind + body):
-            raise ValueError(f"{path}: bad CRC in chunk {kind!r}")
-        if kind == b"IHDR":
-            hdr = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    w, h, _, color_type = hdr[:4]
-    ch = 3 if color_type == 2 else 1
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * ch)
-    if rows[:, 0].any():
-        raise ValueError(f"{path}: only filter type 0 is supported")
-    img = rows[:, 1:].reshape(h, w, ch)
-    return img if ch == 3 else img[:, :, 0]
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"nbconv.viz needs matplotlib to draw pictures: {INSTALL_HINT}") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
-# ---- filter grid ------------------------------------------------------------------------------
+def _save(fig, path, dpi=110):
+    plt = _pyplot()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+# ---- filters ------------------------------------------------------------------------------------
 
 def filter_grid(weight, scale=4, border=1, ncols=None):
-    """Tile ``weight (F, C, KH, KW)`` into a uint8 image.
+    """Tile ``weight (F, C, KH, KW)`` into a uint8 RGB image (plain NumPy).
 
     C = 3 gives RGB filters, other C the mean over channels in gray. Each filter is mapped
     linearly from its own [min, max] to [0, 255], enlarged by ``scale`` (nearest neighbour) and
@@ -96,7 +85,8 @@ def filter_grid(weight, scale=4, border=1, ncols=None):
     ncols = ncols or int(np.ceil(np.sqrt(f)))
     nrows = -(-f // ncols)
     th, tw = kh * scale, kw * scale
-    img = np.full((nrows * (th + border) + border, ncols * (tw + border) + border, 3), 255, np.uint8)
+    img = np.full((nrows * (th + border) + border, ncols * (tw + border) + border, 3), 255,
+                  np.uint8)
     for i in range(f):
         r, q = divmod(i, ncols)
         y0, x0 = border + r * (th + border), border + q * (tw + border)
@@ -104,68 +94,103 @@ def filter_grid(weight, scale=4, border=1, ncols=None):
     return img
 
 
-def save_filters(path, weight, scale=4, border=1):
-    """:func:`filter_grid` of ``weight (F, C, KH, KW)`` written as a PNG."""
-    write_png(path, filter_grid(weight, scale, border))
+def save_filters(path, weight, scale=4, border=1, title=None):
+    """The filters of ``weight (F, C, KH, KW)`` (:func:`filter_grid`) as a PNG with a title
+    (default ``"First-layer filters (F x C x KH x KW)"``)."""
+    img = filter_grid(weight, scale, border)
+    plt = _pyplot()
+    f, c, kh, kw = np.shape(weight)
+    inches = max(3.0, min(8.0, img.shape[1] / 60))
+    fig, ax = plt.subplots(figsize=(inches, inches * img.shape[0] / img.shape[1] + 0.5))
+    ax.imshow(img, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title or f"First-layer filters ({f} x {c} x {kh} x {kw}, each scaled to its "
+                          f"own range)", fontsize=9)
+    _save(fig, path)
 
 
-# ---- curves -----------------------------------------------------------------------------------
+# ---- training curves ----------------------------------------------------------------------------
 
-def _line(img, xs, ys, color, width=2):
-    """Draw the polyline through pixel coordinates ``(xs, ys)`` onto ``img`` (H, W, 3)."""
-    h, w = img.shape[:2]
-    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) * 2 + 2
-        px = np.round(np.linspace(x0, x1, n)).astype(int)
-        py = np.round(np.linspace(y0, y1, n)).astype(int)
-        for dy in range(width):
-            for dx in range(width):
-                qx = np.clip(px + dx - width // 2, 0, w - 1)
-                qy = np.clip(py + dy - width // 2, 0, h - 1)
-                img[qy, qx] = color
-    if len(xs) == 1:  # one epoch: a dot
-        x, y = int(round(xs[0])), int(round(ys[0]))
-        img[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = color
+def _series(history, key):
+    pts = [(e["epoch"], e[key]) for e in history if e.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _panel(img, x0, y0, pw, ph, series, ymin, ymax, grid_step):
-    """Axes (black), horizontal grid lines every ``grid_step`` (light gray), and ``series`` (a
-    list of ``(values, color)``) scaled to the panel's box."""
-    for g in np.arange(ymin, ymax + 1e-9, grid_step):
-        y = int(round(y0 + ph - (g - ymin) / (ymax - ymin) * ph))
-        img[y, x0:x0 + pw] = (225, 225, 225)
-    n = max(len(v) for v, _ in series)
-    for v, color in series:
-        v = np.asarray(v, np.float64)
-        if not len(v):
-            continue
-        xs = x0 + (np.arange(len(v)) / max(n - 1, 1)) * pw
-        ys = y0 + ph - (np.clip(v, ymin, ymax) - ymin) / (ymax - ymin) * ph
-        _line(img, xs, ys, color)
-    img[y0:y0 + ph + 1, x0:x0 + 2] = 0           # y axis
-    img[y0 + ph:y0 + ph + 2, x0:x0 + pw + 1] = 0  # x axis
-    for k in range(n):  # a tick per epoch on the x axis
-        x = int(round(x0 + k / max(n - 1, 1) * pw))
-        img[y0 + ph:y0 + ph + 6, max(x - 1, 0):x + 1] = 0
+def save_curves(path, history, title=None):
+    """Training curves of ``history`` (a list of per-epoch dicts with ``epoch``, ``loss`` and
+    any of ``train_accuracy`` / ``val_accuracy`` / ``test_accuracy``; missing or None values
+    are skipped, as :attr:`nbconv.train.Trainer.history` holds them) as a PNG: the training
+    loss on the left, the accuracies on the right (0 to 1), epochs on the x axes with a tick
+    per epoch (at most about 12 labelled), legends, and ``title`` (e.g. the model's name)
+    above."""
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    plt = _pyplot()
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [e["epoch"] for e in history]
+    x, y = _series(history, "loss")
+    ax_l.plot(x, y, "o-", color=COLORS["loss"], ms=3, label="train loss")
+    ax_l.set_ylabel("cross-entropy loss")
+    ax_l.set_ylim(bottom=0)
+    ax_l.set_title("Loss", fontsize=10)
+    for key, name in (("train_accuracy", "train"), ("val_accuracy", "val"),
+                      ("test_accuracy", "test")):
+        x, y = _series(history, key)
+        if x:
+            ax_a.plot(x, y, "o-", color=COLORS[key], ms=3, label=f"{name} accuracy")
+    ax_a.set_ylabel("accuracy")
+    ax_a.set_ylim(0, 1)
+    ax_a.set_title("Accuracy", fontsize=10)
+    step = max(1, -(-len(epochs) // 12))
+    for ax in (ax_l, ax_a):
+        ax.set_xlabel("epoch")
+        ax.set_xticks(epochs[::step])
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title or "Training curves")
+    fig.tight_layout()
+    _save(fig, path)
 
 
-def curves_image(history, width=640, height=280):
-    """An RGB uint8 ``(height, width, 3)`` image of ``history`` (a list of per-epoch dicts with
-    ``loss`` and any of ``train_accuracy``/``val_accuracy``/``test_accuracy``; missing or None
-    values are skipped). Left: loss from 0 to its maximum. Right: accuracies from 0 to 1."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    m = 20
-    pw, ph = width // 2 - 2 * m, height - 2 * m
-    loss = [e["loss"] for e in history if e.get("loss") is not None]
-    top = max(loss) * 1.05 if loss and max(loss) > 0 else 1.0
-    step = 10 ** np.floor(np.log10(top)) if top > 0 else 1.0
-    _panel(img, m, m, pw, ph, [(loss, COLORS["loss"])], 0.0, top, step / 2 if top / step < 4 else step)
-    acc = [([e[k] for e in history if e.get(k) is not None], COLORS[k])
-           for k in ("train_accuracy", "val_accuracy", "test_accuracy")]
-    _panel(img, width // 2 + m, m, pw, ph, acc, 0.0, 1.0, 0.1)
-    return img
+# ---- speed chart --------------------------------------------------------------------------------
 
+def save_speed_chart(path, rows, title, ylabel="images / s", log=False):
+    """Grouped bars, one group per benchmark shape, one bar per implementation, as a PNG.
 
-def save_curves(path, history, width=640, height=280):
-    """:func:`curves_image` of ``history`` written as a PNG."""
-    write_png(path, curves_image(history, width, height))
+    ``rows``: a list of dicts, each ``{"label": "S1 forward", "nbconv": 1520.0, "torch":
+    1310.0, "im2col": 640.0}``: the ``label`` names the group (x axis), every other key is a
+    series (its bars share a colour, named in the legend; series in the order they first
+    appear; a missing or ``None`` value leaves a gap). Values are whatever ``ylabel`` says
+    (rates, or ratios to torch: then a dashed line marks 1). ``log=True`` uses a log y axis."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    names = []
+    for r in rows:
+        if "label" not in r:
+            raise ValueError(f"every row needs a 'label', got {r!r}")
+        names += [k for k in r if k != "label" and k not in names]
+    plt = _pyplot()
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(1, len(names)) / 2 + 2), 4))
+    width = 0.8 / max(1, len(names))
+    xs = np.arange(n)
+    for i, name in enumerate(names):
+        vals = [r.get(name) for r in rows]
+        pos = [x for x, v in zip(xs, vals) if v is not None]
+        ax.bar(np.array(pos) + (i - (len(names) - 1) / 2) * width,
+               [v for v in vals if v is not None], width, label=name,
+               color=COLORS.get(name))
+    if "ratio" in ylabel.lower() or "x torch" in ylabel.lower():
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(r["label"]) for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -384,11 +384,20 @@ def main(argv=None):
     if comm is None or comm.rank == 0:
         write_json(os.path.join(args.out, "args.json"), trainer.run_args)
 
+    plots = viz.have_matplotlib()
+    if not plots:
+        print(f"no curves.png / filters.png: matplotlib is not installed ({viz.INSTALL_HINT})")
+
     def pictures(tr):
-        viz.save_curves(os.path.join(args.out, "curves.png"), tr.history)
+        if not plots:
+            return
+        viz.save_curves(os.path.join(args.out, "curves.png"), tr.history,
+                        title=f"{args.model} on CIFAR-10 ({args.optimizer}, lr {args.lr:g})")
         w = first_conv_weight(tr.model)
         if w is not None:
-            viz.save_filters(os.path.join(args.out, "filters.png"), w, scale=max(4, 48 // w.shape[-1]))
+            viz.save_filters(os.path.join(args.out, "filters.png"), w,
+                             scale=max(4, 48 // w.shape[-1]),
+                             title=f"{args.model}: first-layer filters after epoch {tr.epoch}")
 
     t0 = time.perf_counter()
     train(trainer, data, args, ckpt, pictures)

@@ -364,8 +364,8 @@ def test_bad_arrays():
         F.conv2d(x, np.zeros((6, 4, 9, 9), np.float32))
     with pytest.raises(ValueError, match=r"output size"):
         F.conv2d(x, w, dilation=4)
-    with pytest.raises(ValueError, match=r"x must be 4-d.*\(4, 8, 8\)"):
-        F.conv2d(x[0], w)
+    with pytest.raises(ValueError, match=r"x must be 4-d.*\(8, 8\)"):
+        F.conv2d(x[0, 0], w)
     with pytest.raises(ValueError, match=r"weight must be 4-d"):
         F.conv2d(x, w[0])
     with pytest.raises(ValueError, match=r"x must not be empty.*\(0, 4, 8, 8\)"):

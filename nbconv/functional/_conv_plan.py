@@ -13,8 +13,9 @@ A :class:`ConvGeometry` holds the sizes of one convolution and picks its *path*
 - ``"depthwise"``, every filter reads one input channel (depthwise, any channel multiplier, or a
   single input channel): memory bound, run by :mod:`nbconv.functional.depthwise`.
 
-Each path is run by a module with the same three functions, ``layout(x, geom)``,
-``forward(geom, xb, weight, bias)`` and ``backward(geom, xb, dy, weight, need_dx, need_bias)``:
+Each path is run by a module with the same four functions, ``layout(x, geom)``,
+``forward(geom, xb, weight, bias)``, ``backward(geom, xb, dy, weight, need_dx, need_bias)`` and
+``input_grad(geom, dy, weight)`` (dx alone, without ``x``):
 this one for the first three paths, :mod:`nbconv.functional.depthwise` for the last. Another
 algorithm (e.g. Winograd) would be one more path: a module with these functions, chosen in
 :func:`choose_path` and listed in ``nbconv.functional.conv._ENGINES``.
@@ -329,6 +330,39 @@ def _nchw_input_grad(dy, weight, geom):
     return dx
 
 
+def _gather_input_grad(dyb, geom, pads, plan):
+    """dx (N, C, H, W) from ``dyb``, dy laid out as :func:`_dx_plan`'s zero padded
+    ``(n_filters, Hd, N, Wd)`` planes, by :func:`nbconv.kernels.conv.conv_rows` with the plan's
+    flipped, channel-swapped taps, once per stride phase of ``dx``."""
+    (T, L, Hd, Wd), (wt, off_dx, table, ph_out, missing) = pads, plan
+    dx = (np.zeros if missing else np.empty)(geom.x_shape, geom.dtype)
+    _k.conv_rows(dyb, 0, geom.Fg * Hd * geom.N * Wd, wt, off_dx, np.zeros(geom.C, geom.dtype),
+                 dx, table, ph_out, geom.N, Wd, geom.sh, geom.sw, geom.dtype.type(0))
+    return dx
+
+
+def input_grad(geom, dy, weight):
+    """dx (N, C, H, W) alone for ``dy (N, n_filters, OH, OW)`` C-contiguous: the input
+    gradient half of :func:`backward` (no ``x`` needed, no weight gradient computed). Used by
+    :func:`nbconv.functional.conv.conv2d_input_grad` (and so by the transposed convolution)."""
+    full = geom
+    if geom.path == SUBSAMPLED:
+        geom = geom.sub
+    if geom.path == NCHW:
+        dx = _nchw_input_grad(dy, weight, geom)
+    else:
+        pads, plan = _dx_plan(weight, geom)
+        T, L, Hd, Wd = pads
+        dyb = _empty_planes(geom.n_filters, 1, 1, Hd, geom.N, Wd, geom.dtype)
+        with threads_for_copy(dyb.nbytes):
+            _k.to_planes(dy, dyb, 1, 1, _P0, _P0, T, L, Hd, Wd, dyb[:0], 0, 0, 0, 1,
+                         geom.dtype.type(0))
+        dx = _gather_input_grad(dyb, geom, pads, plan)
+    if full.path == SUBSAMPLED:
+        dx = _scatter_subsampled_dx(dx, full)
+    return dx
+
+
 def backward(geom, xb, dy, weight, need_dx, need_bias):
     """``(dx (N, C, H, W) or None, dweight (n_filters, Cg, KH, KW), dbias (n_filters,) or
     None)`` for ``dy (N, n_filters, OH, OW)`` C-contiguous and the prepared ``xb``.
@@ -357,9 +391,7 @@ def backward(geom, xb, dy, weight, need_dx, need_bias):
         with threads_for_copy(dyw.nbytes + dyb.nbytes):
             _k.to_planes(dy, dyw, 1, 1, _P0, _P0, 0, 0, geom.OH, geom.Wq, dyb, T, L, Hd, Wd,
                          zero)
-        dx = (np.zeros if missing else np.empty)(geom.x_shape, geom.dtype)
-        _k.conv_rows(dyb, 0, geom.Fg * Hd * geom.N * Wd, wt, off_dx, np.zeros(geom.C, geom.dtype),
-                     dx, table, ph_out, geom.N, Wd, geom.sh, geom.sw, zero)
+        dx = _gather_input_grad(dyb, geom, (T, L, Hd, Wd), (wt, off_dx, table, ph_out, missing))
         dyv, xs = dyw[:nf * Q].reshape(1, nf, Q), 0
     else:
         dyw = _empty_planes(nf, 1, 1, geom.OH, geom.N, geom.Wq, geom.dtype)

@@ -26,9 +26,9 @@ def _any_ndim(x, name):
     return check_array(x, name, allow_empty=False)
 
 
-def relu(x):
-    """``max(x, 0)`` elementwise (NaN stays NaN, as PyTorch); any shape."""
-    x = _any_ndim(x, "x")
+def relu(input):
+    """``max(input, 0)`` elementwise (NaN stays NaN, as PyTorch); any shape."""
+    x = _any_ndim(input, "x")
     y = np.empty_like(x)
     fn = K.relu_forward if x.size >= PARALLEL_ELEMENTS else K.relu_forward_serial
     fn(x.reshape(-1), y.reshape(-1))
@@ -67,9 +67,9 @@ def _pick(parallel, serial, macs):
     return parallel if macs >= PARALLEL_MACS else serial
 
 
-def linear(x, weight, bias=None):
-    """``y (N, out) = x (N, in) @ weight.T (in, out) + bias (out,)``."""
-    x, weight, bias = _linear_args(x, weight, bias)
+def linear(input, weight, bias=None):
+    """``y (N, out) = x (N, in) @ weight.T (in, out) + bias (out,)`` (``x`` is ``input``)."""
+    x, weight, bias = _linear_args(input, weight, bias)
     y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
     _pick(K.matmul_nt, K.matmul_nt_serial, x.size * weight.shape[0])(x, weight, y)
     if bias is not None:
@@ -106,9 +106,9 @@ def dropout_mask(shape, p, rng, dtype=np.float32):
     return rng.random(shape, dtype=np.dtype(dtype)) >= p
 
 
-def dropout(x, mask, p):
-    """Inverted dropout: ``x * mask / (1 - p)`` (all zeros when ``p == 1``)."""
-    x = _any_ndim(x, "x")
+def dropout(input, mask, p):
+    """Inverted dropout: ``input * mask / (1 - p)`` (all zeros when ``p == 1``)."""
+    x = _any_ndim(input, "x")
     p = check_float(p, "p", 0.0, 1.0)
     _check_mask(mask, x.shape)
     if p == 1.0:

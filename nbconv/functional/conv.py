@@ -1,6 +1,8 @@
 """conv ops: the public convolution and its gradients, and their argument checks.
 
-Shapes: ``x`` ``(N, C, H, W)``, ``weight`` ``(n_filters, C/groups, KH, KW)``, ``bias``
+Shapes: ``input`` (called ``x`` below and in the gradients) ``(N, C, H, W)``, or unbatched
+``(C, H, W)`` as PyTorch accepts (the output, ``dy`` and ``dx`` are then unbatched too),
+``weight`` ``(n_filters, C/groups, KH, KW)``, ``bias``
 ``(n_filters,)``, ``y`` and ``dy`` ``(N, n_filters, OH, OW)`` with, per axis,
 
     OH = floor((H + pad_top + pad_bottom - dilation_h * (KH - 1) - 1) / stride_h) + 1
@@ -20,11 +22,12 @@ Each op checks its arguments here, once per call, then hands a
 """
 import numpy as np
 
-from .._checks import check_array, check_int, conv2d_padding, to_pair
+from .._checks import (add_batch, check_array, check_int, conv2d_padding, is_unbatched,
+                       is_unbatched_shape, to_pair)
 from . import _conv_plan as _plan
 from . import depthwise as _depthwise
 
-__all__ = ["conv2d", "conv2d_backward", "conv2d_prepare", "conv2d_padding"]
+__all__ = ["conv2d", "conv2d_backward", "conv2d_input_grad", "conv2d_prepare", "conv2d_padding"]
 
 # path -> the module that runs it (layout, forward, backward); see _conv_plan.choose_path
 _ENGINES = {_plan.PLANES: _plan, _plan.NCHW: _plan, _plan.SUBSAMPLED: _plan,
@@ -42,10 +45,10 @@ class Prepared:
     kernels) and ``args`` (the normalised ``(stride, pads, dilation, groups)`` it was made for).
     Pass it as ``prepared`` to :func:`conv2d` and :func:`conv2d_backward`."""
 
-    __slots__ = ("geom", "xb", "args")
+    __slots__ = ("geom", "xb", "args", "unbatched")
 
-    def __init__(self, geom, xb, args):
-        self.geom, self.xb, self.args = geom, xb, args
+    def __init__(self, geom, xb, args, unbatched=False):
+        self.geom, self.xb, self.args, self.unbatched = geom, xb, args, unbatched
 
 
 def _check_args(x, weight, bias, stride, padding, dilation, groups):
@@ -114,26 +117,39 @@ def _resolve(x, weight, args, prepared):
     return geom, prepared.xb
 
 
-def conv2d_prepare(x, weight, stride=1, padding=0, dilation=1, groups=1):
-    """Validate ``x (N, C, H, W)`` with ``weight (n_filters, C/groups, KH, KW)`` and lay it out
-    once; pass the result as ``prepared`` to :func:`conv2d` and :func:`conv2d_backward` with the
-    same arguments (a layer's forward keeps it for its backward)."""
+def conv2d_prepare(input, weight, stride=1, padding=0, dilation=1, groups=1):
+    """Validate ``input (N, C, H, W)`` (or ``(C, H, W)``) with ``weight (n_filters, C/groups,
+    KH, KW)`` and lay it out once; pass the result as ``prepared`` to :func:`conv2d` and
+    :func:`conv2d_backward` with the same arguments (a layer's forward keeps it for its
+    backward)."""
+    unbatched = is_unbatched(input)
+    x = input[None] if unbatched else input
     x, weight, _, args = _check_args(x, weight, None, stride, padding, dilation, groups)
     geom, xb = _resolve(x, weight, args, None)
-    return Prepared(geom, xb, args)
+    return Prepared(geom, xb, args, unbatched)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prepared=None):
+def _unbatched_call(x, prepared):
+    """Whether this call is unbatched (a 3-d ``x``, or a ``prepared`` made from one), and ``x``
+    with a batch axis."""
+    if is_unbatched(x):
+        return True, x[None]
+    return (x is None and isinstance(prepared, Prepared) and prepared.unbatched), x
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prepared=None):
     """2-d cross-correlation as ``torch.nn.functional.conv2d``: ``(N, C, H, W) -> (N,
     n_filters, OH, OW)``, ``y[n,f,oh,ow] = bias[f] + sum_{c,i,j} weight[f,c,i,j] *
     xpad[n, g*C/G + c, oh*sh + i*dh, ow*sw + j*dw]`` (``g`` the group of filter ``f``). ``x``
     may be None when ``prepared`` (from :func:`conv2d_prepare` with the same arguments) is
-    given."""
+    given. Unbatched ``(C, H, W)`` gives ``(n_filters, OH, OW)``."""
+    unbatched, x = _unbatched_call(input, prepared)
     x, weight, bias, args = _check_args(x, weight, bias, stride, padding, dilation, groups)
     geom, xb = _resolve(x, weight, args, prepared)
     if bias is None:
         bias = np.zeros(geom.n_filters, geom.dtype)
-    return _engine(geom).forward(geom, xb, weight, bias)
+    y = _engine(geom).forward(geom, xb, weight, bias)
+    return y[0] if unbatched else y
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, need_dx=True,
@@ -142,10 +158,41 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
     C/groups, KH, KW), dbias (n_filters,) or None)`` for ``dy (N, n_filters, OH, OW)``.
     ``need_dx=False`` skips the input gradient (about half the work), ``need_bias=False`` the
     bias gradient. ``x`` may be None when ``prepared`` (from :func:`conv2d_prepare`) is
-    given."""
+    given. An unbatched ``x`` (or ``prepared``) takes an unbatched ``dy (n_filters, OH, OW)``
+    and gives an unbatched ``dx``."""
+    unbatched, x = _unbatched_call(x, prepared)
+    if unbatched:
+        dy = add_batch(dy, "dy")
     x, weight, _, args = _check_args(x, weight, None, stride, padding, dilation, groups)
     geom, xb = _resolve(x, weight, args, prepared)
     dy = check_array(dy, "dy", ndim=4, dtype=weight.dtype)
     if dy.shape != geom.y_shape:
-        raise ValueError(f"dy must have the output shape {geom.y_shape}, got {dy.shape}")
-    return _engine(geom).backward(geom, xb, dy, weight, bool(need_dx), bool(need_bias))
+        raise ValueError(f"dy must have the output shape {geom.y_shape[unbatched:]}, got "
+                         f"{dy.shape[unbatched:]}")
+    dx, dw, db = _engine(geom).backward(geom, xb, dy, weight, bool(need_dx), bool(need_bias))
+    return (dx[0] if unbatched and dx is not None else dx), dw, db
+
+
+def conv2d_input_grad(dy, weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
+    """The input gradient of :func:`conv2d` alone, without ``x`` (as
+    ``torch.nn.grad.conv2d_input``): ``dx`` of shape ``x_shape`` ``(N, C, H, W)`` for ``dy (N,
+    n_filters, OH, OW)`` and ``weight (n_filters, C/groups, KH, KW)``, where ``OH, OW`` are the
+    output sizes of ``x_shape`` (module doc). A 3-tuple ``x_shape`` ``(C, H, W)`` takes an
+    unbatched ``dy``. This is also the forward of the transposed convolution
+    (:func:`nbconv.functional.conv_transpose2d`)."""
+    _, weight, _, args = _check_args(None, weight, None, stride, padding, dilation, groups)
+    unbatched = is_unbatched_shape(x_shape)
+    if unbatched:
+        dy = add_batch(dy, "dy")
+        x_shape = (1,) + tuple(x_shape)
+    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
+        raise ValueError(f"x_shape must be a 4-tuple (N, C, H, W) or a 3-tuple (C, H, W), got "
+                         f"{x_shape!r}")
+    x_shape = tuple(check_int(v, "x_shape", 1) for v in x_shape)
+    geom = _geometry(x_shape, weight, args, "x_shape")
+    dy = check_array(dy, "dy", ndim=4, dtype=weight.dtype)
+    if dy.shape != geom.y_shape:
+        raise ValueError(f"dy must have the output shape {geom.y_shape[unbatched:]} of x_shape "
+                         f"{x_shape[unbatched:]}, got {dy.shape[unbatched:]}")
+    dx = _engine(geom).input_grad(geom, dy, weight)
+    return dx[0] if unbatched else dx

@@ -9,7 +9,8 @@ padded plane split into stride phases, the flat offset of each tap), the spread 
 of the input gradient (:func:`_spread_plan`), and the split of the backward pass into image
 ranges fixed by the shapes, whose partial sums
 :func:`nbconv.functional._conv_plan.reduce_partials` adds in order. Same interface as
-:mod:`nbconv.functional._conv_plan`'s engine: ``layout``, ``forward``, ``backward``.
+:mod:`nbconv.functional._conv_plan`'s engine: ``layout``, ``forward``, ``backward``,
+``input_grad``.
 """
 import numpy as np
 
@@ -83,3 +84,12 @@ def backward(geom, x, dy, weight, need_dx, need_bias):
     dw = reduce_partials(dwp).reshape(geom.w_shape)
     db = reduce_partials(dbp) if need_bias else None
     return (dx if need_dx else None), dw, db
+
+
+def input_grad(geom, dy, weight):
+    """dx (N, C, H, W) alone for ``dy (N, n_filters, OH, OW)``: :func:`backward` on a zero
+    ``x`` (the kernel computes the input gradient in the same pass as the weight gradient, so
+    there is no dx-only kernel; the zero input makes the discarded weight gradient cheap to
+    read, not to skip: about twice the work of a dx-only pass)."""
+    x0 = np.zeros(geom.x_shape, geom.dtype)
+    return backward(geom, x0, dy, weight, True, False)[0]

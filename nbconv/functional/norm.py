@@ -45,13 +45,13 @@ def _check_stats(a, name, shape):
 
 # ---- GroupNorm -------------------------------------------------------------------------------
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, return_stats=False):
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, return_stats=False):
     """Group normalisation of ``x`` ``(N, C, H, W)`` -> ``y`` ``(N, C, H, W)``.
 
     ``weight``/``bias`` ``(C,)`` default to 1 / 0. With ``return_stats`` returns
     ``(y, mean, rstd)``, ``mean`` and ``rstd = 1 / sqrt(var + eps)`` float64 ``(N, G)``,
-    which :func:`group_norm_backward` needs."""
-    x = _check_x(x)
+    which :func:`group_norm_backward` needs. (``x`` is ``input``, PyTorch's name.)"""
+    x = _check_x(input)
     N, C, H, W = x.shape
     G = check_groups(num_groups, C)
     w = _check_affine(weight, "weight", C, x.dtype, 1)
@@ -105,8 +105,8 @@ def _check_running(a, name, C, dtype):
     return a
 
 
-def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-                 momentum=0.1, eps=1e-5, return_stats=False):
+def batch_norm2d(input, running_mean=None, running_var=None, weight=None, bias=None,
+                 training=False, momentum=0.1, eps=1e-5, return_stats=False):
     """Batch normalisation of ``x`` ``(N, C, H, W)`` -> ``y`` ``(N, C, H, W)``, like
     ``torch.nn.functional.batch_norm``.
 
@@ -117,8 +117,9 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     - ``training=False``: normalise with ``running_mean``/``running_var`` (required).
 
     With ``return_stats`` returns ``(y, mean, rstd)``, the float64 ``(C,)`` statistics used
-    (``rstd = 1 / sqrt(var + eps)``), which :func:`batch_norm2d_backward` needs."""
-    x = _check_x(x)
+    (``rstd = 1 / sqrt(var + eps)``), which :func:`batch_norm2d_backward` needs. (``x`` is
+    ``input``, PyTorch's name.)"""
+    x = _check_x(input)
     N, C, H, W = x.shape
     training = check_bool(training, "training")
     w = _check_affine(weight, "weight", C, x.dtype, 1)

@@ -1,6 +1,8 @@
 """pool ops: validating wrappers around nbconv.kernels.pool.
 
-Shapes: ``x`` is ``(N, C, H, W)``; pooled outputs are ``(N, C, OH, OW)`` with, per axis,
+Shapes: ``x`` (the ``input`` argument) is ``(N, C, H, W)``, or unbatched ``(C, H, W)`` as
+PyTorch accepts (then the output, ``dy``, ``indices`` and ``dx`` are unbatched too and
+``x_shape`` is ``(C, H, W)``); pooled outputs are ``(N, C, OH, OW)`` with, per axis,
 
     OH = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1        (ceil instead of floor with
                                                                ``ceil_mode``)
@@ -19,7 +21,8 @@ results.
 """
 import numpy as np
 
-from .._checks import check_array, check_bool, check_dy, check_int, pool_args, pool_out_size
+from .._checks import (add_batch, check_array, check_bool, check_dy, check_int, is_unbatched,
+                       is_unbatched_shape, pool_args, pool_out_size)
 from .._config import POOL_MAX_CHUNKS as MAX_CHUNKS
 from .._config import UNROLL_MAX_AREA, UNROLL_MAX_STRIDE
 from .._config import VEC as _VEC
@@ -42,7 +45,8 @@ def _out_shape(x_shape, k, s, p, d, ceil_mode, name="x"):
 
 def _check_shape(x_shape, name="x_shape"):
     if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
-        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {x_shape!r}")
+        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W) or a 3-tuple (C, H, W), "
+                         f"got {x_shape!r}")
     return tuple(check_int(v, name, 1) for v in x_shape)
 
 
@@ -126,7 +130,7 @@ def index_dtype(kernel_area):
     return np.dtype(np.uint32)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """Max pooling of ``x`` ``(N, C, H, W)`` -> ``y`` ``(N, C, OH, OW)`` (see the module doc).
 
@@ -136,10 +140,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     ``i*kw + j`` of each maximum, in :func:`index_dtype` of ``kh*kw`` (not PyTorch's flat
     input index), to pass to :func:`max_pool2d_backward`.
     """
+    if is_unbatched(input):
+        out = max_pool2d(input[None], kernel_size, stride, padding, dilation, ceil_mode,
+                         return_indices)
+        return (out[0][0], out[1][0]) if return_indices else out[0]
     k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
     return_indices = check_bool(return_indices, "return_indices")
-    x = check_array(x, "x", ndim=4)
+    x = check_array(input, "x", ndim=4)
     n, c, oh, ow = _out_shape(x.shape, k, s, p, d, ceil_mode)
     h, w = x.shape[2:]
     y = np.empty((n, c, oh, ow), x.dtype)
@@ -170,6 +178,10 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
     dilation) has output -inf whatever ``x`` is and passes no gradient (PyTorch's CPU kernel
     adds it to an unrelated pixel).
     """
+    if is_unbatched_shape(x_shape):
+        return max_pool2d_backward(add_batch(dy, "dy"), add_batch(indices, "indices"),
+                                   (1,) + tuple(x_shape), kernel_size, stride, padding,
+                                   dilation, ceil_mode)[0]
     k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
     x_shape = _check_shape(x_shape)
@@ -211,17 +223,21 @@ def _avg_tables(h, w, oh, ow, k, s, p, count_include_pad, dtype):
     return kh_lo, kh_hi, kw_lo, kw_hi, div
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True):
     """Average pooling of ``x`` ``(N, C, H, W)`` -> ``(N, C, OH, OW)`` (see the module doc).
 
     The divisor of a window is, as PyTorch, its size clipped at the padded boundary
     (``count_include_pad=True``: padding counts, the overhang of a ``ceil_mode`` window does
     not) or the number of input elements it covers (``count_include_pad=False``).
     """
+    if is_unbatched(input):
+        return avg_pool2d(input[None], kernel_size, stride, padding, ceil_mode,
+                          count_include_pad)[0]
     k, s, p, _ = pool_args(kernel_size, stride, padding)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
-    x = check_array(x, "x", ndim=4)
+    x = check_array(input, "x", ndim=4)
     n, c, oh, ow = _out_shape(x.shape, k, s, p, (1, 1), ceil_mode)
     h, w = x.shape[2:]
     tables = _avg_tables(h, w, oh, ow, k, s, p, count_include_pad, x.dtype)
@@ -244,6 +260,9 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     """Gradient of :func:`avg_pool2d` w.r.t. ``x``: ``dx`` of shape ``x_shape`` ``(N, C, H, W)``
     from ``dy`` ``(N, C, OH, OW)``: each element collects ``dy / divisor`` of every window
     containing it."""
+    if is_unbatched_shape(x_shape):
+        return avg_pool2d_backward(add_batch(dy, "dy"), (1,) + tuple(x_shape), kernel_size,
+                                   stride, padding, ceil_mode, count_include_pad)[0]
     k, s, p, _ = pool_args(kernel_size, stride, padding)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
@@ -267,9 +286,12 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     return dx
 
 
-def global_avg_pool2d(x):
-    """Mean over the spatial axes: ``x`` ``(N, C, H, W)`` -> ``(N, C)``."""
-    x = check_array(x, "x", ndim=4)
+def global_avg_pool2d(input):
+    """Mean over the spatial axes: ``input`` ``(N, C, H, W)`` -> ``(N, C)`` (``(C, H, W)`` ->
+    ``(C,)``)."""
+    if is_unbatched(input):
+        return global_avg_pool2d(input[None])[0]
+    x = check_array(input, "x", ndim=4)
     n, c, h, w = x.shape
     y = np.empty((n, c), x.dtype)
     _k.global_avg_pool2d_forward(x.reshape(n * c, h * w), y.reshape(n * c), x.dtype.type(0),
@@ -279,7 +301,12 @@ def global_avg_pool2d(x):
 
 def global_avg_pool2d_backward(dy, x_shape):
     """Gradient of :func:`global_avg_pool2d`: ``dy`` ``(N, C)`` -> ``dx`` ``x_shape``
-    ``(N, C, H, W)`` with ``dx[n, c, :, :] = dy[n, c] / (H*W)``."""
+    ``(N, C, H, W)`` with ``dx[n, c, :, :] = dy[n, c] / (H*W)`` (``(C,)`` -> ``(C, H, W)``)."""
+    if is_unbatched_shape(x_shape):
+        if isinstance(dy, np.ndarray) and dy.ndim != 1:
+            raise ValueError(f"dy must be 1-d (C,) for an unbatched input, got shape {dy.shape}")
+        return global_avg_pool2d_backward(dy[None] if isinstance(dy, np.ndarray) else dy,
+                                          (1,) + tuple(x_shape))[0]
     x_shape = _check_shape(x_shape)
     n, c, h, w = x_shape
     dy = check_dy(dy, (n, c))

@@ -2,8 +2,9 @@
 
 - :mod:`.base`: the :class:`Layer` protocol (forward/backward, params/grads/buffers,
   train/eval, ``state_dict``/``load_state_dict``, ``get_extra_state``/``set_extra_state``)
-- :mod:`.conv`: :class:`Conv2d`
-- :mod:`.pool`: :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`GlobalAvgPool2d`
+- :mod:`.conv`: :class:`Conv2d`, :class:`ConvTranspose2d`
+- :mod:`.pool`: :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`GlobalAvgPool2d`,
+  :class:`AdaptiveAvgPool2d`, :class:`AdaptiveMaxPool2d`
 - :mod:`.norm`: :class:`GroupNorm`, :class:`BatchNorm2d`
 - :mod:`.sync_norm`: :class:`SyncBatchNorm2d` (statistics over every MPI rank's slice)
 - :mod:`.basic`: :class:`ReLU`, :class:`Linear`, :class:`Flatten`, :class:`Dropout`,
@@ -16,11 +17,13 @@ leave the checks of ``x`` and ``dy`` to the functional op they call.
 from .base import Layer
 from .basic import Dropout, Flatten, Linear, ReLU, SoftmaxCrossEntropy
 from .container import Sequential
-from .conv import Conv2d
+from .conv import Conv2d, ConvTranspose2d
 from .norm import BatchNorm2d, GroupNorm
-from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .pool import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPool2d,
+                   MaxPool2d)
 from .sync_norm import SyncBatchNorm2d, convert_sync_batchnorm
 
 __all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
            "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout", "Sequential",
-           "SoftmaxCrossEntropy", "SyncBatchNorm2d", "convert_sync_batchnorm"]
+           "SoftmaxCrossEntropy", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+           "SyncBatchNorm2d", "convert_sync_batchnorm"]

@@ -8,9 +8,11 @@
     layer.grads              # same keys and shapes, filled by backward
     layer.buffers            # name -> ndarray, non-trainable state (BatchNorm2d running stats)
     layer.train(); layer.eval()
+    layer.to(np.float64); layer.double(); layer.float()   # cast params, grads, buffers
     layer.parameters(), layer.named_parameters()       # iterate the parameter arrays
     layer.state_dict(), layer.load_state_dict(sd)       # PyTorch's keys and shapes
     layer.get_extra_state(), layer.set_extra_state(s)   # non-array state (random generators)
+    layer.output_shape(x_shape), layer.macs(x_shape)    # sizes without running (nbconv.summary)
 
 ``forward`` saves only what ``backward`` needs. ``backward`` before any ``forward`` raises
 ``RuntimeError``; a ``dy`` whose shape is not the last output's raises ``ValueError``; every
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._checks import check_shape
+from .._checks import check_dtype, check_shape
 
 COUNTER = "num_batches_tracked"  # the int attribute a layer's state_dict holds as a 0-d int64
 
@@ -83,6 +85,50 @@ class Layer:
     def zero_grad(self):
         for g in self.grads.values():
             g[...] = 0
+
+    # -- dtype: torch's Module.to(dtype) / .double() / .float() --------------------------------
+    def children(self):
+        """The direct sub-layers (none; containers override this)."""
+        return iter(())
+
+    def to(self, dtype):
+        """Cast every float parameter, gradient and buffer to ``dtype`` (float32 or float64) and
+        return the layer, as ``torch.nn.Module.to(dtype)``. The casts are new arrays put in
+        place of the ``params``/``grads``/``buffers`` entries (a no-op for entries already of
+        ``dtype``): an optimizer built before holds the old arrays, so build it after ``to``
+        (PyTorch's advice for ``.to()`` too). Forget the last forward (its saved values have
+        the old dtype)."""
+        dtype = check_dtype(dtype)
+        for child in self.children():
+            child.to(dtype)
+        for d in (self.params, self.grads, self.buffers):
+            for k, v in d.items():
+                if v.dtype != dtype and v.dtype.kind == "f":
+                    d[k] = v.astype(dtype)
+        if isinstance(getattr(self, "dtype", None), np.dtype):
+            self.dtype = dtype
+        self._saved = None
+        return self
+
+    def double(self):
+        """``self.to(np.float64)``."""
+        return self.to(np.float64)
+
+    def float(self):
+        """``self.to(np.float32)``."""
+        return self.to(np.float32)
+
+    # -- sizes without running a kernel (nbconv.summary) ---------------------------------------
+    def output_shape(self, input_shape):
+        """The shape ``forward`` returns for an input of ``input_shape`` (a tuple), computed
+        from the arguments alone. ``NotImplementedError`` here: layers override it
+        (:func:`nbconv.summary` runs ``forward`` on zeros for a layer that does not)."""
+        raise NotImplementedError(f"{type(self).__name__}.output_shape")
+
+    def macs(self, input_shape):
+        """Multiply-adds of one ``forward`` on ``input_shape``: counted for the convolutions and
+        ``Linear`` (one per weight tap per output), 0 for every other layer."""
+        return 0
 
     def parameters(self):
         """Iterator over the parameter arrays (the live arrays, not copies)."""

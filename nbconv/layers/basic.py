@@ -27,6 +27,9 @@ class ReLU(Layer):
         dy, y = self._load(dy)
         return F.relu_backward(dy, y) if self.input_grad else None
 
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
 
 class Linear(Layer):
     """Fully connected layer ``(N, in_features) -> (N, out_features)``,
@@ -64,6 +67,13 @@ class Linear(Layer):
             self.grads["bias"][...] = db
         return dx
 
+    def output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.out_features,)
+
+    def macs(self, input_shape):
+        """``N * in_features * out_features``."""
+        return int(np.prod(input_shape[:-1])) * self.in_features * self.out_features
+
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={'bias' in self.params})")
@@ -89,6 +99,12 @@ class Flatten(Layer):
         if not self.input_grad:
             return None
         return np.array(dy, copy=True).reshape(x_shape)
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+    def __repr__(self):
+        return "Flatten(start_dim=1, end_dim=-1)"
 
 
 class Dropout(Layer):
@@ -126,8 +142,11 @@ class Dropout(Layer):
     def get_extra_state(self):
         return {"rng": self.rng.bit_generator.state}
 
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
     def __repr__(self):
-        return f"Dropout(p={self.p})"
+        return f"Dropout(p={self.p}, inplace=False)"
 
 
 class SoftmaxCrossEntropy:

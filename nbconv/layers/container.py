@@ -31,11 +31,37 @@ class Sequential(Layer):
                                 f"got {type(layer).__name__}")
         self.layers = list(layers)
         self.input_grad = False
+        self._collect()
+
+    def _collect(self):
+        """``params``/``grads``/``buffers``: the layers' arrays (the same objects) under
+        ``"<index>."`` keys."""
+        self.params, self.grads, self.buffers = {}, {}, {}
         for i, layer in enumerate(self.layers):
             for src, dst in ((layer.params, self.params), (layer.grads, self.grads),
                              (getattr(layer, "buffers", None) or {}, self.buffers)):
                 for name, arr in src.items():
                     dst[f"{i}.{name}"] = arr
+
+    def children(self):
+        return iter(self.layers)
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return tuple(input_shape)
+
+    def macs(self, input_shape):
+        total = 0
+        for layer in self.layers:
+            total += layer.macs(input_shape)
+            input_shape = layer.output_shape(input_shape)
+        return total
+
+    def to(self, dtype):
+        super().to(dtype)   # casts the layers' arrays (its own dicts only hold those)
+        self._collect()
+        return self
 
     def _set_input_grads(self):
         for i, layer in enumerate(self.layers):

@@ -33,6 +33,9 @@ class _Norm(Layer):
                                  f"got shape {x.shape}")
         return x
 
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
     def _affine_args(self):
         return (self.params["weight"], self.params["bias"]) if self.affine else (None, None)
 
@@ -73,7 +76,7 @@ class GroupNorm(_Norm):
 
     def __repr__(self):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine})")
+                f"affine={self.affine}, bias={self.affine})")   # torch 2.13's repr
 
 
 class BatchNorm2d(_Norm):
@@ -143,4 +146,5 @@ class BatchNorm2d(_Norm):
 
     def __repr__(self):
         return (f"BatchNorm2d({self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats})")
+                f"affine={self.affine}, bias={self.affine}, "
+                f"track_running_stats={self.track_running_stats})")

@@ -1,8 +1,11 @@
-"""Pooling layers: MaxPool2d, AvgPool2d, GlobalAvgPool2d, stateful wrappers around the pool ops
-of :mod:`nbconv.functional`. Their arguments are validated and normalised to ``(h, w)`` pairs
-once, at construction."""
+"""Pooling layers: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d,
+stateful wrappers around the pool ops of :mod:`nbconv.functional`. Their arguments are validated
+and normalised to ``(h, w)`` pairs once, at construction. They take ``(N, C, H, W)`` or
+unbatched ``(C, H, W)`` inputs, as PyTorch."""
+import numpy as np
+
 from .. import functional as F
-from .._checks import check_bool, pool_args
+from .._checks import check_bool, conv_out_size, pool_args
 from .base import Layer
 
 
@@ -17,6 +20,13 @@ class _Pool2d(Layer):
             raise TypeError(f"dy has dtype {dy.dtype} but the last forward's input had "
                             f"{saved[-1]}; cast it with .astype()")
         return dy, saved
+
+    def _window_shape(self, input_shape, dilation=(1, 1)):
+        a = self._args
+        *lead, h, w = input_shape
+        return (*lead, *(conv_out_size(v, a["kernel_size"][i], a["stride"][i], a["padding"][i],
+                                       a["padding"][i], dilation[i], a["ceil_mode"])
+                         for i, v in enumerate((h, w))))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._repr.items())
@@ -34,8 +44,12 @@ class MaxPool2d(_Pool2d):
         k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
         self._args = dict(kernel_size=k, stride=s, padding=p, dilation=d,
                           ceil_mode=check_bool(ceil_mode, "ceil_mode"))
-        self._repr = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+        self._repr = dict(kernel_size=kernel_size,
+                          stride=kernel_size if stride is None else stride, padding=padding,
                           dilation=dilation, ceil_mode=ceil_mode)
+
+    def output_shape(self, input_shape):
+        return self._window_shape(input_shape, self._args["dilation"])
 
     def forward(self, x):
         y, idx = F.max_pool2d(x, **self._args, return_indices=True)
@@ -61,8 +75,12 @@ class AvgPool2d(_Pool2d):
         self._args = dict(kernel_size=k, stride=s, padding=p,
                           ceil_mode=check_bool(ceil_mode, "ceil_mode"),
                           count_include_pad=check_bool(count_include_pad, "count_include_pad"))
-        self._repr = dict(kernel_size=kernel_size, stride=stride, padding=padding,
-                          ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        # torch prints only these three
+        self._repr = dict(kernel_size=kernel_size,
+                          stride=kernel_size if stride is None else stride, padding=padding)
+
+    def output_shape(self, input_shape):
+        return self._window_shape(input_shape)
 
     def forward(self, x):
         y = F.avg_pool2d(x, **self._args)
@@ -83,6 +101,9 @@ class GlobalAvgPool2d(_Pool2d):
         super().__init__()
         self._repr = {}
 
+    def output_shape(self, input_shape):
+        return tuple(input_shape[:-2])
+
     def forward(self, x):
         y = F.global_avg_pool2d(x)
         self._save(y.shape, x.shape, x.dtype)
@@ -93,3 +114,62 @@ class GlobalAvgPool2d(_Pool2d):
         if not self.input_grad:
             return None
         return F.global_avg_pool2d_backward(dy, x_shape)
+
+
+class _Adaptive(_Pool2d):
+    """Shared bits: ``output_size`` (int, or pair of ints / ``None`` = keep that input size)
+    validated at construction."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        F.adaptive_output_size(output_size, 1, 1)  # raises on a bad output_size
+        self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape[:-2]) + F.adaptive_output_size(self.output_size,
+                                                                *input_shape[-2:])
+
+    def __repr__(self):
+        return f"{type(self).__name__}(output_size={self.output_size!r})"
+
+
+class AdaptiveAvgPool2d(_Adaptive):
+    """Adaptive average pooling ``(N, C, H, W) -> (N, C, OH, OW)`` as
+    ``torch.nn.AdaptiveAvgPool2d``: output row ``oh`` averages input rows
+    ``[floor(oh*H/OH), ceil((oh+1)*H/OH))`` (columns likewise); ``output_size=1`` is a global
+    average pool that keeps the spatial axes. Saves only the input shape."""
+
+    def forward(self, x):
+        y = F.adaptive_avg_pool2d(x, self.output_size)
+        self._save(y.shape, x.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        dy, (x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.adaptive_avg_pool2d_backward(dy, x_shape)
+
+
+class AdaptiveMaxPool2d(_Adaptive):
+    """Adaptive max pooling ``(N, C, H, W) -> (N, C, OH, OW)`` as
+    ``torch.nn.AdaptiveMaxPool2d`` (PyTorch's bins, ties and NaN rule; see
+    :mod:`nbconv.functional.adaptive`). With ``return_indices`` ``forward`` returns
+    ``(y, indices)`` (int64 flat positions ``h*W + w``), as PyTorch. Saves the indices."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__(output_size)
+        if not isinstance(return_indices, (bool, np.bool_)):
+            raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+        self.return_indices = bool(return_indices)
+
+    def forward(self, x):
+        y, idx = F.adaptive_max_pool2d(x, self.output_size, return_indices=True)
+        self._save(y.shape, idx, x.shape, x.dtype)
+        return (y, idx.copy()) if self.return_indices else y
+
+    def backward(self, dy):
+        dy, (idx, x_shape, _) = self._load_pool(dy)
+        if not self.input_grad:
+            return None
+        return F.adaptive_max_pool2d_backward(dy, idx, x_shape)

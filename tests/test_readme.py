@@ -1,0 +1,51 @@
+"""The README's "Coming from PyTorch" snippets run as written: weights in from torch, weights
+out to torch (same logits both ways) and the summary."""
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import nbconv
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _snippets():
+    text = open(README, encoding="utf-8").read()
+    section = text.split("## Coming from PyTorch", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def _torch_twin():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 7, padding=3), torch.nn.ReLU(),
+                               torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                               torch.nn.Linear(8192, 100), torch.nn.ReLU(),
+                               torch.nn.Linear(100, 10))
+
+
+def _logits(model, net, x):
+    with torch.no_grad():
+        return model.eval()(x), net.eval()(torch.from_numpy(x)).numpy()
+
+
+def test_readme_snippets(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("safetensors")
+    snippets = _snippets()
+    assert len(snippets) == 3 and all(len(s.strip().splitlines()) == 3 for s in snippets)
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    ns = {"torch": torch, "nbconv": nbconv, "np": np, "net": _torch_twin()}
+    exec(snippets[0], ns)                            # torch -> nbconv
+    ours, theirs = _logits(ns["model"], ns["net"], x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    ns["model"] = nbconv.three_layer_convnet(seed=7)  # other weights, to send to torch
+    exec(snippets[1], ns)                            # nbconv -> torch
+    ours, theirs = _logits(ns["model"], ns["net"], x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    exec(snippets[2], ns)                            # repr and summary
+    out = capsys.readouterr().out
+    assert repr(_torch_twin()) in out
+    assert "825,046" in out and "5,637,096" in out
