@@ -277,3 +277,54 @@ def relu_forward_serial(x, y):
 @serial_kernel
 def relu_backward_serial(dy, y, dx):
     _relu_bwd_range(dy, y, dx, 0, dy.shape[0])
+
+
+@serial_kernel
+def _dropout_range(x, mask, scale, y, lo, hi):
+    zero = x.dtype.type(0)
+    for i in range(lo, hi):
+        y[i] = x[i] * scale if mask[i] else zero
+
+
+@serial_kernel
+def dropout_serial(x, mask, scale, y):
+    """``y = x * scale`` where ``mask`` else 0 (flat arrays; ``scale`` of x's dtype)."""
+    _dropout_range(x, mask, scale, y, 0, x.shape[0])
+
+
+@kernel
+def dropout(x, mask, scale, y):
+    """:func:`dropout_serial` in ``FLAT``-element tasks."""
+    n = x.shape[0]
+    for t in prange((n + FLAT - 1) // FLAT):
+        _dropout_range(x, mask, scale, y, t * FLAT, min(t * FLAT + FLAT, n))
+
+
+@serial_kernel
+def softmax_xent(logits, labels, losses, d):
+    """Softmax cross-entropy of ``logits (N, K)`` with integer ``labels (N,)``, one pass per
+    row: ``losses[i] = log(sum_j exp z[i, j]) - z[i, labels[i]]`` with ``z = logits - max``
+    (row max; NaN propagates) and ``d = (softmax(logits) - onehot(labels)) / N``."""
+    n, k = logits.shape
+    one = logits.dtype.type(1)
+    nn = logits.dtype.type(n)
+    for i in range(n):
+        row = logits[i]
+        di = d[i]
+        mx = row[0]
+        for j in range(1, k):
+            v = row[j]
+            if v > mx or v != v:
+                mx = v
+        s = logits.dtype.type(0)
+        for j in range(k):
+            e = np.exp(row[j] - mx)
+            di[j] = e
+            s += e
+        lab = labels[i]
+        losses[i] = np.log(s) - (row[lab] - mx)
+        for j in range(k):
+            di[j] = di[j] / s
+        di[lab] -= one
+        for j in range(k):
+            di[j] = di[j] / nn
