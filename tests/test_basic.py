@@ -553,3 +553,20 @@ def test_softmax_ce_nan_logits_give_nan_like_torch():
     assert np.isnan(loss) and np.isnan(tloss.item())
     np.testing.assert_array_equal(np.isnan(d), np.isnan(tl.grad.numpy()))
     np.testing.assert_allclose(d[1], tl.grad.numpy()[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("m1,k1,m2", [(9, 5, 30), (30, 7, 9), (8, 8, 8)])
+def test_matmul_nn_pair_equals_two_products(m1, k1, m2, rng):
+    """dx and dweight in one launch: either product may have more tasks than the other."""
+    from nbconv.kernels import basic as KB
+    n = 2100   # 3 column chunks, a partial one last
+    a1, b1 = rng.normal(size=(m1, k1)).astype(np.float32), rng.normal(size=(k1, n)).astype(np.float32)
+    a2, b2 = rng.normal(size=(m2, 11)).astype(np.float32), rng.normal(size=(11, n)).astype(np.float32)
+    c1, c2 = np.empty((m1, n), np.float32), np.empty((m2, n), np.float32)
+    r1, r2 = np.empty_like(c1), np.empty_like(c2)
+    KB.matmul_nn_pair(a1, b1, c1, a2, b2, c2)
+    KB.matmul_nn_serial(a1, b1, r1)
+    KB.matmul_nn_serial(a2, b2, r2)
+    np.testing.assert_array_equal(c1, r1)
+    np.testing.assert_array_equal(c2, r2)
+    np.testing.assert_allclose(r1, a1.astype(np.float64) @ b1, rtol=1e-5, atol=1e-5)

@@ -89,12 +89,18 @@ def linear_backward(dy, x, weight, need_dx=True, need_bias=True):
         raise ValueError(f"dy must have shape {(x.shape[0], weight.shape[0])} for x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
     dx = db = None
+    dw = np.empty_like(weight)
+    dyt = np.ascontiguousarray(dy.T)
+    macs = x.size * dy.shape[1]   # of each product
     if need_dx:
         dx = np.empty_like(x)
-        _pick(K.matmul_nn, K.matmul_nn_serial, dx.size * dy.shape[1])(dy, weight, dx)
-    dw = np.empty_like(weight)
-    _pick(K.matmul_nn, K.matmul_nn_serial, x.size * dy.shape[1])(np.ascontiguousarray(dy.T),
-                                                                  x, dw)
+        if macs >= PARALLEL_MACS:   # dx and dweight in one launch
+            K.matmul_nn_pair(dy, weight, dx, dyt, x, dw)
+        else:
+            K.matmul_nn_serial(dy, weight, dx)
+            K.matmul_nn_serial(dyt, x, dw)
+    else:
+        _pick(K.matmul_nn, K.matmul_nn_serial, macs)(dyt, x, dw)
     if need_bias:
         db = np.empty(weight.shape[0], dy.dtype)
         K.sum_rows(dy, db)

@@ -206,6 +206,31 @@ def matmul_nn_serial(a, b, c):
 
 
 @serial_kernel
+def _nn_tasks(a, b):
+    return (a.shape[0] + 3) // 4 * ((b.shape[1] + CHUNK - 1) // CHUNK)
+
+
+@kernel
+def matmul_nn_pair(a1, b1, c1, a2, b2, c2):
+    """``c1 = a1 b1`` and ``c2 = a2 b2`` (each as :func:`matmul_nn`) in ONE parallel launch:
+    Linear's dx and dweight share a fork/join (on a busy machine each launch waits for the
+    second worker to be scheduled). Same tasks, same sums: results equal two matmul_nn calls."""
+    n1 = _nn_tasks(a1, b1)
+    n2 = _nn_tasks(a2, b2)
+    both = 2 * min(n1, n2)   # interleaved first: each thread's contiguous share gets both kinds
+    for t in prange(n1 + n2):
+        if t < both:
+            if t % 2 == 0:
+                _nn_task(a1, b1, c1, t // 2)
+            else:
+                _nn_task(a2, b2, c2, t // 2)
+        elif n1 > n2:
+            _nn_task(a1, b1, c1, t - both + n2)
+        else:
+            _nn_task(a2, b2, c2, t - both + n1)
+
+
+@serial_kernel
 def add_bias(y, bias):
     """``y[i, :] += bias`` in place."""
     for i in range(y.shape[0]):
