@@ -536,7 +536,7 @@ def test_elementwise_parallel_kernels_equal_serial(rng):
         y, dx, yd = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         fns[0](x, y)
         fns[1](dy, y, dx)
-        fns[2](x, mask, np.float32(1 / 0.7), yd)
+        fns[2](x, mask.view(np.uint8), np.float32(1 / 0.7), yd)
         outs.append((y, dx, yd))
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)

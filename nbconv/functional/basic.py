@@ -123,7 +123,8 @@ def dropout(x, mask, p):
         return np.zeros_like(x)
     y = np.empty_like(x)
     fn = K.dropout if x.size >= PARALLEL_ELEMENTS else K.dropout_serial
-    fn(x.reshape(-1), mask.reshape(-1), x.dtype.type(1.0 / (1.0 - p)), y.reshape(-1))  # one pass
+    fn(x.reshape(-1), np.ascontiguousarray(mask).reshape(-1).view(np.uint8),
+       x.dtype.type(1.0 / (1.0 - p)), y.reshape(-1))   # one pass
     return y
 
 
