@@ -133,7 +133,8 @@ def main(argv=None):
         conv = sum(v for k, v in med.items() if "Conv2d" in k)
         print(f"{'sum of rows':<28}{parts * 1e3:9.3f}{100 * parts / step:8.1f}%")
         print(f"{'whole step (nbconv)':<28}{step * 1e3:9.3f}")
-        print(f"{'non-conv rows':<28}{(parts - conv) * 1e3:9.3f}{100 * (parts - conv) / step:8.1f}%")
+        other = parts - conv
+        print(f"{'non-conv rows':<28}{other * 1e3:9.3f}{100 * other / step:8.1f}%")
         if net is not None:
             ts, table = _torch_step(net, x, y, args.steps, torch, args.torch_ops)
             tstep = statistics.median(ts)

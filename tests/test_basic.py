@@ -560,8 +560,10 @@ def test_matmul_nn_pair_equals_two_products(m1, k1, m2, rng):
     """dx and dweight in one launch: either product may have more tasks than the other."""
     from nbconv.kernels import basic as KB
     n = 2100   # 3 column chunks, a partial one last
-    a1, b1 = rng.normal(size=(m1, k1)).astype(np.float32), rng.normal(size=(k1, n)).astype(np.float32)
-    a2, b2 = rng.normal(size=(m2, 11)).astype(np.float32), rng.normal(size=(11, n)).astype(np.float32)
+    a1 = rng.normal(size=(m1, k1)).astype(np.float32)
+    b1 = rng.normal(size=(k1, n)).astype(np.float32)
+    a2 = rng.normal(size=(m2, 11)).astype(np.float32)
+    b2 = rng.normal(size=(11, n)).astype(np.float32)
     c1, c2 = np.empty((m1, n), np.float32), np.empty((m2, n), np.float32)
     r1, r2 = np.empty_like(c1), np.empty_like(c2)
     KB.matmul_nn_pair(a1, b1, c1, a2, b2, c2)

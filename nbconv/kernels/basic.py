@@ -1,4 +1,5 @@
-"""Loops of the basic layers: matrix products for Linear, ReLU, bias add and row sums.
+"""Loops of the basic layers: matrix products for Linear, ReLU, bias add, row sums, dropout
+and the softmax cross-entropy loss.
 
 All arrays are C-contiguous and of one float dtype (the wrappers in
 :mod:`nbconv.functional.basic` guarantee it). Every kernel runs ``prange`` over disjoint blocks of
@@ -127,23 +128,27 @@ def _nn_rows4(a, b, c, i, j0, j1):
     r0[:] = z; r1[:] = z; r2[:] = z; r3[:] = z
     K8 = K - K % 8
     for k in range(0, K8, 8):
-            p0 = b[k + 0, j0:j1]; p1 = b[k + 1, j0:j1]; p2 = b[k + 2, j0:j1]; p3 = b[k + 3, j0:j1]
-            p4 = b[k + 4, j0:j1]; p5 = b[k + 5, j0:j1]; p6 = b[k + 6, j0:j1]; p7 = b[k + 7, j0:j1]
-            a00 = a[i + 0, k + 0]; a01 = a[i + 0, k + 1]; a02 = a[i + 0, k + 2]; a03 = a[i + 0, k + 3]; a04 = a[i + 0, k + 4]; a05 = a[i + 0, k + 5]; a06 = a[i + 0, k + 6]; a07 = a[i + 0, k + 7]
-            a10 = a[i + 1, k + 0]; a11 = a[i + 1, k + 1]; a12 = a[i + 1, k + 2]; a13 = a[i + 1, k + 3]; a14 = a[i + 1, k + 4]; a15 = a[i + 1, k + 5]; a16 = a[i + 1, k + 6]; a17 = a[i + 1, k + 7]
-            a20 = a[i + 2, k + 0]; a21 = a[i + 2, k + 1]; a22 = a[i + 2, k + 2]; a23 = a[i + 2, k + 3]; a24 = a[i + 2, k + 4]; a25 = a[i + 2, k + 5]; a26 = a[i + 2, k + 6]; a27 = a[i + 2, k + 7]
-            a30 = a[i + 3, k + 0]; a31 = a[i + 3, k + 1]; a32 = a[i + 3, k + 2]; a33 = a[i + 3, k + 3]; a34 = a[i + 3, k + 4]; a35 = a[i + 3, k + 5]; a36 = a[i + 3, k + 6]; a37 = a[i + 3, k + 7]
-            for j in range(j1 - j0):
-                q0 = p0[j]; q1 = p1[j]; q2 = p2[j]; q3 = p3[j]
-                q4 = p4[j]; q5 = p5[j]; q6 = p6[j]; q7 = p7[j]
-                r0[j] += ((a00 * q0 + a01 * q1 + a02 * q2 + a03 * q3)
-                          + (a04 * q4 + a05 * q5 + a06 * q6 + a07 * q7))
-                r1[j] += ((a10 * q0 + a11 * q1 + a12 * q2 + a13 * q3)
-                          + (a14 * q4 + a15 * q5 + a16 * q6 + a17 * q7))
-                r2[j] += ((a20 * q0 + a21 * q1 + a22 * q2 + a23 * q3)
-                          + (a24 * q4 + a25 * q5 + a26 * q6 + a27 * q7))
-                r3[j] += ((a30 * q0 + a31 * q1 + a32 * q2 + a33 * q3)
-                          + (a34 * q4 + a35 * q5 + a36 * q6 + a37 * q7))
+        p0 = b[k, j0:j1]; p1 = b[k + 1, j0:j1]; p2 = b[k + 2, j0:j1]; p3 = b[k + 3, j0:j1]
+        p4 = b[k + 4, j0:j1]; p5 = b[k + 5, j0:j1]; p6 = b[k + 6, j0:j1]; p7 = b[k + 7, j0:j1]
+        a00 = a[i, k]; a01 = a[i, k + 1]; a02 = a[i, k + 2]; a03 = a[i, k + 3]
+        a04 = a[i, k + 4]; a05 = a[i, k + 5]; a06 = a[i, k + 6]; a07 = a[i, k + 7]
+        a10 = a[i + 1, k]; a11 = a[i + 1, k + 1]; a12 = a[i + 1, k + 2]; a13 = a[i + 1, k + 3]
+        a14 = a[i + 1, k + 4]; a15 = a[i + 1, k + 5]; a16 = a[i + 1, k + 6]; a17 = a[i + 1, k + 7]
+        a20 = a[i + 2, k]; a21 = a[i + 2, k + 1]; a22 = a[i + 2, k + 2]; a23 = a[i + 2, k + 3]
+        a24 = a[i + 2, k + 4]; a25 = a[i + 2, k + 5]; a26 = a[i + 2, k + 6]; a27 = a[i + 2, k + 7]
+        a30 = a[i + 3, k]; a31 = a[i + 3, k + 1]; a32 = a[i + 3, k + 2]; a33 = a[i + 3, k + 3]
+        a34 = a[i + 3, k + 4]; a35 = a[i + 3, k + 5]; a36 = a[i + 3, k + 6]; a37 = a[i + 3, k + 7]
+        for j in range(j1 - j0):
+            q0 = p0[j]; q1 = p1[j]; q2 = p2[j]; q3 = p3[j]
+            q4 = p4[j]; q5 = p5[j]; q6 = p6[j]; q7 = p7[j]
+            r0[j] += ((a00 * q0 + a01 * q1 + a02 * q2 + a03 * q3)
+                      + (a04 * q4 + a05 * q5 + a06 * q6 + a07 * q7))
+            r1[j] += ((a10 * q0 + a11 * q1 + a12 * q2 + a13 * q3)
+                      + (a14 * q4 + a15 * q5 + a16 * q6 + a17 * q7))
+            r2[j] += ((a20 * q0 + a21 * q1 + a22 * q2 + a23 * q3)
+                      + (a24 * q4 + a25 * q5 + a26 * q6 + a27 * q7))
+            r3[j] += ((a30 * q0 + a31 * q1 + a32 * q2 + a33 * q3)
+                      + (a34 * q4 + a35 * q5 + a36 * q6 + a37 * q7))
     for k in range(K8, K):
         p0 = b[k, j0:j1]
         a0 = a[i, k]; a1 = a[i + 1, k]; a2 = a[i + 2, k]; a3 = a[i + 3, k]
