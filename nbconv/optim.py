@@ -15,12 +15,18 @@ The learning rate is ``opt.lr`` (schedules set it). ``state_dict()`` returns pla
 copied arrays and Python scalars (hyper-parameters, step count, per-parameter buffers);
 ``load_state_dict()`` checks everything (keys, shapes, dtypes, values) before changing
 anything, so a resumed run continues exactly. Updates are computed in each parameter's dtype.
+
+Each parameter is updated by one fused Numba loop (:mod:`nbconv.kernels.optim`: one pass over
+the parameter, its gradient and buffers, bitwise equal to the NumPy formulation kept here as
+``_update`` for arrays that are not C-contiguous), on one thread below ``PARALLEL_ELEMENTS``.
 """
 import math
 
 import numpy as np
 
 from ._checks import FLOAT_DTYPES, check_bool, check_float, check_int
+from ._config import PARALLEL_ELEMENTS
+from .kernels import optim as K
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LRScheduler", "StepLR",
            "CosineAnnealingLR"]
@@ -57,6 +63,11 @@ def _check_params(params, grads):
             raise ValueError(f"params[{k!r}] is read-only; the optimizer updates it in place")
 
 
+def _flat(a, dtype):
+    """``a`` as a flat view, or a 0-length array of ``dtype`` for an unused buffer."""
+    return np.empty(0, dtype) if a is None else a.reshape(-1)
+
+
 class Optimizer:
     """Base class. Subclasses set ``_HYPER`` (hyper-parameter names, validated by
     ``_validate``) and ``_STATE`` (per-parameter buffer names) and implement ``_update``."""
@@ -85,7 +96,20 @@ class Optimizer:
         self.lr = check_float(self.lr, "lr", 0.0)
         self.step_count += 1
         for k, p in self.params.items():
-            self._update(p, self.grads[k], self.state[k], self._tmp(k, p))
+            g, state = self.grads[k], self.state[k]
+            if p.flags.c_contiguous and g.flags.c_contiguous:
+                self._init_state(p, state)
+                if all(a.flags.c_contiguous for a in state.values()):
+                    self._fused(p, g, state, p.size >= PARALLEL_ELEMENTS)
+                    continue
+            self._update(p, g, state, self._tmp(k, p))
+
+    def _init_state(self, p, state):
+        """Create the buffers the next update needs (zeros), as ``_update`` would."""
+
+    def _fused(self, p, g, state, parallel):
+        """The update of ``_update`` in one kernel pass (C-contiguous arrays)."""
+        raise NotImplementedError
 
     def _tmp(self, k, p):
         t = self._scratch.get(k)
@@ -198,6 +222,18 @@ class SGD(Optimizer):
     def _required_state(self):
         return {"momentum_buffer"} if self.momentum != 0 and self.step_count > 0 else set()
 
+    def _fused(self, p, g, state, parallel):
+        dt = p.dtype.type
+        buf = state.get("momentum_buffer")
+        first = self.momentum != 0 and buf is None
+        if first:
+            buf = state["momentum_buffer"] = np.empty_like(p)
+        c = np.array([self.lr, self.weight_decay, self.momentum, 1.0 - self.dampening], p.dtype)
+        flags = np.array([self.weight_decay != 0, self.momentum != 0, first, self.nesterov],
+                         np.int64)
+        fn = K.sgd if parallel else K.sgd_serial
+        fn(p.reshape(-1), g.reshape(-1), _flat(buf, dt), c, flags)
+
     def _update(self, p, g, state, tmp):
         g = self._decayed(g, p, self.weight_decay)
         if self.momentum != 0:
@@ -249,6 +285,23 @@ class Adam(Optimizer):
         if self.step_count == 0:
             return set()
         return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if self.amsgrad else set())
+
+    def _init_state(self, p, state):
+        if not state:
+            state["exp_avg"], state["exp_avg_sq"] = np.zeros_like(p), np.zeros_like(p)
+        if self.amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = np.zeros_like(p)
+
+    def _fused(self, p, g, state, parallel):
+        b1, b2 = self.betas
+        t = self.step_count
+        c = np.array([1.0 - self.lr * self.weight_decay, self.weight_decay, 1.0 - b1, b2, 1.0 - b2,
+                      math.sqrt(1.0 - b2 ** t), self.eps, self.lr / (1.0 - b1 ** t)], p.dtype)
+        flags = np.array([self._decoupled, self.weight_decay != 0, self.amsgrad], np.int64)
+        vmax = state["max_exp_avg_sq"] if self.amsgrad else None
+        fn = K.adam if parallel else K.adam_serial
+        fn(p.reshape(-1), g.reshape(-1), state["exp_avg"].reshape(-1),
+           state["exp_avg_sq"].reshape(-1), _flat(vmax, p.dtype.type), c, flags)
 
     def _update(self, p, g, state, tmp):
         b1, b2 = self.betas
@@ -326,6 +379,21 @@ class RMSprop(Optimizer):
             return set()
         return ({"square_avg"} | ({"grad_avg"} if self.centered else set())
                 | ({"momentum_buffer"} if self.momentum > 0 else set()))
+
+    def _init_state(self, p, state):
+        for n in self._required_state():
+            if n not in state:
+                state[n] = np.zeros_like(p)
+
+    def _fused(self, p, g, state, parallel):
+        dt = p.dtype.type
+        c = np.array([self.lr, self.weight_decay, self.alpha, 1.0 - self.alpha, self.eps,
+                      self.momentum], p.dtype)
+        flags = np.array([self.weight_decay != 0, self.centered, self.momentum > 0], np.int64)
+        fn = K.rmsprop if parallel else K.rmsprop_serial
+        fn(p.reshape(-1), g.reshape(-1), state["square_avg"].reshape(-1),
+           _flat(state.get("grad_avg") if self.centered else None, dt),
+           _flat(state.get("momentum_buffer") if self.momentum > 0 else None, dt), c, flags)
 
     def _update(self, p, g, state, tmp):
         for n in self._required_state():

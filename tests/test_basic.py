@@ -174,7 +174,11 @@ def test_flatten(dtype, rng):
     ty, tdx = torch_run(nn.Flatten(), x, dy)
     np.testing.assert_array_equal(y, ty)
     np.testing.assert_array_equal(dx, tdx)
-    assert not np.shares_memory(y, x) and not np.shares_memory(dx, dy)
+    layer = Flatten()   # views, as torch's (no pass over the activation); inputs unchanged
+    x0, dy0 = x.copy(), dy.copy()
+    assert np.shares_memory(layer(x), x) and np.shares_memory(layer.backward(dy), dy)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
     np.testing.assert_array_equal(Flatten()(non_contiguous(x)), ty)
     with pytest.raises(ValueError, match="2 dimensions"):
         Flatten()(np.ones(3, dtype))
@@ -485,6 +489,7 @@ def test_parallel_paths_match_serial_torch_and_thread_counts(dtype, rng, monkeyp
     b = rng.normal(size=fout).astype(dtype)
     dy = rng.normal(size=(n, fout)).astype(dtype)
     r = rng.normal(size=(3, 32, 33, 45)).astype(dtype)
+    monkeypatch.setattr(FB, "PARALLEL_ELEMENTS", 1 << 17)   # the parallel ReLU kernels too
     assert r.size >= FB.PARALLEL_ELEMENTS
 
     def run():
@@ -513,3 +518,57 @@ def test_parallel_paths_match_serial_torch_and_thread_counts(dtype, rng, monkeyp
     assert_close(db, to_numpy(tb.grad), scale=np.sqrt(n))
     np.testing.assert_array_equal(rr, np.maximum(r, 0))
     np.testing.assert_array_equal(dr, np.where(r > 0, r, 0))
+
+
+def test_elementwise_parallel_kernels_equal_serial(rng):
+    """The thread-pool variants (used above PARALLEL_ELEMENTS, 32 MB) on a size with a partial
+    last task give the serial kernels' results."""
+    from nbconv._config import FLAT
+    from nbconv.kernels import basic as KB
+    n = 3 * FLAT + 5
+    x = rng.normal(size=n).astype(np.float32)
+    x[:3] = [np.nan, 0.0, -0.0]
+    dy = rng.normal(size=n).astype(np.float32)
+    mask = rng.random(n) >= 0.3
+    outs = []
+    for fns in ((KB.relu_forward, KB.relu_backward, KB.dropout),
+                (KB.relu_forward_serial, KB.relu_backward_serial, KB.dropout_serial)):
+        y, dx, yd = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        fns[0](x, y)
+        fns[1](dy, y, dx)
+        fns[2](x, mask.view(np.uint8), np.float32(1 / 0.7), yd)
+        outs.append((y, dx, yd))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(outs[0][2], np.where(mask, x * np.float32(1 / 0.7), 0))
+
+
+def test_softmax_ce_nan_logits_give_nan_like_torch():
+    logits = np.array([[1.0, np.nan, 2.0], [0.5, 0.1, -1.0]], np.float32)
+    labels = np.array([0, 2])
+    loss, d = F.softmax_cross_entropy(logits, labels)
+    tl = torch.from_numpy(logits).requires_grad_()
+    tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(labels))
+    tloss.backward()
+    assert np.isnan(loss) and np.isnan(tloss.item())
+    np.testing.assert_array_equal(np.isnan(d), np.isnan(tl.grad.numpy()))
+    np.testing.assert_allclose(d[1], tl.grad.numpy()[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("m1,k1,m2", [(9, 5, 30), (30, 7, 9), (8, 8, 8)])
+def test_matmul_nn_pair_equals_two_products(m1, k1, m2, rng):
+    """dx and dweight in one launch: either product may have more tasks than the other."""
+    from nbconv.kernels import basic as KB
+    n = 2100   # 3 column chunks, a partial one last
+    a1 = rng.normal(size=(m1, k1)).astype(np.float32)
+    b1 = rng.normal(size=(k1, n)).astype(np.float32)
+    a2 = rng.normal(size=(m2, 11)).astype(np.float32)
+    b2 = rng.normal(size=(11, n)).astype(np.float32)
+    c1, c2 = np.empty((m1, n), np.float32), np.empty((m2, n), np.float32)
+    r1, r2 = np.empty_like(c1), np.empty_like(c2)
+    KB.matmul_nn_pair(a1, b1, c1, a2, b2, c2)
+    KB.matmul_nn_serial(a1, b1, r1)
+    KB.matmul_nn_serial(a2, b2, r2)
+    np.testing.assert_array_equal(c1, r1)
+    np.testing.assert_array_equal(c2, r2)
+    np.testing.assert_allclose(r1, a1.astype(np.float64) @ b1, rtol=1e-5, atol=1e-5)

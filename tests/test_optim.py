@@ -345,3 +345,51 @@ def test_bad_schedule_state_rejected_without_changes():
         assert sched.state_dict() == before
     with pytest.raises(TypeError, match="lr"):
         optim.StepLR(object(), step_size=1)
+
+
+# ---- fused kernels: bitwise equal to the NumPy formulation --------------------------------------
+
+def _run_steps(opt_cls, kw, dtype, path, parallel, seed=3):
+    """Params after STEPS steps, updating through the fused kernels or the NumPy ``_update``."""
+    params, _ = make_params(dtype, seed)
+    params["big"] = np.random.default_rng(seed).normal(size=70001).astype(dtype)
+    grads = {k: np.zeros_like(p) for k, p in params.items()}
+    opt = opt_cls(params, grads, **kw)
+    rng = np.random.default_rng(seed + 1)
+    for step in range(STEPS):
+        for g in grads.values():
+            g[...] = rng.normal(size=g.shape)
+        grads["big"][:4] = [np.nan, np.inf, -np.inf, 0.0] if step == 2 else grads["big"][:4]
+        if path == "fused":
+            opt.step()
+        else:   # the NumPy path, the one non-contiguous arrays take
+            opt.lr = float(opt.lr)
+            opt.step_count += 1
+            with np.errstate(all="ignore"):   # the inf/NaN gradients
+                for k, p in params.items():
+                    opt._update(p, grads[k], opt.state[k], opt._tmp(k, p))
+    return params, opt.state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,kw", CASES, ids=CASE_IDS)
+def test_fused_update_bitwise_equals_numpy(name, kw, dtype, monkeypatch):
+    cls = getattr(optim, name)
+    ref, ref_state = _run_steps(cls, kw, dtype, "numpy", False)
+    for threshold in (1 << 30, 1):   # all serial kernels, then all parallel ones
+        monkeypatch.setattr(optim, "PARALLEL_ELEMENTS", threshold)
+        got, state = _run_steps(cls, kw, dtype, "fused", threshold == 1)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{name} {k} {threshold}")
+            assert set(state[k]) == set(ref_state[k])
+            for n in ref_state[k]:
+                np.testing.assert_array_equal(state[k][n], ref_state[k][n], err_msg=f"{k} {n}")
+
+
+def test_non_contiguous_param_takes_numpy_path_and_updates_in_place():
+    base = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    params = {"w": base[:, ::2]}   # a view: the update must land in base
+    grads = {"w": np.ones((6, 2), np.float32)}
+    before = base.copy()
+    optim.Adam(params, grads, lr=0.1).step()
+    assert np.all(base[:, ::2] < before[:, ::2]) and np.array_equal(base[:, 1::2], before[:, 1::2])

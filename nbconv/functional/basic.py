@@ -1,7 +1,9 @@
 """Basic ops: ReLU, Linear (matrix products), dropout and softmax cross-entropy.
 
-ReLU and Linear's products run in the Numba loops of :mod:`nbconv.kernels.basic` (not BLAS:
-see there why); dropout and the loss are NumPy.
+ReLU, Linear's products, dropout and the loss run in the Numba loops of
+:mod:`nbconv.kernels.basic` (not BLAS: see there why), each one pass over its data.
+Elementwise ops run on one thread below ``PARALLEL_ELEMENTS``: one core already moves data at
+NumPy's copy speed, and waking the pool costs more than it saves (see ``_config``).
 
 Shapes: ``relu`` any ``(N, ...)``; ``linear`` ``x (N, in_features)``, ``weight (out_features,
 in_features)``, ``bias (out_features,)`` -> ``y (N, out_features)``, ``y = x @ weight.T + bias``;
@@ -87,12 +89,18 @@ def linear_backward(dy, x, weight, need_dx=True, need_bias=True):
         raise ValueError(f"dy must have shape {(x.shape[0], weight.shape[0])} for x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
     dx = db = None
+    dw = np.empty_like(weight)
+    dyt = np.ascontiguousarray(dy.T)
+    macs = x.size * dy.shape[1]   # of each product
     if need_dx:
         dx = np.empty_like(x)
-        _pick(K.matmul_nn, K.matmul_nn_serial, dx.size * dy.shape[1])(dy, weight, dx)
-    dw = np.empty_like(weight)
-    _pick(K.matmul_nn, K.matmul_nn_serial, x.size * dy.shape[1])(np.ascontiguousarray(dy.T),
-                                                                  x, dw)
+        if macs >= PARALLEL_MACS:   # dx and dweight in one launch
+            K.matmul_nn_pair(dy, weight, dx, dyt, x, dw)
+        else:
+            K.matmul_nn_serial(dy, weight, dx)
+            K.matmul_nn_serial(dyt, x, dw)
+    else:
+        _pick(K.matmul_nn, K.matmul_nn_serial, macs)(dyt, x, dw)
     if need_bias:
         db = np.empty(weight.shape[0], dy.dtype)
         K.sum_rows(dy, db)
@@ -113,7 +121,11 @@ def dropout(input, mask, p):
     _check_mask(mask, x.shape)
     if p == 1.0:
         return np.zeros_like(x)
-    return np.where(mask, x * x.dtype.type(1.0 / (1.0 - p)), x.dtype.type(0))
+    y = np.empty_like(x)
+    fn = K.dropout if x.size >= PARALLEL_ELEMENTS else K.dropout_serial
+    fn(x.reshape(-1), np.ascontiguousarray(mask).reshape(-1).view(np.uint8),
+       x.dtype.type(1.0 / (1.0 - p)), y.reshape(-1))   # one pass
+    return y
 
 
 def dropout_backward(dy, mask, p):
@@ -154,12 +166,7 @@ def softmax_cross_entropy(logits, labels):
     logits = check_array(logits, "logits", ndim=2)
     n, k = logits.shape
     labels = _check_labels(labels, n, k)
-    rows = np.arange(n)
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    s = e.sum(axis=1)
-    loss = (np.log(s) - z[rows, labels]).mean(dtype=logits.dtype)
-    d = e / s[:, None]
-    d[rows, labels] -= 1
-    d /= logits.dtype.type(n)
-    return logits.dtype.type(loss), d
+    losses = np.empty(n, logits.dtype)
+    d = np.empty_like(logits)
+    K.softmax_xent(logits, labels, losses, d)   # one pass per row instead of ~10 NumPy calls
+    return logits.dtype.type(losses.mean(dtype=logits.dtype)), d

@@ -80,15 +80,16 @@ class Linear(Layer):
 
 
 class Flatten(Layer):
-    """``(N, d1, d2, ...) -> (N, d1 * d2 * ...)`` (C order, as ``torch.nn.Flatten()``); the
-    output is a new array. ``backward`` reshapes ``dy`` back to the input shape."""
+    """``(N, d1, d2, ...) -> (N, d1 * d2 * ...)`` (C order, as ``torch.nn.Flatten()``). Like
+    PyTorch's, the output is a view of a C-contiguous input (no copy; a non-contiguous input is
+    copied first), and ``backward`` returns ``dy`` reshaped to the input shape (a view too):
+    no nbconv layer writes to its input, so sharing memory is safe and saves a pass over the
+    activation each way."""
 
     def forward(self, x):
         xc = check_array(x, "x")
         if xc.ndim < 2:
             raise ValueError(f"x must have at least 2 dimensions (N, ...), got shape {xc.shape}")
-        if xc is x:
-            xc = xc.copy()
         y = xc.reshape(xc.shape[0], -1)
         self._save(y.shape, x.shape, x.dtype)
         return y
@@ -98,7 +99,7 @@ class Flatten(Layer):
         _check_dy_dtype(dy, dtype)
         if not self.input_grad:
             return None
-        return np.array(dy, copy=True).reshape(x_shape)
+        return check_array(dy, "dy").reshape(x_shape)
 
     def output_shape(self, input_shape):
         return (input_shape[0], int(np.prod(input_shape[1:])))
