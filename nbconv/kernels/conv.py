@@ -133,7 +133,8 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
         buf = np.empty((min(FB, Fo2), nq), y.dtype)
         for f0 in range(0, Fo2, FB):
             fn = min(FB, Fo2 - f0)
-            for e in range(0, ne, 4):
+            ne4 = ne - ne % 4
+            for e in range(0, ne4, 4):
                 x0 = xr[op[e]:op[e] + nq]
                 x1 = xr[op[e + 1]:op[e + 1] + nq]
                 x2 = xr[op[e + 2]:op[e + 2] + nq]
@@ -172,6 +173,19 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
                     else:
                         for q in range(nq):
                             b0[q] += w00 * x0[q] + w10 * x1[q] + w20 * x2[q] + w30 * x3[q]
+            # the last ne % 4 elements one at a time: no zero weight pads the block, since
+            # 0 * inf would put a NaN where the true sum is inf
+            for e in range(ne4, ne):
+                xe = xr[op[e]:op[e] + nq]
+                for k in range(fn):
+                    we = wp[e, f0 + k]
+                    bk = buf[k]
+                    if e == 0:
+                        for q in range(nq):
+                            bk[q] = we * xe[q]
+                    else:
+                        for q in range(nq):
+                            bk[q] += we * xe[q]
             for k in range(fn):
                 f = f0 + k
                 if f < Fo:
@@ -202,7 +216,9 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, zero):
     """x (flat, image i at ``i*xs``); dy (Ni, G*Fo, Q) with Q pixels per image (zero in dropped
     columns); off (E4,) int64; part (nchunks, G, E4, Fo2) is overwritten with the sums over each
     chunk's pixel blocks (``block`` pixels of one image each, a multiple of 8), and pbias
-    (nchunks, G, Fo) (if not empty) with each chunk's sums of dy.
+    (nchunks, G, Fo) (if not empty) with each chunk's sums of dy. The loops also multiply the
+    dropped columns and the zero padding of ``x`` (by a zero ``dy``, or a ``dy`` by a zero of
+    ``x``): exact for finite values; the wrapper recomputes a non-finite result.
 
     Textbook twin: :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
     nchunks, G, E4, Fo2 = part.shape
