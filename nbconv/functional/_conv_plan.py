@@ -246,8 +246,9 @@ def reduce_partials(parts):
     """``parts (chunks, ...)`` -> ``parts[0] + parts[1] + ...`` added in that order, in place
     into ``parts[0]``, which is returned. The chunks are fixed by the shapes and the order by
     this loop, so the sum is bitwise the same for any thread count."""
-    for c in range(1, parts.shape[0]):
-        parts[0] += parts[c]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, as in torch
+        for c in range(1, parts.shape[0]):
+            parts[0] += parts[c]
     return parts[0]
 
 
