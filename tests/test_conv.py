@@ -7,6 +7,7 @@ import torch
 import nbconv.functional as F
 import nbconv.functional._conv_plan as PLAN
 from nbconv import reference as R
+from nbconv import textbook as TB
 from nbconv.layers import Conv2d
 from helpers import DTYPES, assert_close, non_contiguous, num_threads, numeric_grad, torch_tensor
 
@@ -322,6 +323,83 @@ def test_depthwise_inf_stays_local(k):
     y = F.conv2d(x, w, b, **args)
     expect = torch_ref(x, w, b, args)
     assert np.array_equal(np.isinf(y), np.isinf(expect)) and not np.isnan(y).any()
+
+
+def _same_non_finite(actual, expected, dtype, what):
+    """NaN, +inf and -inf at the same places as torch, the finite values close."""
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(kind(actual), kind(expected)), f"{what}: {kind.__name__}"
+    fin = np.isfinite(expected)
+    if fin.any():
+        check(actual[fin], expected[fin], dtype, what)
+
+
+def _all_grads(x, w, b, args, dy):
+    y = F.conv2d(x, w, b, **args)
+    dx, dw, db = F.conv2d_backward(dy, x, w, **args)
+    return (y, dx, dw, db), (torch_ref(x, w, b, args),) + torch_ref(x, w, b, args, dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["padded_inf", "unread_nan", "unread_nan_depthwise",
+                                  "pointwise_dy_inf"])
+def test_issue11_bug_b_non_finite_as_torch(case, dtype):
+    """Issue 11 bug B: zero padding (of the reduction or of the image) and computed-and-dropped
+    columns are never multiplied into a result, so inf stays inf and a NaN that no output reads
+    does not reach the weight gradient."""
+    if case == "padded_inf":          # E = 18 reduction elements, padded to 20 with zeros
+        x = np.zeros((1, 2, 4, 4), dtype)
+        x[0, 0, 0, 0] = np.inf
+        w, args = np.ones((1, 2, 3, 3), dtype), dict(padding=1)
+    elif case == "pointwise_dy_inf":  # 1x1: 1 filter padded to 4 in the input gradient
+        x, w, args = np.ones((1, 3, 1, 1), dtype), np.ones((1, 3, 1, 1), dtype), {}
+    else:                             # column 4 is never read, and yet multiplied by dy = 0
+        x = np.ones((1, 2, 2, 5), dtype)
+        x[0, 0, 0, 4] = np.nan
+        depthwise = case.endswith("depthwise")
+        w = np.ones((2 if depthwise else 1, 1 if depthwise else 2, 2, 2), dtype)
+        args = dict(stride=2, groups=2 if depthwise else 1)
+    args = dict(dict(stride=1, padding=0, dilation=1, groups=1), **args)
+    y = F.conv2d(x, w, None, **args)
+    dy = np.ones(y.shape, dtype)
+    if case == "pointwise_dy_inf":
+        dy[0, 0, 0, 0] = np.inf
+    b = np.zeros(w.shape[0], dtype)
+    for what, a, e in zip("y dx dw db".split(), *_all_grads(x, w, b, args, dy)):
+        _same_non_finite(a, e, dtype, f"{case} {what}")
+    if case == "padded_inf":
+        assert y[0, 0, 1, 1] == np.inf
+    if case.startswith("unread_nan"):
+        assert np.isfinite(y).all() and (F.conv2d_backward(dy, x, w, **args)[1] == 2).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", [CFGS[i] for i in (0, 1, 2, 3, 4, 5, 7, 13, 14, 16, 19, 23,
+                                                       26)])
+def test_non_finite_sweep(cfg, dtype):
+    """Random inf, -inf and NaN in x, then in dy: every output and gradient has its non-finite
+    values where the textbook kernels (which skip padding taps) have them, and its finite values
+    agree with those of torch. (Torch itself is not consistent here: float32 oneDNN skips the
+    padding of a 3x3 conv but multiplies it for a padded 1x1 one, float64 always multiplies it,
+    so an inf of dy meeting padding gives NaN there; issue 11 asks that padding is never
+    multiplied.)"""
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        x, w, b, args = make(cfg, dtype, seed=trial)
+        dy = rng.standard_normal(F.conv2d(x, w, b, **args).shape).astype(dtype)
+        target = x if trial < 2 else dy
+        flat = target.reshape(-1)
+        for v, pos in zip([np.inf, -np.inf, np.nan][:trial % 2 + 1],
+                          rng.choice(flat.size, 2, replace=False)):
+            flat[pos] = v
+        ours, theirs = _all_grads(x, w, b, args, dy)
+        book = (TB.conv2d(x, w, b, **args),) + TB.conv2d_backward(dy, x, w, **args)
+        for what, a, e, t in zip("y dx dw db".split(), ours, book, theirs):
+            for kind in (np.isnan, np.isposinf, np.isneginf):
+                assert np.array_equal(kind(a), kind(e)), f"trial {trial} {what} {kind.__name__}"
+            fin = np.isfinite(a) & np.isfinite(t)
+            assert np.array_equal(fin, np.isfinite(a)) or what != "y", f"trial {trial} {what}"
+            check(a[fin], t[fin], dtype, f"trial {trial} {what}")
 
 
 # ---- argument errors ------------------------------------------------------------------------

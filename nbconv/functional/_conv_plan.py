@@ -50,6 +50,7 @@ import numpy as np
 from .._checks import conv_out_size
 from .._config import CONV_BLOCK_BYTES, MIN_TASKS, SMALL_COPY_BYTES
 from ..kernels import conv as _k
+from ..kernels import textbook as _tb
 
 PLANES, NCHW, SUBSAMPLED, DEPTHWISE = "planes", "nchw", "subsampled", "depthwise"
 
@@ -212,7 +213,7 @@ def _dx_plan(weight, geom):
         wsel = w5[:, :, :, ti][:, :, :, :, tj]                 # (G, Fg, Cg, nI, nJ)
         wt[p, :, :o.size, :geom.Cg] = wsel.transpose(0, 1, 3, 4, 2).reshape(geom.G, o.size,
                                                                           geom.Cg)
-        ph_out[p] = (Qw, rh, rw, _pad4(o.size))
+        ph_out[p] = (Qw, rh, rw, o.size)
     table = tasks([a[1] * geom.N for a, _ in phases], geom.G, Wd, geom.dtype.itemsize, geom.Cg)
     missing = len(phases) < len(ph_h) * len(ph_w)
     return (T, L, Hd, Wd), (wt, off, table, ph_out, missing)
@@ -246,8 +247,9 @@ def reduce_partials(parts):
     """``parts (chunks, ...)`` -> ``parts[0] + parts[1] + ...`` added in that order, in place
     into ``parts[0]``, which is returned. The chunks are fixed by the shapes and the order by
     this loop, so the sum is bitwise the same for any thread count."""
-    for c in range(1, parts.shape[0]):
-        parts[0] += parts[c]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, as in torch
+        for c in range(1, parts.shape[0]):
+            parts[0] += parts[c]
     return parts[0]
 
 
@@ -267,6 +269,31 @@ def _empty_planes(C, na, nb, Hq, N, Wq, dtype):
     buf = np.empty(size + Wq + 32, dtype)
     buf[size:] = 0
     return buf
+
+
+def _planes_to_x(xb, geom):
+    """x (N, C, H, W) read back from the ``"planes"`` layout (rows and columns of a stride phase
+    that no tap reads are not stored and come back as garbage: no tap reads them)."""
+    na, nb = len(geom.pha), len(geom.phb)
+    xq = xb[:geom.C * na * nb * geom.Hq * geom.N * geom.Wq].reshape(
+        geom.C, na, nb, geom.Hq, geom.N, geom.Wq)
+    r, c = np.arange(geom.H) + geom.pt, np.arange(geom.W) + geom.pl
+    ia = np.minimum(np.searchsorted(geom.pha, r % geom.sh), na - 1)
+    ib = np.minimum(np.searchsorted(geom.phb, c % geom.sw), nb - 1)
+    x = xq[:, ia[:, None], ib[None, :], (r // geom.sh)[:, None], :, (c // geom.sw)[None, :]]
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1))   # (H, W, C, N) -> (N, C, H, W)
+
+
+def exact_weight_grad(x, dy, geom):
+    """dweight (n_filters, Cg, KH, KW) by the textbook kernel, which skips the padding taps:
+    the fast kernels multiply zero padding and dropped columns too (by a zero), which is exact
+    for finite values but turns an inf or NaN there into a NaN that PyTorch does not have. So
+    a non-finite fast result is recomputed here (rare, and slow)."""
+    dw = np.empty(geom.w_shape, geom.dtype)
+    db = np.empty(geom.n_filters, geom.dtype)
+    _tb.conv2d_backward_weight(dy, x, dw, db, geom.sh, geom.sw, geom.pt, geom.pl, geom.dh,
+                               geom.dw)
+    return dw
 
 
 # ---- the engine of the "planes", "nchw" and "subsampled" paths --------------------------------
@@ -307,7 +334,7 @@ def forward(geom, xb, weight, bias):
         R, Wx = geom.OH * geom.N, geom.Wq
         table = tasks([R], geom.G, Wx, geom.dtype.itemsize, geom.Fg)
         yv, xs, Nr = y, 0, geom.N
-    ph_out = np.array([[yv.shape[3], 0, 0, off.size]], np.int64)
+    ph_out = np.array([[yv.shape[3], 0, 0, geom.Cg * geom.KH * geom.KW]], np.int64)
     _k.conv_rows(xb, xs, geom.group_stride, _fwd_weights(weight, geom)[None], off[None], bias,
                  yv, table, ph_out, Nr, Wx, 1, 1, geom.dtype.type(0))
     return y
@@ -323,7 +350,7 @@ def _nchw_input_grad(dy, weight, geom):
     wt[0, :, :geom.Fg, :geom.Cg] = weight.reshape(geom.G, geom.Fg, geom.Cg)
     off = (np.arange(_pad4(geom.Fg), dtype=np.int64) % geom.Fg * (geom.H * geom.W))[None]
     table = tasks([R], geom.G, Wx, geom.dtype.itemsize, geom.Cg, images=geom.N)
-    ph_out = np.array([[Wx, 0, 0, off.shape[1]]], np.int64)
+    ph_out = np.array([[Wx, 0, 0, geom.Fg]], np.int64)
     _k.conv_rows(dy.reshape(-1), geom.n_filters * geom.H * geom.W, geom.Fg * geom.H * geom.W,
                  wt, off, np.zeros(geom.C, geom.dtype), dx.reshape(geom.N, geom.C, R, Wx),
                  table, ph_out, 1, Wx, 1, 1, geom.dtype.type(0))
@@ -408,6 +435,8 @@ def backward(geom, xb, dy, weight, need_dx, need_bias):
     E = geom.Cg * geom.KH * geom.KW
     dw = np.ascontiguousarray(reduce_partials(part)[:, :E, :geom.Fg].transpose(0, 2, 1))
     dw = dw.reshape(geom.w_shape)
+    if geom.path == PLANES and not np.isfinite(dw).all():
+        dw = exact_weight_grad(_planes_to_x(xb, geom), dy, geom)
     db = reduce_partials(pbias).reshape(nf).copy() if need_bias else None
     if full.path == SUBSAMPLED and dx is not None:
         dx = _scatter_subsampled_dx(dx, full)

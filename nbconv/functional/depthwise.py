@@ -16,7 +16,7 @@ import numpy as np
 
 from .._config import DEPTHWISE_MAX_CHUNKS, MIN_TASKS
 from ..kernels import depthwise as _dk
-from ._conv_plan import reduce_partials
+from ._conv_plan import exact_weight_grad, reduce_partials
 
 
 def _scratch_plan(geom):
@@ -82,6 +82,8 @@ def backward(geom, x, dy, weight, need_dx, need_bias):
                            geom.sh, geom.sw, geom.pt, geom.pl, Hq, Wq, Toff, Loff, Hz, Wz,
                            need_dx, geom.dtype.type(0))
     dw = reduce_partials(dwp).reshape(geom.w_shape)
+    if not np.isfinite(dw).all():  # the scratch's padding and dropped columns met an inf/NaN
+        dw = exact_weight_grad(x, dy, geom)
     db = reduce_partials(dbp) if need_bias else None
     return (dx if need_dx else None), dw, db
 
