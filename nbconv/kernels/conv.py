@@ -22,15 +22,16 @@ loops read plain NCHW planes (1x1, stride-1, unpadded convolutions).
 - ``conv_weight_grad``: ``part[c, g, e, f] = sum_{q in chunk c} x[...] * dy[g*Fo+f, q]`` (and
   the bias gradient's partial sums): chunks are fixed by the wrapper (not by the thread count)
   and reduced in a fixed order by it, so results are bitwise reproducible. Register block:
-  4 elements x 2 filters, 8 scalar accumulators over a run of pixels.
+  4 elements x 4 filters (then pairs), 16 scalar accumulators over a run of pixels.
 
 Measured (AMD Zen 5, AVX-512, one thread, numba 0.68; a busy shared machine, best of 15):
 per-core fp32 peak of a tiny L1-resident Numba FMA loop (8 accumulators, one load per 8 FMAs)
 is 221-233 GFLOP/s (float64 113-118). ``inspect_asm`` (needs an empty cache, e.g.
 ``NUMBA_CACHE_DIR=/tmp/x``) shows both inner loops as packed ``vfmadd231ps zmm`` (LLVM picks
 512-bit vectors for ``znver5``) with no stack spill in the loop (``rsp`` appears only in the
-setup around it): ``conv_rows`` 16 FMAs per 4 ``x`` loads and 4 buffer loads/stores,
-``conv_weight_grad`` unrolled twice, 16 zmm accumulators. Whole ops (layout, tasks, write-out
+setup around it, or as a pointer reload in the 4x2 loop of ``conv_rows``; no zmm is
+spilled): ``conv_rows`` 4x4 and 4x2 blocks, ``conv_weight_grad``'s 4x4 block a 28-line loop of
+16 zmm FMAs with 16 zmm accumulators and no ``rsp`` reference. Whole ops (layout, tasks, write-out
 included), N=4 one thread, float32: forward 3x3 C=32 16x16 about 40-55 GFLOP/s (18-24% of
 peak), 3x3 C=64 8x8 23-30 (10-13%), 7x7 C=3 74-99 (33-43%), 1x1 C=64 69-97 (30-42%); dx+dw
 18-42%. So the micro-kernels are not the limit on this CPU: the L1 buffer traffic per FMA,
@@ -307,7 +308,70 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, zero):
                     x1 = xr[off[e + 1]:off[e + 1] + nq]
                     x2 = xr[off[e + 2]:off[e + 2] + nq]
                     x3 = xr[off[e + 3]:off[e + 3] + nq]
-                    for f in range(f0, min(Fo2, f0 + FW), 2):
+                    fend = min(Fo2, f0 + FW)
+                    for f in range(f0, fend - 3, 4):  # 4 elements x 4 filters: 16 sums
+                        d0 = dyi[g * Fo + f, q0:q0 + nq]
+                        d1 = dyi[g * Fo + f + 1, q0:q0 + nq]
+                        d2 = dyi[g * Fo + f + 2, q0:q0 + nq]
+                        d3 = dyi[g * Fo + min(f + 3, Fo - 1), q0:q0 + nq]
+                        s00 = zero
+                        s01 = zero
+                        s02 = zero
+                        s03 = zero
+                        s10 = zero
+                        s11 = zero
+                        s12 = zero
+                        s13 = zero
+                        s20 = zero
+                        s21 = zero
+                        s22 = zero
+                        s23 = zero
+                        s30 = zero
+                        s31 = zero
+                        s32 = zero
+                        s33 = zero
+                        for q in range(nq):
+                            a = d0[q]
+                            b = d1[q]
+                            c2 = d2[q]
+                            c3 = d3[q]
+                            v0 = x0[q]
+                            v1 = x1[q]
+                            v2 = x2[q]
+                            v3 = x3[q]
+                            s00 += v0 * a
+                            s01 += v0 * b
+                            s02 += v0 * c2
+                            s03 += v0 * c3
+                            s10 += v1 * a
+                            s11 += v1 * b
+                            s12 += v1 * c2
+                            s13 += v1 * c3
+                            s20 += v2 * a
+                            s21 += v2 * b
+                            s22 += v2 * c2
+                            s23 += v2 * c3
+                            s30 += v3 * a
+                            s31 += v3 * b
+                            s32 += v3 * c2
+                            s33 += v3 * c3
+                        P[e, f] += s00
+                        P[e, f + 1] += s01
+                        P[e, f + 2] += s02
+                        P[e, f + 3] += s03
+                        P[e + 1, f] += s10
+                        P[e + 1, f + 1] += s11
+                        P[e + 1, f + 2] += s12
+                        P[e + 1, f + 3] += s13
+                        P[e + 2, f] += s20
+                        P[e + 2, f + 1] += s21
+                        P[e + 2, f + 2] += s22
+                        P[e + 2, f + 3] += s23
+                        P[e + 3, f] += s30
+                        P[e + 3, f + 1] += s31
+                        P[e + 3, f + 2] += s32
+                        P[e + 3, f + 3] += s33
+                    for f in range(f0 + (fend - f0) // 4 * 4, fend, 2):
                         d0 = dyi[g * Fo + f, q0:q0 + nq]
                         d1 = dyi[g * Fo + min(f + 1, Fo - 1), q0:q0 + nq]
                         s00 = zero
