@@ -1,0 +1,270 @@
+"""Winograd F(4x4, 3x3) convolution loop nests (stride 1, dilation 1, 3x3 kernels).
+
+Draft: see the module docstring's final version at the end of the work.
+"""
+import numpy as np
+from numba import prange
+
+from .._config import kernel, serial_kernel
+
+ALPHA = 6  # transform tile side (m + r - 1 = 4 + 3 - 1)
+NE = ALPHA * ALPHA  # 36 transform points
+
+
+# ---------------------------------------------------------------- 1-d transforms
+@serial_kernel
+def _bt(d0, d1, d2, d3, d4, d5, k2, k4, k5):
+    """B^T d for one 6-vector (Lavin & Gray's points 0, +-1, +-2, inf)."""
+    return (k4 * d0 - k5 * d2 + d4,
+            (d3 + d4) - k4 * (d1 + d2),
+            (d4 - d3) + k4 * (d1 - d2),
+            (d4 - d2) + k2 * (d3 - d1),
+            (d4 - d2) - k2 * (d3 - d1),
+            k4 * d1 - k5 * d3 + d5)
+
+
+@serial_kernel
+def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
+    """A^T m for one 6-vector: 4 outputs."""
+    s12 = m1 + m2
+    d12 = m1 - m2
+    s34 = m3 + m4
+    d34 = m3 - m4
+    return (m0 + s12 + s34,
+            d12 + k2 * d34,
+            s12 + k4 * s34,
+            d12 + k8 * d34 + m5)
+
+
+# ---------------------------------------------------------------- weight transform
+@kernel
+def weight_transform(w, U, cst):
+    """w (G*Fo, Cg, 3, 3) -> U (G, 36, Cp, Fp) = G w G^T per (f, c), transform point
+    ``e = 6*a + b`` (rows and columns beyond ``Cg``/``Fo`` set to zero). ``cst`` holds the
+    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``."""
+    G, _, Cp, Fp = U.shape
+    Ft, Cg = w.shape[0], w.shape[1]
+    Fo = Ft // G
+    q4, q6, q12, q24 = cst[4], cst[5], cst[6], cst[7]
+    zero = cst[0] - cst[0]
+    for gf in prange(G * Fp):
+        g = gf // Fp
+        f = gf - g * Fp
+        for c in range(Cp):
+            if f >= Fo or c >= Cg:
+                for e in range(NE):
+                    U[g, e, c, f] = zero
+                continue
+            wk = w[g * Fo + f, c]
+            t = np.empty((6, 3), w.dtype)
+            for j in range(3):
+                g0, g1, g2 = wk[0, j], wk[1, j], wk[2, j]
+                t[0, j] = q4 * g0
+                t[1, j] = -q6 * (g0 + g1 + g2)
+                t[2, j] = -q6 * (g0 - g1 + g2)
+                t[3, j] = q24 * g0 + q12 * g1 + q6 * g2
+                t[4, j] = q24 * g0 - q12 * g1 + q6 * g2
+                t[5, j] = g2
+            for a in range(6):
+                g0, g1, g2 = t[a, 0], t[a, 1], t[a, 2]
+                U[g, 6 * a + 0, c, f] = q4 * g0
+                U[g, 6 * a + 1, c, f] = -q6 * (g0 + g1 + g2)
+                U[g, 6 * a + 2, c, f] = -q6 * (g0 - g1 + g2)
+                U[g, 6 * a + 3, c, f] = q24 * g0 + q12 * g1 + q6 * g2
+                U[g, 6 * a + 4, c, f] = q24 * g0 - q12 * g1 + q6 * g2
+                U[g, 6 * a + 5, c, f] = g2
+
+
+# ---------------------------------------------------------------- per-task passes
+@serial_kernel
+def _input_transform(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
+    """V[e, c, (n-n0)*nt + tw - tw0] = (B^T d B)[e] for the 6x6 patch ``d`` of channel
+    ``ch0 + c`` of image ``n`` whose top-left corner is ``(4*th - pt, 4*tw - pl)`` (zero outside
+    ``x``); ``rb`` (6, >= 4*nt + 2) is scratch."""
+    H, W = x.shape[2], x.shape[3]
+    k2, k4, k5 = cst[0], cst[1], cst[2]
+    zero = k2 - k2
+    Wb = 4 * nt + 2
+    cx0 = 4 * tw0 - pl  # x column of rb[:, 0]
+    u0 = min(Wb, max(0, -cx0))  # rb columns [u0, u1) lie inside x
+    u1 = max(u0, min(Wb, W - cx0))
+    for c in range(Cg):
+        for n in range(n0, n1):
+            for l in range(6):
+                h = 4 * th + l - pt
+                r = rb[l]
+                if h < 0 or h >= H:
+                    for u in range(Wb):
+                        r[u] = zero
+                else:
+                    src = x[n, ch0 + c, h, cx0 + u0:cx0 + u1]
+                    for u in range(u0):
+                        r[u] = zero
+                    dst = r[u0:u1]
+                    for u in range(u1 - u0):
+                        dst[u] = src[u]
+                    for u in range(u1, Wb):
+                        r[u] = zero
+            j0 = (n - n0) * nt
+            r0, r1, r2, r3, r4, r5 = rb[0], rb[1], rb[2], rb[3], rb[4], rb[5]
+            for tw in range(nt):
+                b = 4 * tw
+                # columns first (B^T along each of the 6 rows)
+                a00, a01, a02, a03, a04, a05 = _bt(r0[b], r0[b + 1], r0[b + 2], r0[b + 3],
+                                                   r0[b + 4], r0[b + 5], k2, k4, k5)
+                a10, a11, a12, a13, a14, a15 = _bt(r1[b], r1[b + 1], r1[b + 2], r1[b + 3],
+                                                   r1[b + 4], r1[b + 5], k2, k4, k5)
+                a20, a21, a22, a23, a24, a25 = _bt(r2[b], r2[b + 1], r2[b + 2], r2[b + 3],
+                                                   r2[b + 4], r2[b + 5], k2, k4, k5)
+                a30, a31, a32, a33, a34, a35 = _bt(r3[b], r3[b + 1], r3[b + 2], r3[b + 3],
+                                                   r3[b + 4], r3[b + 5], k2, k4, k5)
+                a40, a41, a42, a43, a44, a45 = _bt(r4[b], r4[b + 1], r4[b + 2], r4[b + 3],
+                                                   r4[b + 4], r4[b + 5], k2, k4, k5)
+                a50, a51, a52, a53, a54, a55 = _bt(r5[b], r5[b + 1], r5[b + 2], r5[b + 3],
+                                                   r5[b + 4], r5[b + 5], k2, k4, k5)
+                j = j0 + tw
+                # then rows: V[6*i + k] = (B^T)[i, :] . a[:, k]
+                v = _bt(a00, a10, a20, a30, a40, a50, k2, k4, k5)
+                V[0, c, j], V[6, c, j], V[12, c, j] = v[0], v[1], v[2]
+                V[18, c, j], V[24, c, j], V[30, c, j] = v[3], v[4], v[5]
+                v = _bt(a01, a11, a21, a31, a41, a51, k2, k4, k5)
+                V[1, c, j], V[7, c, j], V[13, c, j] = v[0], v[1], v[2]
+                V[19, c, j], V[25, c, j], V[31, c, j] = v[3], v[4], v[5]
+                v = _bt(a02, a12, a22, a32, a42, a52, k2, k4, k5)
+                V[2, c, j], V[8, c, j], V[14, c, j] = v[0], v[1], v[2]
+                V[20, c, j], V[26, c, j], V[32, c, j] = v[3], v[4], v[5]
+                v = _bt(a03, a13, a23, a33, a43, a53, k2, k4, k5)
+                V[3, c, j], V[9, c, j], V[15, c, j] = v[0], v[1], v[2]
+                V[21, c, j], V[27, c, j], V[33, c, j] = v[3], v[4], v[5]
+                v = _bt(a04, a14, a24, a34, a44, a54, k2, k4, k5)
+                V[4, c, j], V[10, c, j], V[16, c, j] = v[0], v[1], v[2]
+                V[22, c, j], V[28, c, j], V[34, c, j] = v[3], v[4], v[5]
+                v = _bt(a05, a15, a25, a35, a45, a55, k2, k4, k5)
+                V[5, c, j], V[11, c, j], V[17, c, j] = v[0], v[1], v[2]
+                V[23, c, j], V[29, c, j], V[35, c, j] = v[3], v[4], v[5]
+
+
+@serial_kernel
+def _product(V, U, M, f0, fn, T):
+    """M[e, k, :T] = sum_c U[e, c, f0 + k] * V[e, c, :T] for k < fn (fn % 4 == 0): 4 channels
+    x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators."""
+    Cp = V.shape[1]
+    for e in range(NE):
+        Ve = V[e]
+        Ue = U[e]
+        Me = M[e]
+        for k in range(0, fn, 4):
+            f = f0 + k
+            m0 = Me[k, :T]
+            m1 = Me[k + 1, :T]
+            m2 = Me[k + 2, :T]
+            m3 = Me[k + 3, :T]
+            for c in range(0, Cp, 4):
+                x0 = Ve[c, :T]
+                x1 = Ve[c + 1, :T]
+                x2 = Ve[c + 2, :T]
+                x3 = Ve[c + 3, :T]
+                w00, w01, w02, w03 = Ue[c, f], Ue[c, f + 1], Ue[c, f + 2], Ue[c, f + 3]
+                w10, w11, w12, w13 = Ue[c + 1, f], Ue[c + 1, f + 1], Ue[c + 1, f + 2], \
+                    Ue[c + 1, f + 3]
+                w20, w21, w22, w23 = Ue[c + 2, f], Ue[c + 2, f + 1], Ue[c + 2, f + 2], \
+                    Ue[c + 2, f + 3]
+                w30, w31, w32, w33 = Ue[c + 3, f], Ue[c + 3, f + 1], Ue[c + 3, f + 2], \
+                    Ue[c + 3, f + 3]
+                if c == 0:
+                    for q in range(T):
+                        a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
+                        m0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                        m1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                        m2[q] = w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
+                        m3[q] = w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
+                else:
+                    for q in range(T):
+                        a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
+                        m0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                        m1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                        m2[q] += w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
+                        m3[q] += w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
+
+
+@serial_kernel
+def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, cst):
+    """y[n, fy0 + k, 4*th + a, 4*tw + b] = bias[fy0 + k] + (A^T M A)[a, b] of tile
+    ``j = (n-n0)*nt + tw - tw0`` for k < fn, cropped to y; ``rb`` (4, >= 4*nt) is scratch."""
+    OH, OW = y.shape[2], y.shape[3]
+    k2, k4, k8 = cst[0], cst[1], cst[3]
+    ox0 = 4 * tw0
+    ncol = min(4 * nt, OW - ox0)
+    nrow = min(4, OH - 4 * th)
+    rb0, rb1, rb2, rb3 = rb[0], rb[1], rb[2], rb[3]
+    for k in range(fn):
+        bb = bias[fy0 + k]
+        for n in range(n0, n1):
+            j0 = (n - n0) * nt
+            for tw in range(nt):
+                j = j0 + tw
+                # rows first: t[i] = A^T m[i, :] (4 values) for the 6 rows i
+                t00, t01, t02, t03 = _at(M[0, k, j], M[1, k, j], M[2, k, j], M[3, k, j],
+                                         M[4, k, j], M[5, k, j], k2, k4, k8)
+                t10, t11, t12, t13 = _at(M[6, k, j], M[7, k, j], M[8, k, j], M[9, k, j],
+                                         M[10, k, j], M[11, k, j], k2, k4, k8)
+                t20, t21, t22, t23 = _at(M[12, k, j], M[13, k, j], M[14, k, j], M[15, k, j],
+                                         M[16, k, j], M[17, k, j], k2, k4, k8)
+                t30, t31, t32, t33 = _at(M[18, k, j], M[19, k, j], M[20, k, j], M[21, k, j],
+                                         M[22, k, j], M[23, k, j], k2, k4, k8)
+                t40, t41, t42, t43 = _at(M[24, k, j], M[25, k, j], M[26, k, j], M[27, k, j],
+                                         M[28, k, j], M[29, k, j], k2, k4, k8)
+                t50, t51, t52, t53 = _at(M[30, k, j], M[31, k, j], M[32, k, j], M[33, k, j],
+                                         M[34, k, j], M[35, k, j], k2, k4, k8)
+                b = 4 * tw
+                for col in range(4):
+                    if col == 0:
+                        s = _at(t00, t10, t20, t30, t40, t50, k2, k4, k8)
+                    elif col == 1:
+                        s = _at(t01, t11, t21, t31, t41, t51, k2, k4, k8)
+                    elif col == 2:
+                        s = _at(t02, t12, t22, t32, t42, t52, k2, k4, k8)
+                    else:
+                        s = _at(t03, t13, t23, t33, t43, t53, k2, k4, k8)
+                    rb0[b + col] = s[0] + bb
+                    rb1[b + col] = s[1] + bb
+                    rb2[b + col] = s[2] + bb
+                    rb3[b + col] = s[3] + bb
+            for a in range(nrow):
+                src = rb[a]
+                dst = y[n, fy0 + k, 4 * th + a, ox0:ox0 + ncol]
+                for u in range(ncol):
+                    dst[u] = src[u]
+
+
+@kernel
+def winograd_forward(x, U, bias, y, tasks, pt, pl, FBK, cst):
+    """x (N, G*Cg, H, W); U (G, 36, Cp, Fp) from :func:`weight_transform`; bias (G*Fo,);
+    y (N, G*Fo, OH, OW) with ``y[n, f, oh, ow] = bias[f] + sum xpad[n, c, oh + i, ow + j] *
+    w[f, c, i, j]`` where ``xpad`` is ``x`` shifted by ``(pt, pl)`` and zero outside (any
+    integers, so also a crop). tasks (T, 6) rows ``(g, th, n0, n1, tw0, tw1)``: tile row ``th``
+    of images ``[n0, n1)``, tile columns ``[tw0, tw1)``; every output element lies in exactly
+    one task's tiles. ``FBK`` filters (a multiple of 4) share one pass over the transformed
+    input."""
+    G, _, Cp, Fp = U.shape
+    Cg = x.shape[1] // G
+    Fo = y.shape[1] // G
+    zero = cst[0] - cst[0]
+    for task in prange(tasks.shape[0]):
+        g, th, n0, n1, tw0, tw1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], \
+            tasks[task, 3], tasks[task, 4], tasks[task, 5]
+        nt = tw1 - tw0
+        T = (n1 - n0) * nt
+        V = np.empty((NE, Cp, T), x.dtype)
+        for e in range(NE):
+            for c in range(Cg, Cp):
+                for j in range(T):
+                    V[e, c, j] = zero
+        rb = np.empty((6, 4 * nt + 2), x.dtype)
+        _input_transform(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
+        M = np.empty((NE, min(FBK, Fp), T), x.dtype)
+        for f0 in range(0, Fp, FBK):
+            fn = min(FBK, Fp - f0)
+            _product(V, U[g], M, f0, fn, T)
+            _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0, nt,
+                              rb, cst)
