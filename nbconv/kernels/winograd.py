@@ -3,7 +3,7 @@
 Draft: see the module docstring's final version at the end of the work.
 """
 import numpy as np
-from numba import prange
+from numba import get_thread_id, prange
 
 from .._config import kernel, serial_kernel
 
@@ -77,8 +77,19 @@ def weight_transform(w, U, cst):
 
 # ---------------------------------------------------------------- per-task passes
 @serial_kernel
+def _row_len(T, lane):
+    """Row length >= T of the scratch arrays: an odd number of 64-byte lines, so that the 36
+    rows a tile touches fall into different L1 sets (a power-of-two stride put them all in a
+    few sets and made both transforms 4-10x slower)."""
+    k = (T + lane - 1) // lane
+    if k % 2 == 0:
+        k += 1
+    return k * lane
+
+
+@serial_kernel
 def _input_transform(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
-    """V[e, c, (n-n0)*nt + tw - tw0] = (B^T d B)[e] for the 6x6 patch ``d`` of channel
+    """V[c, e, (n-n0)*nt + tw - tw0] = (B^T d B)[e] for the 6x6 patch ``d`` of channel
     ``ch0 + c`` of image ``n`` whose top-left corner is ``(4*th - pt, 4*tw - pl)`` (zero outside
     ``x``); ``rb`` (6, >= 4*nt + 2) is scratch."""
     H, W = x.shape[2], x.shape[3]
@@ -125,45 +136,43 @@ def _input_transform(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
                 j = j0 + tw
                 # then rows: V[6*i + k] = (B^T)[i, :] . a[:, k]
                 v = _bt(a00, a10, a20, a30, a40, a50, k2, k4, k5)
-                V[0, c, j], V[6, c, j], V[12, c, j] = v[0], v[1], v[2]
-                V[18, c, j], V[24, c, j], V[30, c, j] = v[3], v[4], v[5]
+                V[c, 0, j], V[c, 6, j], V[c, 12, j] = v[0], v[1], v[2]
+                V[c, 18, j], V[c, 24, j], V[c, 30, j] = v[3], v[4], v[5]
                 v = _bt(a01, a11, a21, a31, a41, a51, k2, k4, k5)
-                V[1, c, j], V[7, c, j], V[13, c, j] = v[0], v[1], v[2]
-                V[19, c, j], V[25, c, j], V[31, c, j] = v[3], v[4], v[5]
+                V[c, 1, j], V[c, 7, j], V[c, 13, j] = v[0], v[1], v[2]
+                V[c, 19, j], V[c, 25, j], V[c, 31, j] = v[3], v[4], v[5]
                 v = _bt(a02, a12, a22, a32, a42, a52, k2, k4, k5)
-                V[2, c, j], V[8, c, j], V[14, c, j] = v[0], v[1], v[2]
-                V[20, c, j], V[26, c, j], V[32, c, j] = v[3], v[4], v[5]
+                V[c, 2, j], V[c, 8, j], V[c, 14, j] = v[0], v[1], v[2]
+                V[c, 20, j], V[c, 26, j], V[c, 32, j] = v[3], v[4], v[5]
                 v = _bt(a03, a13, a23, a33, a43, a53, k2, k4, k5)
-                V[3, c, j], V[9, c, j], V[15, c, j] = v[0], v[1], v[2]
-                V[21, c, j], V[27, c, j], V[33, c, j] = v[3], v[4], v[5]
+                V[c, 3, j], V[c, 9, j], V[c, 15, j] = v[0], v[1], v[2]
+                V[c, 21, j], V[c, 27, j], V[c, 33, j] = v[3], v[4], v[5]
                 v = _bt(a04, a14, a24, a34, a44, a54, k2, k4, k5)
-                V[4, c, j], V[10, c, j], V[16, c, j] = v[0], v[1], v[2]
-                V[22, c, j], V[28, c, j], V[34, c, j] = v[3], v[4], v[5]
+                V[c, 4, j], V[c, 10, j], V[c, 16, j] = v[0], v[1], v[2]
+                V[c, 22, j], V[c, 28, j], V[c, 34, j] = v[3], v[4], v[5]
                 v = _bt(a05, a15, a25, a35, a45, a55, k2, k4, k5)
-                V[5, c, j], V[11, c, j], V[17, c, j] = v[0], v[1], v[2]
-                V[23, c, j], V[29, c, j], V[35, c, j] = v[3], v[4], v[5]
+                V[c, 5, j], V[c, 11, j], V[c, 17, j] = v[0], v[1], v[2]
+                V[c, 23, j], V[c, 29, j], V[c, 35, j] = v[3], v[4], v[5]
 
 
 @serial_kernel
 def _product(V, U, M, f0, fn, T):
-    """M[e, k, :T] = sum_c U[e, c, f0 + k] * V[e, c, :T] for k < fn (fn % 4 == 0): 4 channels
+    """M[k, e, :T] = sum_c U[e, c, f0 + k] * V[c, e, :T] for k < fn (fn % 4 == 0): 4 channels
     x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators."""
-    Cp = V.shape[1]
+    Cp = V.shape[0]
     for e in range(NE):
-        Ve = V[e]
         Ue = U[e]
-        Me = M[e]
         for k in range(0, fn, 4):
             f = f0 + k
-            m0 = Me[k, :T]
-            m1 = Me[k + 1, :T]
-            m2 = Me[k + 2, :T]
-            m3 = Me[k + 3, :T]
+            m0 = M[k, e, :T]
+            m1 = M[k + 1, e, :T]
+            m2 = M[k + 2, e, :T]
+            m3 = M[k + 3, e, :T]
             for c in range(0, Cp, 4):
-                x0 = Ve[c, :T]
-                x1 = Ve[c + 1, :T]
-                x2 = Ve[c + 2, :T]
-                x3 = Ve[c + 3, :T]
+                x0 = V[c, e, :T]
+                x1 = V[c + 1, e, :T]
+                x2 = V[c + 2, e, :T]
+                x3 = V[c + 3, e, :T]
                 w00, w01, w02, w03 = Ue[c, f], Ue[c, f + 1], Ue[c, f + 2], Ue[c, f + 3]
                 w10, w11, w12, w13 = Ue[c + 1, f], Ue[c + 1, f + 1], Ue[c + 1, f + 2], \
                     Ue[c + 1, f + 3]
@@ -204,18 +213,18 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, cst):
             for tw in range(nt):
                 j = j0 + tw
                 # rows first: t[i] = A^T m[i, :] (4 values) for the 6 rows i
-                t00, t01, t02, t03 = _at(M[0, k, j], M[1, k, j], M[2, k, j], M[3, k, j],
-                                         M[4, k, j], M[5, k, j], k2, k4, k8)
-                t10, t11, t12, t13 = _at(M[6, k, j], M[7, k, j], M[8, k, j], M[9, k, j],
-                                         M[10, k, j], M[11, k, j], k2, k4, k8)
-                t20, t21, t22, t23 = _at(M[12, k, j], M[13, k, j], M[14, k, j], M[15, k, j],
-                                         M[16, k, j], M[17, k, j], k2, k4, k8)
-                t30, t31, t32, t33 = _at(M[18, k, j], M[19, k, j], M[20, k, j], M[21, k, j],
-                                         M[22, k, j], M[23, k, j], k2, k4, k8)
-                t40, t41, t42, t43 = _at(M[24, k, j], M[25, k, j], M[26, k, j], M[27, k, j],
-                                         M[28, k, j], M[29, k, j], k2, k4, k8)
-                t50, t51, t52, t53 = _at(M[30, k, j], M[31, k, j], M[32, k, j], M[33, k, j],
-                                         M[34, k, j], M[35, k, j], k2, k4, k8)
+                t00, t01, t02, t03 = _at(M[k, 0, j], M[k, 1, j], M[k, 2, j], M[k, 3, j],
+                                         M[k, 4, j], M[k, 5, j], k2, k4, k8)
+                t10, t11, t12, t13 = _at(M[k, 6, j], M[k, 7, j], M[k, 8, j], M[k, 9, j],
+                                         M[k, 10, j], M[k, 11, j], k2, k4, k8)
+                t20, t21, t22, t23 = _at(M[k, 12, j], M[k, 13, j], M[k, 14, j], M[k, 15, j],
+                                         M[k, 16, j], M[k, 17, j], k2, k4, k8)
+                t30, t31, t32, t33 = _at(M[k, 18, j], M[k, 19, j], M[k, 20, j], M[k, 21, j],
+                                         M[k, 22, j], M[k, 23, j], k2, k4, k8)
+                t40, t41, t42, t43 = _at(M[k, 24, j], M[k, 25, j], M[k, 26, j], M[k, 27, j],
+                                         M[k, 28, j], M[k, 29, j], k2, k4, k8)
+                t50, t51, t52, t53 = _at(M[k, 30, j], M[k, 31, j], M[k, 32, j], M[k, 33, j],
+                                         M[k, 34, j], M[k, 35, j], k2, k4, k8)
                 b = 4 * tw
                 for col in range(4):
                     if col == 0:
@@ -237,34 +246,86 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, cst):
                     dst[u] = src[u]
 
 
+@serial_kernel
+def _output_transform_v(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
+    """As :func:`_output_transform`, vectorised over the task's tiles: ``P = M A`` then
+    ``Y = A^T P + bias`` as unit-stride loops over the tiles ``j``, then
+    each image's output rows interleaved back from the tiles (``rb`` (>= 4*nt,), S (6, 4, >= T)
+    and Y (4, 4, >= T) scratch)."""
+    OH, OW = y.shape[2], y.shape[3]
+    k2, k4, k8 = cst[0], cst[1], cst[3]
+    T = (n1 - n0) * nt
+    ox0 = 4 * tw0
+    ncol = min(4 * nt, OW - ox0)
+    nrow = min(4, OH - 4 * th)
+    for k in range(fn):
+        bb = bias[fy0 + k]
+        for i in range(6):  # S[i, b] = sum_k' M[i, k'] A[k', b] (rows i of the 6x6 tile)
+            m0, m1, m2, m3, m4, m5 = M[k, 6 * i, :T], M[k, 6 * i + 1, :T], \
+                M[k, 6 * i + 2, :T], M[k, 6 * i + 3, :T], M[k, 6 * i + 4, :T], \
+                M[k, 6 * i + 5, :T]
+            p0, p1, p2, p3 = S[i, 0, :T], S[i, 1, :T], S[i, 2, :T], S[i, 3, :T]
+            for j in range(T):
+                p0[j], p1[j], p2[j], p3[j] = _at(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j],
+                                                 k2, k4, k8)
+        for b in range(4):  # Y[a, b] = sum_i A^T[a, i] S[i, b] + bias, into Y[a, b]
+            t0, t1, t2, t3, t4, t5 = S[0, b, :T], S[1, b, :T], S[2, b, :T], S[3, b, :T], \
+                S[4, b, :T], S[5, b, :T]
+            o0, o1, o2, o3 = Y[0, b, :T], Y[1, b, :T], Y[2, b, :T], Y[3, b, :T]
+            for j in range(T):
+                r0, r1, r2, r3 = _at(t0[j], t1[j], t2[j], t3[j], t4[j], t5[j], k2, k4, k8)
+                o0[j] = r0 + bb
+                o1[j] = r1 + bb
+                o2[j] = r2 + bb
+                o3[j] = r3 + bb
+        for n in range(n0, n1):
+            j0 = (n - n0) * nt
+            for a in range(nrow):
+                y0 = Y[a, 0, j0:j0 + nt]
+                y1 = Y[a, 1, j0:j0 + nt]
+                y2 = Y[a, 2, j0:j0 + nt]
+                y3 = Y[a, 3, j0:j0 + nt]
+                for tw in range(nt):
+                    rb[4 * tw] = y0[tw]
+                    rb[4 * tw + 1] = y1[tw]
+                    rb[4 * tw + 2] = y2[tw]
+                    rb[4 * tw + 3] = y3[tw]
+                dst = y[n, fy0 + k, 4 * th + a, ox0:ox0 + ncol]
+                for u in range(ncol):
+                    dst[u] = rb[u]
+
+
 @kernel
-def winograd_forward(x, U, bias, y, tasks, pt, pl, FBK, cst):
+def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
     """x (N, G*Cg, H, W); U (G, 36, Cp, Fp) from :func:`weight_transform`; bias (G*Fo,);
     y (N, G*Fo, OH, OW) with ``y[n, f, oh, ow] = bias[f] + sum xpad[n, c, oh + i, ow + j] *
     w[f, c, i, j]`` where ``xpad`` is ``x`` shifted by ``(pt, pl)`` and zero outside (any
     integers, so also a crop). tasks (T, 6) rows ``(g, th, n0, n1, tw0, tw1)``: tile row ``th``
     of images ``[n0, n1)``, tile columns ``[tw0, tw1)``; every output element lies in exactly
-    one task's tiles. ``FBK`` filters (a multiple of 4) share one pass over the transformed
-    input."""
+    one task's tiles. Scratch per thread: Vs (threads, Cp, 36, Ts) zero (its rows ``c >= Cg``
+    stay zero), Ms (threads, FBK, 36, Ts) (``FBK`` filters, a multiple of 4, share one pass over
+    the transformed input), Rs (threads, 6, >= 4*tiles + 2), Qs (threads, 2, 6, 6, Ts), with
+    ``Ts`` >= the tiles of a task."""
     G, _, Cp, Fp = U.shape
     Cg = x.shape[1] // G
     Fo = y.shape[1] // G
-    zero = cst[0] - cst[0]
+    FBK = Ms.shape[1]
     for task in prange(tasks.shape[0]):
         g, th, n0, n1, tw0, tw1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], \
             tasks[task, 3], tasks[task, 4], tasks[task, 5]
         nt = tw1 - tw0
         T = (n1 - n0) * nt
-        V = np.empty((NE, Cp, T), x.dtype)
-        for e in range(NE):
-            for c in range(Cg, Cp):
-                for j in range(T):
-                    V[e, c, j] = zero
-        rb = np.empty((6, 4 * nt + 2), x.dtype)
+        tid = get_thread_id()
+        V = Vs[tid]
+        M = Ms[tid]
+        rb = Rs[tid]
         _input_transform(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
-        M = np.empty((NE, min(FBK, Fp), T), x.dtype)
         for f0 in range(0, Fp, FBK):
             fn = min(FBK, Fp - f0)
             _product(V, U[g], M, f0, fn, T)
-            _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0, nt,
-                              rb, cst)
+            if nt >= 4:  # vectorised over the tiles (slower for short image rows)
+                _output_transform_v(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th,
+                                    tw0, nt, rb[0], Qs[tid, 0], Qs[tid, 1], cst)
+            else:
+                _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0,
+                                  nt, rb, cst)
