@@ -57,16 +57,16 @@ def _plan(N, OH, OW, G, Cp, itemsize):
         k = -(-TW // T)
         cuts = [TW * i // k for i in range(k + 1)]
         for g in range(G):
-            for th in range(TH):
-                for n in range(N):
+            for n in range(N):
+                for th in range(TH):
                     rows += [(g, th, n, n + 1, cuts[i], cuts[i + 1]) for i in range(k)]
     else:
         nb = max(1, T // TW)
         k = -(-N // nb)
         cuts = [N * i // k for i in range(k + 1)]
         for g in range(G):
-            for th in range(TH):
-                rows += [(g, th, cuts[i], cuts[i + 1], 0, TW) for i in range(k)]
+            for i in range(k):  # tile rows of the same images one after the other
+                rows += [(g, th, cuts[i], cuts[i + 1], 0, TW) for th in range(TH)]
     return np.array(rows, np.int64).reshape(-1, 6)
 
 
