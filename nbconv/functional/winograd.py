@@ -12,7 +12,7 @@ from ..kernels import winograd as _k
 
 __all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad"]
 
-_V_BYTES = 2 << 20  # the transformed input of one task (36 x channels x tiles), about L2
+_V_BYTES = 4 << 20  # the transformed input of one task (36 x channels x tiles), about L2
 _T_MAX = 128  # tiles per task at most (a run of the product's inner loop)
 _T_MIN = 16
 _FBK = 32  # filters per pass of the product (their 36 x FBK x T products stay in L2)
@@ -90,11 +90,11 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     tasks = _plan(N, OH, OW, groups, U.shape[2], dtype.itemsize)
     nth = numba.get_num_threads()
     Tmax = int(((tasks[:, 3] - tasks[:, 2]) * (tasks[:, 5] - tasks[:, 4])).max())
-    wmax = int((tasks[:, 5] - tasks[:, 4]).max())
+    wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
     Ts = _k._row_len(Tmax, 64 // dtype.itemsize)
     Vs = np.zeros((nth, U.shape[2], 36, Ts), dtype)
     Ms = np.empty((nth, min(_FBK, U.shape[3]), 36, Ts), dtype)
-    Rs = np.empty((nth, 6, 4 * wmax + 2), dtype)
+    Rs = np.empty((nth, 12, wmax), dtype)
     Qs = np.empty((nth, 2, 6, 6, Ts), dtype)
     _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst)
     return y

@@ -156,6 +156,120 @@ def _input_transform(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
 
 
 @serial_kernel
+def _input_transform2(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
+    """As :func:`_input_transform`, with the column transform run on whole padded rows (unit
+    stride, vectorised) and only the row transform per tile: ``rb`` (12, >= 4*nt + 2) holds the
+    6 zero padded input rows and then their ``B^T`` combinations."""
+    H, W = x.shape[2], x.shape[3]
+    C = x.shape[1]
+    k2, k4, k5 = cst[0], cst[1], cst[2]
+    zero = k2 - k2
+    Wb = 4 * nt + 2
+    L = rb.shape[1]
+    cx0 = 4 * tw0 - pl  # x column of rb[:, 0]
+    u0 = min(Wb, max(0, -cx0))  # rb columns [u0, u1) lie inside x
+    u1 = max(u0, min(Wb, W - cx0))
+    nu = u1 - u0
+    x1 = x.reshape(-1)
+    rf = rb.reshape(-1)
+    for l in range(6):
+        for u in range(Wb):
+            rb[l, u] = zero
+    for c in range(Cg):
+        for n in range(n0, n1):
+            for l in range(6):
+                h = 4 * th + l - pt
+                if h >= 0 and h < H:  # rows outside x stay zero, as do columns [0, u0), [u1, Wb)
+                    xb = np.uint64(((n * C + ch0 + c) * H + h) * W + cx0 + u0)
+                    rbase = np.uint64(l * L + u0)
+                    for u in range(nu):
+                        rf[rbase + np.uint64(u)] = x1[xb + np.uint64(u)]
+            # R[a] = sum_l B^T[a, l] row_l, whole rows at once
+            d0, d1, d2, d3, d4, d5 = rb[0, :Wb], rb[1, :Wb], rb[2, :Wb], rb[3, :Wb], \
+                rb[4, :Wb], rb[5, :Wb]
+            e0, e1, e2, e3, e4, e5 = rb[6, :Wb], rb[7, :Wb], rb[8, :Wb], rb[9, :Wb], \
+                rb[10, :Wb], rb[11, :Wb]
+            for u in range(Wb):
+                e0[u], e1[u], e2[u], e3[u], e4[u], e5[u] = _bt(d0[u], d1[u], d2[u], d3[u],
+                                                               d4[u], d5[u], k2, k4, k5)
+            j0 = (n - n0) * nt
+            for a in range(6):
+                r = rb[6 + a]
+                ea = V[c, 6 * a:6 * a + 6]
+                for tw in range(nt):
+                    b = 4 * tw
+                    v0, v1, v2, v3, v4, v5 = _bt(r[b], r[b + 1], r[b + 2], r[b + 3], r[b + 4],
+                                                 r[b + 5], k2, k4, k5)
+                    j = j0 + tw
+                    ea[0, j] = v0
+                    ea[1, j] = v1
+                    ea[2, j] = v2
+                    ea[3, j] = v3
+                    ea[4, j] = v4
+                    ea[5, j] = v5
+
+
+@serial_kernel
+def _input_transform3(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
+    """As :func:`_input_transform`: per channel, the 6 zero padded input rows of all the task's
+    images side by side in ``rb[l, n*Wb + u]`` (``Wb = 4*nt + 2``), their column transform
+    ``B^T`` on whole rows at once (unit stride, vectorised) into ``rb[6 + a]``, then the row
+    transform per tile. ``rb`` (12, >= (n1-n0)*Wb) is scratch."""
+    H, W = x.shape[2], x.shape[3]
+    C = x.shape[1]
+    k2, k4, k5 = cst[0], cst[1], cst[2]
+    zero = k2 - k2
+    Wb = 4 * nt + 2
+    nb = n1 - n0
+    Lw = nb * Wb
+    L = rb.shape[1]
+    cx0 = 4 * tw0 - pl  # x column of rb[:, 0]
+    u0 = min(Wb, max(0, -cx0))  # rb columns [u0, u1) lie inside x
+    u1 = max(u0, min(Wb, W - cx0))
+    nu = u1 - u0
+    x1 = x.reshape(-1)
+    rf = rb.reshape(-1)
+    # padding (rows outside x, columns [0, u0) and [u1, Wb) of each image) is the same for
+    # every channel: zero it once
+    for l in range(6):
+        for u in range(Lw):
+            rb[l, u] = zero
+    for c in range(Cg):
+        for l in range(6):
+            h = 4 * th + l - pt
+            if h >= 0 and h < H:
+                for n in range(n0, n1):
+                    xb = np.uint64(((n * C + ch0 + c) * H + h) * W + cx0 + u0)
+                    rbase = np.uint64(l * L + (n - n0) * Wb + u0)
+                    for u in range(nu):
+                        rf[rbase + np.uint64(u)] = x1[xb + np.uint64(u)]
+        # R[a] = sum_l B^T[a, l] row_l, all images' rows at once
+        d0, d1, d2, d3, d4, d5 = rb[0, :Lw], rb[1, :Lw], rb[2, :Lw], rb[3, :Lw], \
+            rb[4, :Lw], rb[5, :Lw]
+        e0, e1, e2, e3, e4, e5 = rb[6, :Lw], rb[7, :Lw], rb[8, :Lw], rb[9, :Lw], \
+            rb[10, :Lw], rb[11, :Lw]
+        for u in range(Lw):
+            e0[u], e1[u], e2[u], e3[u], e4[u], e5[u] = _bt(d0[u], d1[u], d2[u], d3[u],
+                                                           d4[u], d5[u], k2, k4, k5)
+        for a in range(6):
+            r = rb[6 + a]
+            ea = V[c, 6 * a:6 * a + 6]
+            j = 0
+            for n in range(nb):
+                for tw in range(nt):
+                    b = n * Wb + 4 * tw
+                    v0, v1, v2, v3, v4, v5 = _bt(r[b], r[b + 1], r[b + 2], r[b + 3], r[b + 4],
+                                                 r[b + 5], k2, k4, k5)
+                    ea[0, j] = v0
+                    ea[1, j] = v1
+                    ea[2, j] = v2
+                    ea[3, j] = v3
+                    ea[4, j] = v4
+                    ea[5, j] = v5
+                    j += 1
+
+
+@serial_kernel
 def _product(V, U, M, f0, fn, T):
     """M[k, e, :T] = sum_c U[e, c, f0 + k] * V[c, e, :T] for k < fn (fn % 4 == 0): 4 channels
     x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators."""
@@ -304,7 +418,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
     of images ``[n0, n1)``, tile columns ``[tw0, tw1)``; every output element lies in exactly
     one task's tiles. Scratch per thread: Vs (threads, Cp, 36, Ts) zero (its rows ``c >= Cg``
     stay zero), Ms (threads, FBK, 36, Ts) (``FBK`` filters, a multiple of 4, share one pass over
-    the transformed input), Rs (threads, 6, >= 4*tiles + 2), Qs (threads, 2, 6, 6, Ts), with
+    the transformed input), Rs (threads, 12, >= images*(4*tile columns + 2)), Qs (threads, 2, 6, 6, Ts), with
     ``Ts`` >= the tiles of a task."""
     G, _, Cp, Fp = U.shape
     Cg = x.shape[1] // G
@@ -319,7 +433,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
         V = Vs[tid]
         M = Ms[tid]
         rb = Rs[tid]
-        _input_transform(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
+        _input_transform3(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
         for f0 in range(0, Fp, FBK):
             fn = min(FBK, Fp - f0)
             _product(V, U[g], M, f0, fn, T)
