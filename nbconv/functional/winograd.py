@@ -15,6 +15,7 @@ __all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad"
 _V_BYTES = 4 << 20  # the transformed input of one task (36 x channels x tiles), about L2
 _T_MAX = 128  # tiles per task at most (a run of the product's inner loop)
 _T_MIN = 16
+_MIN_TASKS = 4  # fewer tasks than this: smaller ones (two threads need work to share)
 _FBK = 32  # filters per pass of the product (their 36 x FBK x T products stay in L2)
 
 
@@ -49,25 +50,30 @@ def _consts(dtype):
 
 def _plan(N, OH, OW, G, Cp, itemsize):
     """Task rows ``(g, th, n0, n1, tw0, tw1)``: a tile row of a few images (or a run of tile
-    columns of one image), about ``T`` tiles each; independent of the thread count."""
+    columns of one image), about ``T`` tiles each, the tile rows of the same images one after
+    the other; halving ``T`` (down to ``_T_MIN``) while there are fewer than ``_MIN_TASKS``
+    tasks. Independent of the thread count, so results are too."""
     TH, TW = -(-OH // 4), -(-OW // 4)
     T = int(min(_T_MAX, max(_T_MIN, _V_BYTES // (36 * Cp * itemsize))))
-    rows = []
-    if TW >= T:
-        k = -(-TW // T)
-        cuts = [TW * i // k for i in range(k + 1)]
-        for g in range(G):
-            for n in range(N):
-                for th in range(TH):
-                    rows += [(g, th, n, n + 1, cuts[i], cuts[i + 1]) for i in range(k)]
-    else:
-        nb = max(1, T // TW)
-        k = -(-N // nb)
-        cuts = [N * i // k for i in range(k + 1)]
-        for g in range(G):
-            for i in range(k):  # tile rows of the same images one after the other
-                rows += [(g, th, cuts[i], cuts[i + 1], 0, TW) for th in range(TH)]
-    return np.array(rows, np.int64).reshape(-1, 6)
+    while True:
+        rows = []
+        if TW >= T:
+            k = -(-TW // T)
+            cuts = [TW * i // k for i in range(k + 1)]
+            for g in range(G):
+                for n in range(N):
+                    for th in range(TH):
+                        rows += [(g, th, n, n + 1, cuts[i], cuts[i + 1]) for i in range(k)]
+        else:
+            nb = max(1, T // TW)
+            k = -(-N // nb)
+            cuts = [N * i // k for i in range(k + 1)]
+            for g in range(G):
+                for i in range(k):
+                    rows += [(g, th, cuts[i], cuts[i + 1], 0, TW) for th in range(TH)]
+        if len(rows) >= _MIN_TASKS or T <= _T_MIN:
+            return np.array(rows, np.int64).reshape(-1, 6)
+        T = max(_T_MIN, T // 2)
 
 
 def _transform_weights(weight, G, cst):

@@ -9,6 +9,7 @@ from .._config import kernel, serial_kernel
 
 ALPHA = 6  # transform tile side (m + r - 1 = 4 + 3 - 1)
 NE = ALPHA * ALPHA  # 36 transform points
+L1_BYTES = 16384  # the product's block of transformed input rows
 
 
 # ---------------------------------------------------------------- 1-d transforms
@@ -270,44 +271,46 @@ def _input_transform3(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
 
 
 @serial_kernel
-def _product(V, U, M, f0, fn, T):
+def _product(V, U, M, f0, fn, T, CB):
     """M[k, e, :T] = sum_c U[e, c, f0 + k] * V[c, e, :T] for k < fn (fn % 4 == 0): 4 channels
-    x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators."""
+    x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators, over
+    blocks of CB channels (their rows of this transform point stay in L1)."""
     Cp = V.shape[0]
     for e in range(NE):
         Ue = U[e]
-        for k in range(0, fn, 4):
-            f = f0 + k
-            m0 = M[k, e, :T]
-            m1 = M[k + 1, e, :T]
-            m2 = M[k + 2, e, :T]
-            m3 = M[k + 3, e, :T]
-            for c in range(0, Cp, 4):
-                x0 = V[c, e, :T]
-                x1 = V[c + 1, e, :T]
-                x2 = V[c + 2, e, :T]
-                x3 = V[c + 3, e, :T]
-                w00, w01, w02, w03 = Ue[c, f], Ue[c, f + 1], Ue[c, f + 2], Ue[c, f + 3]
-                w10, w11, w12, w13 = Ue[c + 1, f], Ue[c + 1, f + 1], Ue[c + 1, f + 2], \
-                    Ue[c + 1, f + 3]
-                w20, w21, w22, w23 = Ue[c + 2, f], Ue[c + 2, f + 1], Ue[c + 2, f + 2], \
-                    Ue[c + 2, f + 3]
-                w30, w31, w32, w33 = Ue[c + 3, f], Ue[c + 3, f + 1], Ue[c + 3, f + 2], \
-                    Ue[c + 3, f + 3]
-                if c == 0:
-                    for q in range(T):
-                        a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
-                        m0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                        m1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                        m2[q] = w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
-                        m3[q] = w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
-                else:
-                    for q in range(T):
-                        a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
-                        m0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                        m1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                        m2[q] += w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
-                        m3[q] += w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
+        for cb in range(0, Cp, CB):  # CB channels' rows (of this e) stay in L1
+            for k in range(0, fn, 4):
+                f = f0 + k
+                m0 = M[k, e, :T]
+                m1 = M[k + 1, e, :T]
+                m2 = M[k + 2, e, :T]
+                m3 = M[k + 3, e, :T]
+                for c in range(cb, min(Cp, cb + CB), 4):
+                    x0 = V[c, e, :T]
+                    x1 = V[c + 1, e, :T]
+                    x2 = V[c + 2, e, :T]
+                    x3 = V[c + 3, e, :T]
+                    w00, w01, w02, w03 = Ue[c, f], Ue[c, f + 1], Ue[c, f + 2], Ue[c, f + 3]
+                    w10, w11, w12, w13 = Ue[c + 1, f], Ue[c + 1, f + 1], Ue[c + 1, f + 2], \
+                        Ue[c + 1, f + 3]
+                    w20, w21, w22, w23 = Ue[c + 2, f], Ue[c + 2, f + 1], Ue[c + 2, f + 2], \
+                        Ue[c + 2, f + 3]
+                    w30, w31, w32, w33 = Ue[c + 3, f], Ue[c + 3, f + 1], Ue[c + 3, f + 2], \
+                        Ue[c + 3, f + 3]
+                    if c == 0:
+                        for q in range(T):
+                            a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
+                            m0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                            m1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                            m2[q] = w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
+                            m3[q] = w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
+                    else:
+                        for q in range(T):
+                            a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
+                            m0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                            m1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                            m2[q] += w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
+                            m3[q] += w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
 
 
 @serial_kernel
@@ -424,6 +427,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
     Cg = x.shape[1] // G
     Fo = y.shape[1] // G
     FBK = Ms.shape[1]
+    CB = max(4, L1_BYTES // (Vs.shape[3] * x.itemsize) // 4 * 4)
     for task in prange(tasks.shape[0]):
         g, th, n0, n1, tw0, tw1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], \
             tasks[task, 3], tasks[task, 4], tasks[task, 5]
@@ -436,7 +440,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
         _input_transform3(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
         for f0 in range(0, Fp, FBK):
             fn = min(FBK, Fp - f0)
-            _product(V, U[g], M, f0, fn, T)
+            _product(V, U[g], M, f0, fn, T, CB)
             if nt >= 4:  # vectorised over the tiles (slower for short image rows)
                 _output_transform_v(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th,
                                     tw0, nt, rb[0], Qs[tid, 0], Qs[tid, 1], cst)
