@@ -98,7 +98,7 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     Tmax = int(((tasks[:, 3] - tasks[:, 2]) * (tasks[:, 5] - tasks[:, 4])).max())
     wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
     Ts = _k._row_len(Tmax, 64 // dtype.itemsize)
-    Vs = np.zeros((nth, U.shape[2], 36, Ts), dtype)
+    Vs = np.empty((nth, U.shape[2], 36, Ts), dtype)
     Ms = np.empty((nth, min(_FBK, U.shape[3]), 36, Ts), dtype)
     Rs = np.empty((nth, 12, wmax), dtype)
     Qs = np.empty((nth, 2, 6, 6, Ts), dtype)
