@@ -12,7 +12,7 @@ from nbconv.functional.winograd import (winograd_conv2d, winograd_conv2d_input_g
 
 from helpers import DTYPES, assert_close, num_threads, torch_tensor, to_numpy
 
-# (N, C, H, W, F, padding, groups): odd sizes, 1x1 and 3x3 inputs, N = 1, asymmetric padding,
+# (N, C, H, W, F, padding, groups): odd sizes, 1x1 and 3x3 inputs, N = 1, ph != pw, padding 0-3,
 # maps whose tile rows are long enough for the vectorised output transform (W >= 13), cropped
 # partial tiles on the right and bottom, groups
 GRID = [
@@ -26,6 +26,7 @@ GRID = [
     (1, 9, 13, 30, 10, (1, 2), 1),
     (2, 12, 8, 8, 9, 1, 3),
     (5, 7, 2, 9, 5, 2, 1),
+    (1, 3, 4, 5, 2, (3, 1), 1),  # padding > 2: the input gradient reads a cropped dy
 ]
 IDS = ["x".join(map(str, g[:5])) + f"-p{g[5]}-g{g[6]}".replace(" ", "") for g in GRID]
 

@@ -2,8 +2,21 @@
 
 Shapes: ``x`` ``(N, C, H, W)``, ``weight`` ``(F, C/groups, 3, 3)``, ``bias`` ``(F,)``,
 ``y``/``dy`` ``(N, F, OH, OW)`` with ``OH = H + 2*ph - 2``, ``OW = W + 2*pw - 2`` (stride 1,
-dilation 1, the same padding on both sides of an axis). These are called by the conv
-dispatcher, which validates fully; here only what the kernels rely on is checked.
+dilation 1, ``ph``/``pw`` >= 0 on both sides of an axis; any groups, each group an independent
+convolution). float32 and float64.
+
+These are meant to be called by the conv dispatcher, which validates fully; here only what the
+kernels rely on is checked (dtypes, shapes, :func:`winograd_supported`). Inputs are never
+modified.
+
+- :func:`winograd_conv2d`: the forward pass (bias added in the output transform).
+- :func:`winograd_conv2d_input_grad`: ``dx``, the same kernel on ``dy`` shifted by ``2 - p``
+  (a crop when ``p > 2``) with the flipped, channel-swapped weights.
+- The weight gradient stays direct: ``nbconv.functional.conv2d_backward(..., need_dx=False)``.
+
+Tiling (see :func:`_plan`): tasks of up to ``_T_MAX`` 4x4 tiles whose transformed input (36 x
+channels x tiles) fits ``_V_BYTES``; fixed by the shapes alone, so results are bitwise identical
+across runs and thread counts. Accuracy and speed notes: :mod:`nbconv.kernels.winograd`.
 """
 import numba
 import numpy as np
