@@ -253,6 +253,9 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
     ox0 = 4 * tw0
     ncol = min(4 * nt, OW - ox0)
     nrow = min(4, OH - 4 * th)
+    yoff = np.empty(T if nt < 4 else 0, np.int64)  # tile j's offset in y (short rows)
+    for j in range(yoff.shape[0]):
+        yoff[j] = (n0 + j // nt) * y.shape[1] * OH * OW + 4 * (j % nt)
     for k in range(fn):
         bb = bias[fy0 + k]
         for i in range(6):  # S[i, b] = sum_k' M[i, k'] A[k', b] (rows i of the 6x6 tile)
@@ -273,6 +276,17 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
                 o1[j] = r1 + bb
                 o2[j] = r2 + bb
                 o3[j] = r3 + bb
+        if nt < 4 and ncol == 4 * nt:  # short whole rows: one pass over all tiles per (a, b)
+            Yf = Y.reshape(-1)
+            yf = y.reshape(-1)
+            Tsy = Y.shape[2]
+            Yr = Y.shape[1] * Tsy
+            for a in range(nrow):
+                yb = ((fy0 + k) * OH + 4 * th + a) * OW + ox0
+                for b in range(4):
+                    for j in range(T):
+                        yf[np.uint64(yb + yoff[j] + b)] = Yf[a * Yr + b * Tsy + j]
+            continue
         if nt < 4:  # short rows: flat unsigned indices, no slices per row
             Yf = Y.reshape(-1)
             yf = y.reshape(-1)
