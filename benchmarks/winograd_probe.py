@@ -4,8 +4,9 @@
 
 Medians of interleaved rounds (each round times every contender once, in turn, and the ratios
 are taken per round); GFLOP/s counts the direct-equivalent flops ``2*N*F*C*9*OH*OW``.
-``--dx`` times the input gradient instead (winograd dx vs direct backward with need_dx vs
-torch's conv2d input gradient).
+``--dx`` times the input gradient instead: winograd dx vs torch's conv2d input gradient and vs
+nbconv's direct ``conv2d_backward`` (which always computes the weight gradient too, so its
+column is dx + dw, not dx alone).
 """
 import os
 import sys
