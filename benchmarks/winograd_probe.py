@@ -1,0 +1,91 @@
+"""Probe: Winograd F(4x4,3x3) forward vs nbconv's direct conv2d vs torch, float32, 2 threads.
+
+    python benchmarks/winograd_probe.py [--rounds R] [--shapes i,j,...] [--dx]
+
+Medians of interleaved rounds (each round times every contender once, in turn, and the ratios
+are taken per round); GFLOP/s counts the direct-equivalent flops ``2*N*F*C*9*OH*OW``.
+``--dx`` times the input gradient instead: winograd dx vs torch's conv2d input gradient and vs
+nbconv's direct ``conv2d_backward`` (which always computes the weight gradient too, so its
+column is dx + dw, not dx alone).
+"""
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from nbconv.functional import conv2d, conv2d_backward  # noqa: E402
+from nbconv.functional.winograd import winograd_conv2d, winograd_conv2d_input_grad  # noqa: E402
+
+SHAPES = [(64, 32, 32, 32, 32), (64, 64, 16, 16, 64), (64, 128, 8, 8, 128),
+          (128, 16, 32, 32, 16), (128, 32, 16, 16, 32), (128, 64, 8, 8, 64),
+          (64, 128, 16, 16, 128)]
+
+
+def _time(fn, reps):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--shapes", default="")
+    ap.add_argument("--dx", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    numba.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
+    shapes = SHAPES if not a.shapes else [SHAPES[int(i)] for i in a.shapes.split(",")]
+    rng = np.random.default_rng(0)
+    print(f"{'shape (N,C,H,W,F)':<24}{'wino ms':>9}{'direct ms':>10}{'torch ms':>9}"
+          f"{'wino GF/s':>10}{'dir GF/s':>9}{'tor GF/s':>9}{'w/torch':>8}{'w/dir':>7}")
+    for (N, C, H, W, F) in shapes:
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+        b = rng.standard_normal(F).astype(np.float32)
+        xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        if a.dx:
+            dy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+            dyt = torch.from_numpy(dy)
+            fns = {
+                "wino": lambda: winograd_conv2d_input_grad(dy, w, (1, 1), x.shape),
+                "direct": lambda: conv2d_backward(dy, x, w, padding=1, need_bias=False),
+                "torch": lambda: torch.nn.grad.conv2d_input(x.shape, wt, dyt, padding=1),
+            }
+        else:
+            fns = {
+                "wino": lambda: winograd_conv2d(x, w, b, padding=(1, 1)),
+                "direct": lambda: conv2d(x, w, b, padding=1),
+                "torch": lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
+            }
+        with torch.no_grad():
+            for f in fns.values():
+                f()
+            reps = {k: max(1, int(0.15 / max(_time(f, 1), 1e-4))) for k, f in fns.items()}
+            times = {k: [] for k in fns}
+            for _ in range(a.rounds):
+                for k, f in fns.items():
+                    times[k].append(_time(f, reps[k]))
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        r_t = float(np.median(np.array(times["torch"]) / np.array(times["wino"])))
+        r_d = float(np.median(np.array(times["direct"]) / np.array(times["wino"])))
+        flops = 2 * N * F * C * 9 * H * W
+        gf = {k: flops / v / 1e9 for k, v in med.items()}
+        print(f"{str((N, C, H, W, F)):<24}{med['wino'] * 1e3:>9.2f}{med['direct'] * 1e3:>10.2f}"
+              f"{med['torch'] * 1e3:>9.2f}{gf['wino']:>10.0f}{gf['direct']:>9.0f}"
+              f"{gf['torch']:>9.0f}{r_t:>8.2f}{r_d:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
