@@ -1,6 +1,13 @@
 """Probe: Winograd F(4x4,3x3) forward vs nbconv's direct conv2d vs torch, float32, 2 threads.
 
     python benchmarks/winograd_probe.py [--rounds R] [--shapes i,j,...] [--dx]
+    python benchmarks/winograd_probe.py --shape 1,64,8,8,64 --shape 32,8,32,32,8,2 ...
+
+A development probe for the ``algorithm="auto"`` rule of :func:`nbconv.functional.conv2d`
+(its table came from here): many shapes, quickly, outside pytest. ``benchmarks/bench_conv.py``
+(via ``report.py``) is the benchmark of record; it has ``direct`` and ``winograd`` columns.
+``--shape N,C,H,W,F[,groups]`` adds a shape (3x3, padding 1); ``--shapes`` picks from the
+built-in list by index.
 
 Medians of interleaved rounds (each round times every contender once, in turn, and the ratios
 are taken per round); GFLOP/s counts the direct-equivalent flops ``2*N*F*C*9*OH*OW``.
@@ -43,31 +50,38 @@ def main():
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dx", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shape", action="append", default=[])
     a = ap.parse_args()
     numba.set_num_threads(a.threads)
     torch.set_num_threads(a.threads)
-    shapes = SHAPES if not a.shapes else [SHAPES[int(i)] for i in a.shapes.split(",")]
+    shapes = [] if a.shape else SHAPES
+    if a.shapes:
+        shapes = [SHAPES[int(i)] for i in a.shapes.split(",")]
+    shapes = [s + (1,) for s in shapes] + [tuple(int(v) for v in t.split(",")) + (1,) * (
+        6 - len(t.split(","))) for t in a.shape]
     rng = np.random.default_rng(0)
     print(f"{'shape (N,C,H,W,F)':<24}{'wino ms':>9}{'direct ms':>10}{'torch ms':>9}"
           f"{'wino GF/s':>10}{'dir GF/s':>9}{'tor GF/s':>9}{'w/torch':>8}{'w/dir':>7}")
-    for (N, C, H, W, F) in shapes:
+    for (N, C, H, W, F, G) in shapes:
         x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-        w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+        w = (rng.standard_normal((F, C // G, 3, 3)) / np.sqrt(9 * C // G)).astype(np.float32)
         b = rng.standard_normal(F).astype(np.float32)
         xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
         if a.dx:
             dy = rng.standard_normal((N, F, H, W)).astype(np.float32)
             dyt = torch.from_numpy(dy)
             fns = {
-                "wino": lambda: winograd_conv2d_input_grad(dy, w, (1, 1), x.shape),
-                "direct": lambda: conv2d_backward(dy, x, w, padding=1, need_bias=False),
-                "torch": lambda: torch.nn.grad.conv2d_input(x.shape, wt, dyt, padding=1),
+                "wino": lambda: winograd_conv2d_input_grad(dy, w, (1, 1), x.shape, G),
+                "direct": lambda: conv2d_backward(dy, x, w, padding=1, groups=G,
+                                                  need_bias=False, algorithm="direct"),
+                "torch": lambda: torch.nn.grad.conv2d_input(x.shape, wt, dyt, padding=1,
+                                                            groups=G),
             }
         else:
             fns = {
-                "wino": lambda: winograd_conv2d(x, w, b, padding=(1, 1)),
-                "direct": lambda: conv2d(x, w, b, padding=1),
-                "torch": lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
+                "wino": lambda: winograd_conv2d(x, w, b, padding=(1, 1), groups=G),
+                "direct": lambda: conv2d(x, w, b, padding=1, groups=G, algorithm="direct"),
+                "torch": lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1, groups=G),
             }
         with torch.no_grad():
             for f in fns.values():
@@ -80,9 +94,10 @@ def main():
         med = {k: float(np.median(v)) for k, v in times.items()}
         r_t = float(np.median(np.array(times["torch"]) / np.array(times["wino"])))
         r_d = float(np.median(np.array(times["direct"]) / np.array(times["wino"])))
-        flops = 2 * N * F * C * 9 * H * W
+        flops = 2 * N * F * C // G * 9 * H * W
         gf = {k: flops / v / 1e9 for k, v in med.items()}
-        print(f"{str((N, C, H, W, F)):<24}{med['wino'] * 1e3:>9.2f}{med['direct'] * 1e3:>10.2f}"
+        name = str((N, C, H, W, F)) + (f" g{G}" if G > 1 else "")
+        print(f"{name:<24}{med['wino'] * 1e3:>9.2f}{med['direct'] * 1e3:>10.2f}"
               f"{med['torch'] * 1e3:>9.2f}{gf['wino']:>10.0f}{gf['direct']:>9.0f}"
               f"{gf['torch']:>9.0f}{r_t:>8.2f}{r_d:>7.2f}", flush=True)
 

@@ -68,3 +68,16 @@ FLAT = 16384  # [kernel] elements per task of the elementwise kernels: 64 KiB fl
 PARALLEL_ELEMENTS = 1 << 17  # smaller arrays run on one thread: waking the workers costs more
 #                              than the work (and much more on a busy machine)
 PARALLEL_MACS = 1 << 21  # the same for matrix products, counted in multiply-adds
+
+# winograd (nbconv.functional.winograd; the kernels' own constants stay in
+# nbconv.kernels.winograd)
+WINOGRAD_V_BYTES = 4 << 20  # the transformed input of one task (36 x channels x tiles): about L2
+WINOGRAD_T_MAX = 128  # tiles per task at most (a run of the product's inner loop)
+WINOGRAD_T_MIN = 16  # tiles per task at least, when splitting for more tasks
+WINOGRAD_MIN_TASKS = 4  # fewer tasks than this: smaller ones (two threads need work to share)
+WINOGRAD_FBK = 32  # filters per pass of the product (their 36 x FBK x T products stay in L2)
+# algorithm="auto" (nbconv.functional._algorithm, measured table there): Winograd only with at
+# least this many input channels and filters per group and output pixels per map
+WINOGRAD_MIN_CG = 16
+WINOGRAD_MIN_FG = 16
+WINOGRAD_MIN_PIXELS = 64

@@ -25,11 +25,12 @@ from ..kernels import winograd as _k
 
 __all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad"]
 
-_V_BYTES = 4 << 20  # the transformed input of one task (36 x channels x tiles), about L2
-_T_MAX = 128  # tiles per task at most (a run of the product's inner loop)
-_T_MIN = 16
-_MIN_TASKS = 4  # fewer tasks than this: smaller ones (two threads need work to share)
-_FBK = 32  # filters per pass of the product (their 36 x FBK x T products stay in L2)
+# tuning constants, each with its reason in nbconv._config
+from .._config import WINOGRAD_FBK as _FBK  # noqa: E402
+from .._config import WINOGRAD_MIN_TASKS as _MIN_TASKS  # noqa: E402
+from .._config import WINOGRAD_T_MAX as _T_MAX  # noqa: E402
+from .._config import WINOGRAD_T_MIN as _T_MIN  # noqa: E402
+from .._config import WINOGRAD_V_BYTES as _V_BYTES  # noqa: E402
 
 
 def winograd_supported(w_shape, stride=1, padding=0, dilation=1, groups=1, x_shape=None):

@@ -1,0 +1,106 @@
+"""Which algorithm runs a convolution: ``"direct"``, ``"winograd"`` or ``"auto"``.
+
+:func:`nbconv.functional.conv2d`, :func:`~nbconv.functional.conv2d_prepare`,
+:func:`~nbconv.functional.conv2d_backward` and :class:`nbconv.layers.Conv2d` take
+``algorithm=``, as cuDNN users pick a convolution algorithm:
+
+- ``"direct"``: the direct kernels (:mod:`nbconv.functional._conv_plan`,
+  :mod:`nbconv.functional.depthwise`), any convolution.
+- ``"winograd"``: Winograd F(4x4,3x3) (:mod:`nbconv.functional.winograd`) for the forward pass
+  and the input gradient; the weight gradient stays direct. Only 3x3, stride 1, dilation 1,
+  padding the same on both sides of each axis; anything else raises ``ValueError`` naming the
+  reason (:func:`winograd_reason`). A NaN or inf in ``x`` (or ``dy``, for ``dx``) reaches every
+  output of the 4x4 tiles whose input tile holds it (as NaN), not only the outputs whose 3x3
+  window holds it as in PyTorch.
+- ``"auto"`` (the default): Winograd where :func:`prefers_winograd` says it measured faster,
+  direct elsewhere, and direct whenever the input (``x`` for the forward pass, ``dy`` for
+  ``dx``) or the weight holds a NaN or inf, so results follow PyTorch's non-finite semantics.
+  The check is one parallel pass over the array without temporaries
+  (:func:`nbconv.kernels.finite.all_finite`; measured below).
+
+The environment variable ``NBCONV_CONV_ALGORITHM`` (``auto``, ``direct`` or ``winograd``),
+read at every call, overrides the argument everywhere (for debugging and benchmarks):
+``direct`` runs the direct kernels everywhere, ``auto`` applies the rule everywhere, and
+``winograd`` runs Winograd on every convolution it can do (without the non-finite fallback)
+and direct on the others, instead of raising. An unknown value raises ``ValueError``.
+
+The ``"auto"`` rule, measured (float32, 2 threads of a busy 2-core Zen 5, AVX-512;
+``benchmarks/winograd_probe.py``, 3x3 padding 1, medians of interleaved rounds, speed of
+Winograd / direct, forward and dx):
+
+MEASURED_TABLE
+
+Rule: Winograd when the convolution is one Winograd can do and ``Cg >= WINOGRAD_MIN_CG`` and
+``Fg >= WINOGRAD_MIN_FG`` channels per group and the output map has at least
+``WINOGRAD_MIN_PIXELS`` pixels (constants in :mod:`nbconv._config`).
+"""
+import os
+
+from .._config import WINOGRAD_MIN_CG, WINOGRAD_MIN_FG, WINOGRAD_MIN_PIXELS
+from ..kernels.finite import all_finite as _all_finite
+
+AUTO, DIRECT, WINOGRAD = "auto", "direct", "winograd"
+ALGORITHMS = (AUTO, DIRECT, WINOGRAD)
+ENV = "NBCONV_CONV_ALGORITHM"
+
+
+def check_algorithm(algorithm):
+    """``algorithm`` checked (one of :data:`ALGORITHMS`), before the environment override."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got "
+                         f"{algorithm!r}")
+    return algorithm
+
+
+def requested(algorithm):
+    """``(algorithm, forced)``: the argument checked, or ``NBCONV_CONV_ALGORITHM`` when that is
+    set (``forced`` True)."""
+    check_algorithm(algorithm)
+    env = os.environ.get(ENV, "").strip().lower()
+    if not env:
+        return algorithm, False
+    if env not in ALGORITHMS:
+        raise ValueError(f"environment variable {ENV}={os.environ[ENV]!r} must be one of "
+                         f"{', '.join(ALGORITHMS)} (or unset)")
+    return env, True
+
+
+def winograd_reason(geom):
+    """None if Winograd F(4x4,3x3) can run the convolution of ``geom`` (a validated
+    :class:`~nbconv.functional._conv_plan.ConvGeometry`), else why not."""
+    if (geom.KH, geom.KW) != (3, 3):
+        return f"kernel size {(geom.KH, geom.KW)} is not 3x3"
+    if (geom.sh, geom.sw) != (1, 1):
+        return f"stride {(geom.sh, geom.sw)} is not 1"
+    if (geom.dh, geom.dw) != (1, 1):
+        return f"dilation {(geom.dh, geom.dw)} is not 1"
+    if geom.pt != geom.pb or geom.pl != geom.pr:
+        return (f"padding (top, bottom, left, right) {(geom.pt, geom.pb, geom.pl, geom.pr)} "
+                f"is not the same on both sides")
+    return None
+
+
+def prefers_winograd(geom):
+    """The ``"auto"`` rule (see the module docstring): True where Winograd measured faster."""
+    return (winograd_reason(geom) is None and geom.Cg >= WINOGRAD_MIN_CG
+            and geom.Fg >= WINOGRAD_MIN_FG and geom.OH * geom.OW >= WINOGRAD_MIN_PIXELS)
+
+
+def resolve(geom, algorithm):
+    """``(requested, winograd)`` for a validated ``geom``: the algorithm asked for (after the
+    environment override) and whether Winograd runs where the data is finite. Raises
+    ``ValueError`` for an explicit ``"winograd"`` that cannot run."""
+    algorithm, forced = requested(algorithm)
+    if algorithm == DIRECT:
+        return algorithm, False
+    if algorithm == AUTO:
+        return algorithm, prefers_winograd(geom)
+    why = winograd_reason(geom)
+    if why is not None and not forced:
+        raise ValueError(f"algorithm='winograd' cannot run this convolution: {why}")
+    return algorithm, why is None
+
+
+def all_finite(*arrays):
+    """True if no array holds a NaN or inf (one parallel pass each, no temporaries)."""
+    return all(_all_finite(a.reshape(-1)) for a in arrays)
