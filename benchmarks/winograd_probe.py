@@ -11,9 +11,9 @@ built-in list by index.
 
 Medians of interleaved rounds (each round times every contender once, in turn, and the ratios
 are taken per round); GFLOP/s counts the direct-equivalent flops ``2*N*F*C*9*OH*OW``.
-``--dx`` times the input gradient instead: winograd dx vs torch's conv2d input gradient and vs
-nbconv's direct ``conv2d_backward`` (which always computes the weight gradient too, so its
-column is dx + dw, not dx alone).
+``--dx`` times the backward pass instead (dx + dw): ``conv2d_backward(algorithm="winograd")``
+(Winograd dx, direct dw) vs ``algorithm="direct"`` vs torch's autograd (dx + dw), the choice
+that ``algorithm="auto"`` makes for a backward pass.
 """
 import os
 import sys
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from nbconv.functional import conv2d, conv2d_backward  # noqa: E402
-from nbconv.functional.winograd import winograd_conv2d, winograd_conv2d_input_grad  # noqa: E402
+from nbconv.functional.winograd import winograd_conv2d  # noqa: E402
 
 SHAPES = [(64, 32, 32, 32, 32), (64, 64, 16, 16, 64), (64, 128, 8, 8, 128),
           (128, 16, 32, 32, 16), (128, 32, 16, 16, 32), (128, 64, 8, 8, 64),
@@ -70,12 +70,15 @@ def main():
         if a.dx:
             dy = rng.standard_normal((N, F, H, W)).astype(np.float32)
             dyt = torch.from_numpy(dy)
+            xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+            with torch.enable_grad():
+                yt = torch.nn.functional.conv2d(xg, wg, None, padding=1, groups=G)
             fns = {
-                "wino": lambda: winograd_conv2d_input_grad(dy, w, (1, 1), x.shape, G),
+                "wino": lambda: conv2d_backward(dy, x, w, padding=1, groups=G,
+                                                need_bias=False, algorithm="winograd"),
                 "direct": lambda: conv2d_backward(dy, x, w, padding=1, groups=G,
                                                   need_bias=False, algorithm="direct"),
-                "torch": lambda: torch.nn.grad.conv2d_input(x.shape, wt, dyt, padding=1,
-                                                            groups=G),
+                "torch": lambda: torch.autograd.grad(yt, (xg, wg), dyt, retain_graph=True),
             }
         else:
             fns = {
@@ -94,7 +97,7 @@ def main():
         med = {k: float(np.median(v)) for k, v in times.items()}
         r_t = float(np.median(np.array(times["torch"]) / np.array(times["wino"])))
         r_d = float(np.median(np.array(times["direct"]) / np.array(times["wino"])))
-        flops = 2 * N * F * C // G * 9 * H * W
+        flops = 2 * N * F * C // G * 9 * H * W * (2 if a.dx else 1)
         gf = {k: flops / v / 1e9 for k, v in med.items()}
         name = str((N, C, H, W, F)) + (f" g{G}" if G > 1 else "")
         print(f"{name:<24}{med['wino'] * 1e3:>9.2f}{med['direct'] * 1e3:>10.2f}"

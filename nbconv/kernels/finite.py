@@ -24,4 +24,4 @@ def all_finite(a):
             s += a[i] * zero
         if s != zero:  # NaN compares unequal to everything
             bad[b] = 1
-    return bad.max() == 0
+    return bad.sum() == 0
