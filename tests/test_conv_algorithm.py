@@ -25,8 +25,8 @@ GRID3 = [
     (2, 2, 5, 6, 3, 3, 1, "full", 1, 1),   # 'full' = padding 2
     (1, 2, 5, 5, 3, 3, 1, 4, 1, 1),        # padding 4 > k - 1 (dx reads a cropped dy)
     (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),        # depthwise
-    (1, 16, 8, 8, 16, 3, 1, "same", 1, 1),  # "auto" picks Winograd here (see below)
-    (2, 64, 12, 10, 64, 3, 1, (0, 2), 1, 4),  # "auto": Winograd, groups, ph != pw
+    (32, 16, 8, 8, 16, 3, 1, "same", 1, 1),  # "auto" picks Winograd here (see below)
+    (22, 64, 12, 10, 64, 3, 1, (0, 2), 1, 4),  # "auto": Winograd, groups, ph != pw
 ]
 GRID3_IDS = [f"g3cfg{i}" for i in range(len(GRID3))]
 AUTO_WINOGRAD = [GRID3[5], GRID3[6]]  # shapes "auto" runs by Winograd (asserted below)
@@ -182,20 +182,24 @@ def _geom(N, C, H, W, Fn, k=3, s=1, p=1, d=1, g=1):
 
 def test_auto_rule_as_documented():
     mc, mf, mp = _config.WINOGRAD_MIN_CG, _config.WINOGRAD_MIN_FG, _config.WINOGRAD_MIN_PIXELS
+    mt = _config.WINOGRAD_MIN_ROW_TILES
     side = int(np.ceil(np.sqrt(mp)))
-    assert ALGO.prefers_winograd(_geom(8, mc, side, side, mf))
-    assert ALGO.prefers_winograd(_geom(1, 64, 56, 56, 64))                 # N = 1
-    assert ALGO.prefers_winograd(_geom(8, 4 * mc, 16, 16, 4 * mf, g=4))    # groups, mc each
-    assert not ALGO.prefers_winograd(_geom(8, mc - 1, side, side, mf))     # few channels
-    assert not ALGO.prefers_winograd(_geom(8, mc, side, side, mf - 1))     # few filters
-    assert not ALGO.prefers_winograd(_geom(8, 3, 32, 32, 64))              # first layer
-    assert not ALGO.prefers_winograd(_geom(8, 4 * mc, 16, 16, 4 * mf, g=8))  # Cg < mc
+    n = -(-mt // -(-side // 4))  # just enough images for mt tiles per tile row
+    assert ALGO.prefers_winograd(_geom(n, mc, side, side, mf))
+    assert not ALGO.prefers_winograd(_geom(n - 1, mc, side, side, mf))     # too few tiles
+    assert not ALGO.prefers_winograd(_geom(1, 64, 56, 56, 64))             # N = 1
+    assert ALGO.prefers_winograd(_geom(8, 64, 56, 56, 64))
+    assert ALGO.prefers_winograd(_geom(64, 4 * mc, 16, 16, 4 * mf, g=4))   # groups, mc each
+    assert not ALGO.prefers_winograd(_geom(n, mc - 1, side, side, mf))     # few channels
+    assert not ALGO.prefers_winograd(_geom(n, mc, side, side, mf - 1))     # few filters
+    assert not ALGO.prefers_winograd(_geom(64, 3, 32, 32, 64))             # first layer
+    assert not ALGO.prefers_winograd(_geom(64, 4 * mc, 16, 16, 4 * mf, g=8))  # Cg < mc
     small = max(1, side - 1)
     assert small * small < mp
-    assert not ALGO.prefers_winograd(_geom(8, 64, small, small, 64))       # tiny maps
-    assert not ALGO.prefers_winograd(_geom(8, 64, 16, 16, 64, s=2))        # not possible
-    assert not ALGO.prefers_winograd(_geom(8, 64, 16, 16, 64, k=5, p=2))
-    assert not ALGO.prefers_winograd(_geom(8, 64, 16, 16, 64, d=2, p=2))
+    assert not ALGO.prefers_winograd(_geom(512, 64, small, small, 64))     # tiny maps
+    assert not ALGO.prefers_winograd(_geom(64, 64, 16, 16, 64, s=2))       # not possible
+    assert not ALGO.prefers_winograd(_geom(64, 64, 16, 16, 64, k=5, p=2))
+    assert not ALGO.prefers_winograd(_geom(64, 64, 16, 16, 64, d=2, p=2))
     for cfg in AUTO_WINOGRAD:
         x, w, b, args = make(cfg, np.float32)
         assert F.conv2d_prepare(x, w, **args).winograd, cfg

@@ -161,8 +161,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prep
     given.
 
     ``algorithm``: ``"auto"`` (Winograd F(4x4,3x3) for 3x3, stride-1, dilation-1 convolutions
-    with at least 16 input channels and filters per group and 64 output pixels per map, where it
-    measured faster, unless ``x`` or ``weight`` holds a NaN or inf; direct otherwise),
+    with at least 16 input channels and filters per group, 64 output pixels per map and
+    ``N * ceil(OW / 4) >= 64``, where it measured faster, unless ``x`` or ``weight`` holds a NaN
+    or inf; direct otherwise),
     ``"direct"`` or ``"winograd"`` (``ValueError`` with the reason where it cannot run; a NaN or
     inf spreads over its 4x4 output tiles). ``NBCONV_CONV_ALGORITHM`` overrides it; see
     :mod:`nbconv.functional._algorithm`."""
