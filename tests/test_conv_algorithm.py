@@ -10,7 +10,6 @@ import nbconv.functional._algorithm as ALGO
 import nbconv.functional._conv_plan as PLAN
 import nbconv.functional.depthwise as DW
 from nbconv import _config
-from nbconv.kernels.finite import all_finite
 from nbconv.layers import Conv2d
 from helpers import DTYPES, num_threads
 from test_conv import check, make, torch_ref
@@ -215,16 +214,18 @@ def test_auto_rule_as_documented():
 # ---- non-finite values --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_all_finite_kernel(dtype):
-    a = np.random.default_rng(0).standard_normal(3 * _config.FLAT + 5).astype(dtype)
-    a[7] = np.finfo(dtype).max  # huge values are finite: no overflow false alarm
-    a[8] = np.finfo(dtype).max
-    assert all_finite(a) and all_finite(a[:0]) and all_finite(a[:1])
-    for i in (0, _config.FLAT, a.size - 1):
+def test_all_finite(dtype):
+    n = 2 * ALGO._FINITE_CHUNK + 5
+    a = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    a[7] = a[8] = np.finfo(dtype).max  # huge values are finite
+    w = np.ones((2, 2), dtype)
+    assert ALGO.all_finite(a, w) and ALGO.all_finite(a[:0]) and ALGO.all_finite(a[:1])
+    for i in (0, ALGO._FINITE_CHUNK, n - 1):  # first chunk, a later one, the short tail
         for v in (np.nan, np.inf, -np.inf):
             b = a.copy()
             b[i] = v
-            assert not all_finite(b), (i, v)
+            assert not ALGO.all_finite(b[None, :, None]), (i, v)
+            assert not ALGO.all_finite(w, b), (i, v)
 
 
 def _nonfinite_data(dtype):
