@@ -52,6 +52,9 @@ def geomean(xs):
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
 
 
+FIRST = {"nbconv": 0, "direct": 1, "winograd": 2}  # nbconv's own columns lead
+
+
 def print_tables(data, out=sys.stdout):
     groups = OrderedDict()
     for b in data["benchmarks"]:
@@ -62,6 +65,7 @@ def print_tables(data, out=sys.stdout):
     for group, rows in groups.items():
         unit = rows[0]["unit"]
         impls = list(OrderedDict.fromkeys(k for r in rows for k in r["rate"]))
+        impls.sort(key=lambda k: FIRST.get(k, len(FIRST)))  # stable: the rest keep their order
         others = [k for k in impls if k != "nbconv"]
         sliced = {k: [r.get("fraction", {}).get(k, 1.0) for r in rows] for k in others}
         sliced = {k: fs for k, fs in sliced.items() if min(fs) < 1}
