@@ -90,12 +90,20 @@ def textbook_slice(x, flops):
     return n, n / N
 
 
+def once(make):
+    """``make()`` on the first call (a competitor's warm-up call), its result after: the
+    forward-time state of one implementation is built only where that one runs (a worker of
+    ``report.py --separate`` runs one library alone)."""
+    memo = []
+    return lambda: memo[0] if memo else (memo.append(make()) or memo[0])
+
+
 def torch_fns(x, w, b, dy, args):
     xt, wt, bt = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
     dyt = torch.from_numpy(dy.copy())
     fwd = lambda: torch.nn.functional.conv2d(xt, wt, bt, **args)  # noqa: E731
-    yt = fwd()
-    bwd = lambda: torch.autograd.grad(yt, (xt, wt, bt), dyt, retain_graph=True)  # noqa: E731
+    yt = once(fwd)
+    bwd = lambda: torch.autograd.grad(yt(), (xt, wt, bt), dyt, retain_graph=True)  # noqa: E731
     return (lambda: fwd().detach()), bwd
 
 
@@ -115,19 +123,20 @@ def run_forward(benchmark, group, row, shape, dtype):
 def run_backward(benchmark, group, row, shape, dtype):
     x, w, b, dy, args, flops = setup(shape, dtype)
     _, tb = torch_fns(x, w, b, dy, args)
-    prep = F.conv2d_prepare(x, w, **args)
+    prep = once(lambda: F.conv2d_prepare(x, w, **args))
     k = w.shape[2:]
-    cols = R.im2col(x, k, args["stride"], args["padding"], args["dilation"]).copy()
+    cols = once(lambda: R.im2col(x, k, args["stride"], args["padding"], args["dilation"]).copy())
     n, frac = textbook_slice(x, flops)
     xs, dys = x[:n], dy[:n]
     # a Winograd forward pass leaves x as it is: the first (warm-up) call of the weight
     # gradient lays it out, later calls reuse that, as the direct column reuses its layout
-    preps = {a: F.conv2d_prepare(x, w, **args, algorithm=a) for a in algorithms(args, k[0])}
-    algos = {a: (lambda a=a: F.conv2d_backward(dy, None, w, **args, prepared=preps[a],
+    preps = {a: once(lambda a=a: F.conv2d_prepare(x, w, **args, algorithm=a))
+             for a in algorithms(args, k[0])}
+    algos = {a: (lambda a=a: F.conv2d_backward(dy, None, w, **args, prepared=preps[a](),
                                                algorithm=a)) for a in preps}
     compare(benchmark, group, row,
-            lambda: F.conv2d_backward(dy, x, w, **args, prepared=prep),
-            {**algos, "im2col": lambda: R.conv2d_backward_im2col(dy, x, w, **args, cols=cols),
+            lambda: F.conv2d_backward(dy, x, w, **args, prepared=prep()),
+            {**algos, "im2col": lambda: R.conv2d_backward_im2col(dy, x, w, **args, cols=cols()),
              "torch": tb,
              "textbook": partial(lambda: T.conv2d_backward(dys, xs, w, **args), frac)},
             2 * flops)

@@ -134,15 +134,17 @@ def write_charts(data, stem, out=sys.stdout):
     return paths
 
 
-def run_pytest(args, out_json, log_path, env=None):
+def run_pytest(args, out_json, log_path, env=None, quiet=False):
     """pytest on ``args`` with its output in ``log_path`` and one progress line per test on
-    stderr (the ``_progress`` plugin); returns pytest's exit code."""
+    stderr (the ``_progress`` plugin; ``quiet``: stderr into the log too); returns pytest's
+    exit code."""
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_progress",
            "--benchmark-only", "--benchmark-json", out_json] + list(args)
     with open(log_path, "w") as log:
-        return subprocess.call(cmd, cwd=ROOT, stdout=log, env=env)
+        return subprocess.call(cmd, cwd=ROOT, stdout=log, env=env,
+                               stderr=subprocess.STDOUT if quiet else None)
 
 
 def _stem():
@@ -186,7 +188,7 @@ def _worker(node, impl, tmp):
     """One process timing ``impl`` alone on the test ``node``: its ``extra_info``."""
     out_json = os.path.join(tmp, "w.json")
     env = dict(os.environ, NBCONV_BENCH_ONLY=impl)
-    rc = run_pytest([node], out_json, os.path.join(tmp, "w.log"), env)
+    rc = run_pytest([node], out_json, os.path.join(tmp, "w.log"), env, quiet=True)
     if rc != 0 or not os.path.exists(out_json):
         with open(os.path.join(tmp, "w.log")) as f:
             sys.stdout.write(f.read())

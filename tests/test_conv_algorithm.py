@@ -172,7 +172,7 @@ def test_environment_overrides_the_argument(monkeypatch):
     assert np.array_equal(F.conv2d(x, w, b, **args, algorithm="direct"), direct)
 
 
-# ---- the "auto" rule ------------------------------------------------------------------------------
+# ---- the "auto" rule -----------------------------------------------------------------------------
 
 def _geom(N, C, H, W, Fn, k=3, s=1, p=1, d=1, g=1):
     return PLAN.ConvGeometry((N, C, H, W), (Fn, C // g, k, k), (s, s), (p,) * 4, (d, d), g,
@@ -296,7 +296,7 @@ def test_thread_count_invariance(dtype, algorithm):
                 assert np.array_equal(a, e)
 
 
-# ---- the layer ------------------------------------------------------------------------------------
+# ---- the layer -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("algorithm", ALGOS)
 def test_layer_algorithm(algorithm):
