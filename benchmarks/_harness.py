@@ -6,6 +6,10 @@ competitor once (timed here with ``perf_counter``), so rounds interleave
 per-round ratios; rates (GFLOP/s or GB/s) come from median times. Everything lands in
 ``benchmark.extra_info`` for ``benchmarks/report.py`` to print.
 
+``NBCONV_BENCH_ONLY=<name>`` (set by ``report.py --separate``) times only that implementation
+(``nbconv`` or a competitor's name) and runs nothing else in the process, so no other library's
+thread pool starts; the row records the names it could have timed under ``extra_info["impls"]``.
+
 A competitor too slow for the full shape (the textbook convolution) can be timed on a part of
 the work, e.g. the first images of the batch: wrap it with :func:`partial`, and its times are
 divided by that fraction (scaled up to the full work) before rates and ratios are taken.
@@ -15,6 +19,7 @@ import statistics
 import time
 
 ROUNDS = int(os.environ.get("NBCONV_BENCH_ROUNDS", "7"))
+ONLY = os.environ.get("NBCONV_BENCH_ONLY", "")
 
 
 def partial(fn, fraction):
@@ -32,6 +37,8 @@ def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", roun
     ``group`` names the table (e.g. ``"conv2d forward float32"``), ``row`` the line (a shape id).
     """
     rounds = rounds or ROUNDS
+    if ONLY:
+        return _compare_only(benchmark, group, row, nbconv_fn, others, work, unit, rounds)
     # warm up: compile, fault in pages, let torch pick its algorithms
     nbconv_fn()
     for fn in others.values():
@@ -59,6 +66,23 @@ def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", roun
         info["rate"][name] = scale / statistics.median(ts)
         # speed ratio nbconv / other = t_other / t_nbconv, per round, then the median
         info["ratio"][name] = statistics.median(t / n for t, n in zip(ts, nb))
+    return info
+
+
+def _compare_only(benchmark, group, row, nbconv_fn, others, work, unit, rounds):
+    """Time ``ONLY`` alone (nothing else runs): its median time lands in ``extra_info``."""
+    info = benchmark.extra_info
+    info.update(group=group, row=row, unit=unit, work=work, rounds=rounds, only=ONLY,
+                impls=["nbconv"] + list(others))
+    if ONLY != "nbconv" and ONLY not in others:
+        benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+        return info
+    fn = nbconv_fn if ONLY == "nbconv" else others[ONLY]
+    fraction = getattr(fn, "work_fraction", 1.0)
+    fn()  # warm up
+    benchmark.group = group
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0, iterations=1)
+    info["time"] = statistics.median(benchmark.stats.stats.data) / fraction
     return info
 
 

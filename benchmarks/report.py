@@ -4,10 +4,25 @@
     python benchmarks/report.py benchmarks/bench_conv.py -k forward
     NBCONV_BENCH_ROUNDS=11 python benchmarks/report.py ...   # more rounds, steadier medians
 
-Arguments are passed to pytest. The raw pytest-benchmark JSON of each run is kept in
-``.benchmarks/run-<time>-<pid>.json``. Ratios are ``nbconv speed / other speed`` (> 1: nbconv is faster),
-medians of per-round ratios from interleaved rounds; the last line of each table is the
-geometric mean over its rows.
+    python benchmarks/report.py --separate benchmarks/bench_conv.py -k "forward and S2"
+    python benchmarks/report.py --separate --runs 5 --with torch,im2col ...
+
+Arguments are passed to pytest. Only this script's tables are printed: pytest's own output
+(with pytest-benchmark's table) goes to ``.benchmarks/run-<time>-<pid>.log`` and is shown only
+when a test fails; one progress line per test goes to stderr. The raw pytest-benchmark JSON of
+each run is kept beside it in ``.benchmarks/run-<time>-<pid>.json``. Ratios are ``nbconv speed
+/ other speed`` (> 1: nbconv is faster), medians of per-round ratios from interleaved rounds;
+the last line of each table is the geometric mean over its rows. A column missing from a row
+(e.g. ``winograd`` on a strided convolution) prints ``-``. Each table's rates are also drawn as
+grouped bars (nbconv, torch, im2col per row) in a PNG beside the JSON, when matplotlib is
+installed (else a one-line message says so).
+
+``--separate`` times each library alone in its own process: per benchmark row, ``--runs``
+times (default 3), a fresh worker process for nbconv and one for each ``--with`` library
+(default ``torch``), alternating, each timing its library only (``NBCONV_BENCH_ONLY``, see
+``_harness.py``); the table gives each library's median over runs of its median time and the
+ratio of those medians. Two OpenMP pools in one process (Numba's and torch's) spin against each
+other, so the in-process ratios of the default mode and these can differ: quote both.
 
 The ``textbook`` column times :mod:`nbconv.textbook` (the readable loop nests of
 ``nbconv/kernels/textbook.py``), so ``nbconv/textbook`` is what the fast kernels' optimisations
@@ -15,10 +30,14 @@ buy. A column marked ``*`` was timed on a slice of the batch (the textbook convo
 40 MFLOP per call, at least one image) and its times scaled up to the full batch; the note under
 the table gives the slice.
 """
+import argparse
 import json
 import math
 import os
+import re
+import statistics
 import subprocess
+import tempfile
 import time
 import sys
 from collections import OrderedDict
@@ -33,6 +52,9 @@ def geomean(xs):
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
 
 
+FIRST = {"nbconv": 0, "direct": 1, "winograd": 2}  # nbconv's own columns lead
+
+
 def print_tables(data, out=sys.stdout):
     groups = OrderedDict()
     for b in data["benchmarks"]:
@@ -42,7 +64,8 @@ def print_tables(data, out=sys.stdout):
         groups.setdefault(info["group"], []).append(info)
     for group, rows in groups.items():
         unit = rows[0]["unit"]
-        impls = list(rows[0]["rate"])
+        impls = list(OrderedDict.fromkeys(k for r in rows for k in r["rate"]))
+        impls.sort(key=lambda k: FIRST.get(k, len(FIRST)))  # stable: the rest keep their order
         others = [k for k in impls if k != "nbconv"]
         sliced = {k: [r.get("fraction", {}).get(k, 1.0) for r in rows] for k in others}
         sliced = {k: fs for k, fs in sliced.items() if min(fs) < 1}
@@ -50,11 +73,13 @@ def print_tables(data, out=sys.stdout):
         head = (["shape"] + [f"{k}{mark[k]} {unit}" for k in impls]
                 + [f"nbconv/{k}{mark[k]}" for k in others])
         lines = []
+        cell = lambda d, k, fmt: fmt.format(d[k]) if k in d else "-"  # noqa: E731
         for r in rows:
-            lines.append([str(r["row"])] + [f"{r['rate'][k]:.2f}" for k in impls]
-                         + [f"{r['ratio'][k]:.2f}x" for k in others])
-        lines.append(["geomean"] + [f"{geomean([r['rate'][k] for r in rows]):.2f}" for k in impls]
-                     + [f"{geomean([r['ratio'][k] for r in rows]):.2f}x" for k in others])
+            lines.append([str(r["row"])] + [cell(r["rate"], k, "{:.2f}") for k in impls]
+                         + [cell(r["ratio"], k, "{:.2f}x") for k in others])
+        gm = lambda d, k: geomean([r[d][k] for r in rows if k in r[d]])  # noqa: E731
+        lines.append(["geomean"] + [f"{gm('rate', k):.2f}" for k in impls]
+                     + [f"{gm('ratio', k):.2f}x" for k in others])
         widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
         print(f"\n## {group}", file=out)
         print("  ".join(h.rjust(w) for h, w in zip(head, widths)), file=out)
@@ -67,20 +92,160 @@ def print_tables(data, out=sys.stdout):
                   f"times scaled up to the full batch", file=out)
 
 
-def main(argv):
+CHART_IMPLS = ("nbconv", "torch", "im2col")
+
+
+def write_charts(data, stem, out=sys.stdout):
+    """One PNG per table: grouped bars of the rates of ``CHART_IMPLS`` per row, written to
+    ``<stem>-<group>.png``. Skipped with a message when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("\n(no speed charts: matplotlib is not installed; pip install matplotlib)",
+              file=out)
+        return []
+    groups = OrderedDict()
+    for b in data["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if "rate" in info:
+            groups.setdefault(info["group"], []).append(info)
+    paths = []
+    for group, rows in groups.items():
+        impls = [k for k in CHART_IMPLS if any(k in r["rate"] for r in rows)]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4))
+        width = 0.8 / len(impls)
+        for i, k in enumerate(impls):
+            xs = [j + (i - (len(impls) - 1) / 2) * width for j in range(len(rows))]
+            ax.bar(xs, [r["rate"].get(k, 0.0) for r in rows], width, label=k)
+        ax.set_xticks(range(len(rows)), [str(r["row"]) for r in rows], rotation=30,
+                     ha="right")
+        ax.set_ylabel(rows[0]["unit"])
+        ax.set_title(group)
+        ax.legend()
+        fig.tight_layout()
+        path = f"{stem}-{re.sub(r'[^A-Za-z0-9]+', '-', group).strip('-')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    if paths:
+        print("\nspeed charts: " + ", ".join(os.path.relpath(p, ROOT) for p in paths), file=out)
+    return paths
+
+
+def run_pytest(args, out_json, log_path, env=None, quiet=False):
+    """pytest on ``args`` with its output in ``log_path`` and one progress line per test on
+    stderr (the ``_progress`` plugin; ``quiet``: stderr into the log too); returns pytest's
+    exit code."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_progress",
+           "--benchmark-only", "--benchmark-json", out_json] + list(args)
+    with open(log_path, "w") as log:
+        return subprocess.call(cmd, cwd=ROOT, stdout=log, env=env,
+                               stderr=subprocess.STDOUT if quiet else None)
+
+
+def _stem():
     os.makedirs(os.path.join(ROOT, ".benchmarks"), exist_ok=True)
-    out_json = os.path.join(ROOT, ".benchmarks", f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
-    args = argv or [os.path.join("benchmarks")]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "--benchmark-only", "--benchmark-json", out_json, "--benchmark-columns=median,rounds"]
-    cmd += args
-    rc = subprocess.call(cmd, cwd=ROOT)
+    return os.path.join(ROOT, ".benchmarks",
+                        f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+
+def main(argv):
+    stem = _stem()
+    out_json, log_path = stem + ".json", stem + ".log"
+    rc = run_pytest(argv or [os.path.join("benchmarks")], out_json, log_path)
+    if rc not in (0, 5):
+        with open(log_path) as f:
+            sys.stdout.write(f.read())
+    print(f"(pytest output: {os.path.relpath(log_path, ROOT)}, JSON: "
+          f"{os.path.relpath(out_json, ROOT)})", file=sys.stderr)
     if not os.path.exists(out_json):
         return rc or 1
     with open(out_json) as f:
-        print_tables(json.load(f))
+        data = json.load(f)
+    print_tables(data)
+    write_charts(data, stem)
     return rc
 
 
+# ---- --separate: every library alone in its own process ----------------------------------------
+
+def _collect(args):
+    """The test ids that ``args`` select."""
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only",
+                          "-p", "no:cacheprovider"] + list(args), cwd=ROOT,
+                         capture_output=True, text=True)
+    ids = [l.strip() for l in res.stdout.splitlines() if "::" in l and not l.startswith(" ")]
+    if not ids:
+        sys.stdout.write(res.stdout + res.stderr)
+    return ids
+
+
+def _worker(node, impl, tmp):
+    """One process timing ``impl`` alone on the test ``node``: its ``extra_info``."""
+    out_json = os.path.join(tmp, "w.json")
+    env = dict(os.environ, NBCONV_BENCH_ONLY=impl)
+    rc = run_pytest([node], out_json, os.path.join(tmp, "w.log"), env, quiet=True)
+    if rc != 0 or not os.path.exists(out_json):
+        with open(os.path.join(tmp, "w.log")) as f:
+            sys.stdout.write(f.read())
+        raise SystemExit(f"worker for {impl} on {node} failed (exit {rc})")
+    with open(out_json) as f:
+        return json.load(f)["benchmarks"][0]["extra_info"]
+
+
+def separate(argv):
+    ap = argparse.ArgumentParser(prog="report.py --separate")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--with", dest="others", default="torch")
+    a, args = ap.parse_known_args(argv)
+    others = [o for o in a.others.split(",") if o]
+    nodes = _collect(args or [os.path.join("benchmarks")])
+    groups = OrderedDict()
+    with tempfile.TemporaryDirectory() as tmp:
+        for node in nodes:
+            times, info = {}, None
+            for run in range(a.runs):
+                order = ["nbconv"] + others
+                if run % 2:  # alternate who goes first
+                    order = order[::-1]
+                for impl in order:
+                    i = _worker(node, impl, tmp)
+                    info = info or i
+                    if "time" in i:
+                        times.setdefault(impl, []).append(i["time"])
+            med = {k: statistics.median(v) for k, v in times.items()}
+            groups.setdefault(info["group"], []).append((info, med))
+            print(f"  {node}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in med.items()),
+                  file=sys.stderr)
+    for group, rows in groups.items():
+        impls = ["nbconv"] + [o for o in others if any(o in m for _, m in rows)]
+        unit = rows[0][0]["unit"]
+        head = (["shape"] + [f"{k} {unit}" for k in impls]
+                + [f"nbconv/{k}" for k in impls[1:]])
+        lines = []
+        for info, med in rows:
+            rate = {k: 1e-9 * info["work"] / t for k, t in med.items()}
+            lines.append([str(info["row"])]
+                         + [f"{rate[k]:.2f}" if k in rate else "-" for k in impls]
+                         + [f"{med[k] / med['nbconv']:.2f}x" if k in med else "-"
+                            for k in impls[1:]])
+        ratios = {k: [m[k] / m["nbconv"] for _, m in rows if k in m] for k in impls[1:]}
+        lines.append(["geomean"] + [""] * len(impls)
+                     + [f"{geomean(ratios[k]):.2f}x" for k in impls[1:]])
+        widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+        print(f"\n## {group} (each library alone in its own process, median of {a.runs} runs; "
+              f"ratio of medians)")
+        print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
+        for l in lines:
+            print("  ".join(c.rjust(w) for c, w in zip(l, widths)))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--separate"]:
+        sys.exit(separate(sys.argv[2:]))
     sys.exit(main(sys.argv[1:]))

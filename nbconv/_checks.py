@@ -220,3 +220,15 @@ def add_batch(a, name):
         raise ValueError(f"{name} must be 3-d (C, OH, OW) like the unbatched input, got shape "
                          f"{a.shape}")
     return a[None] if isinstance(a, np.ndarray) else a
+
+
+ALGORITHMS = ("auto", "direct", "winograd")   # convolution algorithms (functional._algorithm)
+
+
+def check_algorithm(algorithm):
+    """A convolution's ``algorithm``: one of :data:`ALGORITHMS` (before the
+    ``NBCONV_CONV_ALGORITHM`` override, which :mod:`nbconv.functional._algorithm` applies)."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got "
+                         f"{algorithm!r}")
+    return algorithm

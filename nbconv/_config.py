@@ -164,3 +164,20 @@ PARALLEL_ELEMENTS = 1 << 23  # elementwise ops (ReLU, dropout, optimizer updates
 #   at NumPy's single-threaded copy speed or faster (ReLU 8 MB: 61 GB/s vs copy 40; 32 MB: 36
 #   vs 37), while a 2-thread launch on a busy machine waited 7-20 ms for the second worker.
 PARALLEL_MACS = 1 << 21  # the same for matrix products, counted in multiply-adds
+
+# winograd (nbconv.functional.winograd; the kernels' own constants stay in
+# nbconv.kernels.winograd)
+WINOGRAD_V_BYTES = 4 << 20  # the transformed input of one task (36 x channels x tiles): about L2
+WINOGRAD_T_MAX = 128  # tiles per task at most (a run of the product's inner loop)
+WINOGRAD_T_MIN = 16  # tiles per task at least, when splitting for more tasks
+WINOGRAD_MIN_TASKS = 4  # fewer tasks than this: smaller ones (two threads need work to share)
+WINOGRAD_FBK = 32  # filters per pass of the product (their 36 x FBK x T products stay in L2)
+# algorithm="auto" (nbconv.functional._algorithm, measured table there): Winograd only with at
+# least this many input channels and filters per group (C = 8 and Cg = 8 measured 0.85-0.97x
+# direct, 16 1.1-1.6x), output pixels per map (4x4 maps 0.8-0.9x, 8x8 1.0-1.07x) and tiles in a
+# tile row over the batch, N * ceil(OW / 4) (N = 1 at 32x32 and 56x56: 0.44-0.79x; Winograd's
+# tasks are tile rows, too short to pay for its transforms)
+WINOGRAD_MIN_CG = 16
+WINOGRAD_MIN_FG = 16
+WINOGRAD_MIN_PIXELS = 64
+WINOGRAD_MIN_ROW_TILES = 64

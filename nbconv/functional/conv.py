@@ -13,19 +13,29 @@ bottom/right as PyTorch) or ``'full'`` (``dilation * (k - 1)`` on each side), pa
 :func:`conv2d_padding`. Group ``g`` maps input channels ``[g*C/G, (g+1)*C/G)`` to filters
 ``[g*n_filters/G, (g+1)*n_filters/G)``.
 
+``algorithm`` is ``"auto"`` (default), ``"direct"`` or ``"winograd"``; the environment
+variable ``NBCONV_CONV_ALGORITHM`` overrides it. :mod:`nbconv.functional._algorithm` holds the
+rules, the ``"auto"`` rule's measurements and the non-finite fallback.
+
 Each op checks its arguments here, once per call, then hands a
 :class:`~nbconv.functional._conv_plan.ConvGeometry` to the engine of its path (:func:`_engine`):
 :mod:`nbconv.functional._conv_plan` plans and runs the general kernels of
 :mod:`nbconv.kernels.conv`, :mod:`nbconv.functional.depthwise` those of
-:mod:`nbconv.kernels.depthwise`. :func:`conv2d_prepare` builds the geometry and the layout of
-``x`` once; :func:`conv2d` and :func:`conv2d_backward` given its result reuse both.
+:mod:`nbconv.kernels.depthwise`; where the algorithm is Winograd,
+:mod:`nbconv.functional.winograd` runs the forward pass and ``dx`` on ``x`` / ``dy`` as they
+are (NCHW) and the direct engine the weight gradient. :func:`conv2d_prepare` builds the
+geometry once; the direct engine's layout of ``x`` is built on first use (at once for a direct
+forward pass, at backward time after a Winograd one, never for Winograd inference) and kept;
+:func:`conv2d` and :func:`conv2d_backward` given its result reuse both.
 """
 import numpy as np
 
 from .._checks import (add_batch, check_array, check_int, conv2d_padding, is_unbatched,
                        is_unbatched_shape, to_pair)
+from . import _algorithm as _algo
 from . import _conv_plan as _plan
 from . import depthwise as _depthwise
+from . import winograd as _winograd
 
 __all__ = ["conv2d", "conv2d_backward", "conv2d_input_grad", "conv2d_prepare", "conv2d_padding"]
 
@@ -41,14 +51,30 @@ def _engine(geom):
 
 class Prepared:
     """What :func:`conv2d_prepare` returns: ``geom`` (the
-    :class:`~nbconv.functional._conv_plan.ConvGeometry`), ``xb`` (``x`` laid out for the
-    kernels) and ``args`` (the normalised ``(stride, pads, dilation, groups)`` it was made for).
-    Pass it as ``prepared`` to :func:`conv2d` and :func:`conv2d_backward`."""
+    :class:`~nbconv.functional._conv_plan.ConvGeometry`), ``args`` (the normalised ``(stride,
+    pads, dilation, groups)`` it was made for), ``algorithm`` (the one asked for, after
+    ``NBCONV_CONV_ALGORITHM``), ``winograd`` (whether Winograd runs where the data is finite)
+    and ``xb``, ``x`` laid out for the direct kernels (built on first use). Pass it as
+    ``prepared`` to :func:`conv2d` and :func:`conv2d_backward`."""
 
-    __slots__ = ("geom", "xb", "args", "unbatched")
+    __slots__ = ("geom", "args", "algorithm", "winograd", "x", "_xb", "unbatched")
 
-    def __init__(self, geom, xb, args, unbatched=False):
-        self.geom, self.xb, self.args, self.unbatched = geom, xb, args, unbatched
+    def __init__(self, geom, x, args, algorithm, winograd, unbatched=False):
+        self.geom, self.args, self.algorithm, self.winograd = geom, args, algorithm, winograd
+        self.x, self._xb, self.unbatched = x, None, unbatched
+        if not winograd:  # the direct forward pass needs the layout: build it now, drop x
+            self._xb, self.x = _engine(geom).layout(x, geom), None
+
+    @property
+    def xb(self):
+        """``x`` in the direct engine's layout (built on the first call, then kept)."""
+        if self._xb is None:
+            self._xb = _engine(self.geom).layout(self.x, self.geom)
+        return self._xb
+
+    def use_winograd(self, *arrays):
+        """Whether this call runs Winograd: chosen, and (for ``"auto"``) ``arrays`` finite."""
+        return self.winograd and (self.algorithm != _algo.AUTO or _algo.all_finite(*arrays))
 
 
 def _check_args(x, weight, bias, stride, padding, dilation, groups):
@@ -95,38 +121,42 @@ def _geometry(x_shape, weight, args, x_name="x"):
     return geom
 
 
-def _resolve(x, weight, args, prepared):
-    """``(geom, xb)``: from a ``prepared`` made for these arguments (checked, not rebuilt), or
-    built from ``x``."""
+def _resolve(x, weight, args, algorithm, prepared):
+    """A :class:`Prepared`: ``prepared`` if it was made for these arguments (checked, not
+    rebuilt), else one built from ``x``."""
     if prepared is None:
         if x is None:
             raise TypeError("x must be a numpy.ndarray, got NoneType")
         geom = _geometry(x.shape, weight, args)
-        return geom, _engine(geom).layout(x, geom)
+        return Prepared(geom, x, args, *_algo.resolve(geom, algorithm))
     if not isinstance(prepared, Prepared):
         raise TypeError(f"prepared must be the result of conv2d_prepare, got "
                         f"{type(prepared).__name__}")
     geom = prepared.geom
-    made = (prepared.args, geom.w_shape, geom.dtype, geom.x_shape)
-    call = (args, weight.shape, weight.dtype, geom.x_shape if x is None else x.shape)
+    made = (prepared.args, geom.w_shape, geom.dtype, geom.x_shape, prepared.algorithm)
+    call = (args, weight.shape, weight.dtype, geom.x_shape if x is None else x.shape,
+            _algo.requested(algorithm)[0])
     if made != call:
-        names = ("(stride, padding, dilation, groups)", "weight shape", "dtype", "x shape")
+        names = ("(stride, padding, dilation, groups)", "weight shape", "dtype", "x shape",
+                 "algorithm")
         diff = "; ".join(f"{n} {m} vs {c}" for n, m, c in zip(names, made, call) if m != c)
         raise ValueError(f"prepared was made for other arguments or another input shape "
                          f"(prepared vs this call: {diff})")
-    return geom, prepared.xb
+    return prepared
 
 
-def conv2d_prepare(input, weight, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_prepare(input, weight, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
     """Validate ``input (N, C, H, W)`` (or ``(C, H, W)``) with ``weight (n_filters, C/groups,
-    KH, KW)`` and lay it out once; pass the result as ``prepared`` to :func:`conv2d` and
-    :func:`conv2d_backward` with the same arguments (a layer's forward keeps it for its
-    backward)."""
+    KH, KW)``, choose the algorithm and lay ``input`` out once; pass the result as ``prepared``
+    to :func:`conv2d` and :func:`conv2d_backward` with the same arguments (a layer's forward
+    keeps it for its backward). Keeps a reference to ``input`` itself where the algorithm reads
+    it as it is (Winograd), so do not modify it in place before the backward pass."""
     unbatched = is_unbatched(input)
     x = input[None] if unbatched else input
     x, weight, _, args = _check_args(x, weight, None, stride, padding, dilation, groups)
-    geom, xb = _resolve(x, weight, args, None)
-    return Prepared(geom, xb, args, unbatched)
+    prep = _resolve(x, weight, args, algorithm, None)
+    prep.unbatched = unbatched
+    return prep
 
 
 def _unbatched_call(x, prepared):
@@ -137,39 +167,62 @@ def _unbatched_call(x, prepared):
     return (x is None and isinstance(prepared, Prepared) and prepared.unbatched), x
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prepared=None):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, prepared=None,
+           algorithm="auto"):
     """2-d cross-correlation as ``torch.nn.functional.conv2d``: ``(N, C, H, W) -> (N,
     n_filters, OH, OW)``, ``y[n,f,oh,ow] = bias[f] + sum_{c,i,j} weight[f,c,i,j] *
     xpad[n, g*C/G + c, oh*sh + i*dh, ow*sw + j*dw]`` (``g`` the group of filter ``f``). ``x``
     may be None when ``prepared`` (from :func:`conv2d_prepare` with the same arguments) is
-    given. Unbatched ``(C, H, W)`` gives ``(n_filters, OH, OW)``."""
+    given. Unbatched ``(C, H, W)`` gives ``(n_filters, OH, OW)``.
+
+    ``algorithm``: ``"auto"`` (Winograd F(4x4,3x3) for 3x3, stride-1, dilation-1 convolutions
+    with at least 16 input channels and filters per group, 64 output pixels per map and
+    ``N * ceil(OW / 4) >= 64``, where it measured faster, unless ``x`` or ``weight`` holds a NaN
+    or inf; direct otherwise),
+    ``"direct"`` or ``"winograd"`` (``ValueError`` with the reason where it cannot run; a NaN or
+    inf spreads over its 4x4 output tiles). ``NBCONV_CONV_ALGORITHM`` overrides it; see
+    :mod:`nbconv.functional._algorithm`."""
     unbatched, x = _unbatched_call(input, prepared)
     x, weight, bias, args = _check_args(x, weight, bias, stride, padding, dilation, groups)
-    geom, xb = _resolve(x, weight, args, prepared)
+    prep = _resolve(x, weight, args, algorithm, prepared)
+    geom = prep.geom
+    if prep.winograd:
+        xw = prep.x if x is None else x
+        if prep.use_winograd(xw, weight):
+            return _winograd.winograd_conv2d(xw, weight, bias, (geom.pt, geom.pl), geom.G)
     if bias is None:
         bias = np.zeros(geom.n_filters, geom.dtype)
-    y = _engine(geom).forward(geom, xb, weight, bias)
+    y = _engine(geom).forward(geom, prep.xb, weight, bias)
     return y[0] if unbatched else y
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, need_dx=True,
-                    need_bias=True, prepared=None):
+                    need_bias=True, prepared=None, algorithm="auto"):
     """Gradients of :func:`conv2d`: returns ``(dx (N, C, H, W) or None, dweight (n_filters,
     C/groups, KH, KW), dbias (n_filters,) or None)`` for ``dy (N, n_filters, OH, OW)``.
     ``need_dx=False`` skips the input gradient (about half the work), ``need_bias=False`` the
-    bias gradient. ``x`` may be None when ``prepared`` (from :func:`conv2d_prepare`) is
-    given. An unbatched ``x`` (or ``prepared``) takes an unbatched ``dy (n_filters, OH, OW)``
-    and gives an unbatched ``dx``."""
+    bias gradient. ``x`` may be None when ``prepared`` (from :func:`conv2d_prepare`, made with
+    the same ``algorithm``) is given. ``algorithm`` as in :func:`conv2d`: Winograd computes
+    ``dx`` (``"auto"``: unless ``dy`` or ``weight`` holds a NaN or inf), the direct kernels the
+    weight and bias gradients. An unbatched ``x`` (or ``prepared``) takes an unbatched ``dy
+    (n_filters, OH, OW)`` and gives an unbatched ``dx``."""
     unbatched, x = _unbatched_call(x, prepared)
     if unbatched:
         dy = add_batch(dy, "dy")
     x, weight, _, args = _check_args(x, weight, None, stride, padding, dilation, groups)
-    geom, xb = _resolve(x, weight, args, prepared)
+    prep = _resolve(x, weight, args, algorithm, prepared)
+    geom = prep.geom
     dy = check_array(dy, "dy", ndim=4, dtype=weight.dtype)
     if dy.shape != geom.y_shape:
         raise ValueError(f"dy must have the output shape {geom.y_shape[unbatched:]}, got "
                          f"{dy.shape[unbatched:]}")
-    dx, dw, db = _engine(geom).backward(geom, xb, dy, weight, bool(need_dx), bool(need_bias))
+    need_dx, need_bias = bool(need_dx), bool(need_bias)
+    if need_dx and prep.use_winograd(dy, weight):
+        dx = _winograd.winograd_conv2d_input_grad(dy, weight, (geom.pt, geom.pl),
+                                                  geom.x_shape, geom.G)
+        _, dw, db = _engine(geom).backward(geom, prep.xb, dy, weight, False, need_bias)
+    else:
+        dx, dw, db = _engine(geom).backward(geom, prep.xb, dy, weight, need_dx, need_bias)
     return (dx[0] if unbatched and dx is not None else dx), dw, db
 
 

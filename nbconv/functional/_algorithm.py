@@ -1,0 +1,132 @@
+"""Which algorithm runs a convolution: ``"direct"``, ``"winograd"`` or ``"auto"``.
+
+:func:`nbconv.functional.conv2d`, :func:`~nbconv.functional.conv2d_prepare`,
+:func:`~nbconv.functional.conv2d_backward` and :class:`nbconv.layers.Conv2d` take
+``algorithm=``, as cuDNN users pick a convolution algorithm:
+
+- ``"direct"``: the direct kernels (:mod:`nbconv.functional._conv_plan`,
+  :mod:`nbconv.functional.depthwise`), any convolution.
+- ``"winograd"``: Winograd F(4x4,3x3) (:mod:`nbconv.functional.winograd`) for the forward pass
+  and the input gradient; the weight gradient stays direct. Only 3x3, stride 1, dilation 1,
+  padding the same on both sides of each axis; anything else raises ``ValueError`` naming the
+  reason (:func:`winograd_reason`). A NaN or inf in ``x`` (or ``dy``, for ``dx``) reaches every
+  output of the 4x4 tiles whose input tile holds it (as NaN), not only the outputs whose 3x3
+  window holds it as in PyTorch.
+- ``"auto"`` (the default): Winograd where :func:`prefers_winograd` says it measured faster,
+  direct elsewhere, and direct whenever the input (``x`` for the forward pass, ``dy`` for
+  ``dx``) or the weight holds a NaN or inf, so results follow PyTorch's non-finite semantics.
+  The check (:func:`all_finite`) is NumPy's ``isfinite`` over chunks of the array: 0.2-0.5 ms
+  for 2-8 MB inputs here, 0.3% of a Winograd forward pass. A Numba kernel doing the same pass
+  (multiply by zero, sum, compare) measured 64 ms per call on this busy machine, whatever the
+  size: waking its thread pool cost more than the pass.
+
+The environment variable ``NBCONV_CONV_ALGORITHM`` (``auto``, ``direct`` or ``winograd``),
+read at every call, overrides the argument everywhere (for debugging and benchmarks):
+``direct`` runs the direct kernels everywhere, ``auto`` applies the rule everywhere, and
+``winograd`` runs Winograd on every convolution it can do (without the non-finite fallback)
+and direct on the others, instead of raising. An unknown value raises ``ValueError``.
+
+The ``"auto"`` rule, measured (float32, 2 threads of a busy 2-core Zen 5, AVX-512;
+``benchmarks/winograd_probe.py``, 3x3 padding 1, medians of 5 interleaved rounds; speed of
+Winograd / direct, forward pass and whole backward pass (Winograd dx + direct dw vs direct dx +
+dw); two numbers: two runs):
+
+    shape (N, C, H, W, F)    forward  backward (dx + dw)
+    64, 3, 32, 32, 16          0.84     0.91
+    64, 8, 32, 32, 8           0.97     0.89
+    64, 16, 32, 32, 16         1.61     1.10
+    64, 16, 16, 16, 64         1.23     -
+    64, 32, 16, 16, 32         1.21     -
+    64, 64, 16, 16, 128 g4     1.46     1.07     (Cg = 16)
+    64, 64, 16, 16, 64 g8      0.85     0.85     (Cg = 8)
+    64, 64, 12, 12, 64         1.14     0.97
+    64, 64, 8, 8, 64           1.01-1.07  1.03
+    64, 64, 4, 4, 64           0.93     -
+    64, 128, 4, 4, 128         0.79     0.86
+    8, 64, 56, 56, 64          1.59     1.11
+    1, 64, 56, 56, 64          0.65-0.72  0.79
+    1, 64, 32, 32, 64          0.44     0.72
+    1, 64, 8, 8, 64            0.64     -
+
+The machine ran about 10 other processes on its 2 cores (loads of 10), so absolute rates were
+10-30 GFLOP/s, a tenth of a quiet machine's, and single ratios move by about 0.1; the rule keeps
+to what held in every measurement. Re-measure after any change to the Winograd kernels.
+
+Rule: Winograd when the convolution is one Winograd can do, with ``Cg >= WINOGRAD_MIN_CG`` (16)
+input channels and ``Fg >= WINOGRAD_MIN_FG`` (16) filters per group, at least
+``WINOGRAD_MIN_PIXELS`` (64) output pixels per map and ``N * ceil(OW / 4) >=
+WINOGRAD_MIN_ROW_TILES`` (64) 4x4 tiles per tile row over the batch (Winograd's tasks are tile
+rows: with one image they are too short). Constants in :mod:`nbconv._config`.
+"""
+import os
+
+from .._config import (WINOGRAD_MIN_CG, WINOGRAD_MIN_FG, WINOGRAD_MIN_PIXELS,
+                       WINOGRAD_MIN_ROW_TILES)
+import numpy as np
+
+from .._checks import ALGORITHMS, check_algorithm  # noqa: F401  (re-exported)
+
+AUTO, DIRECT, WINOGRAD = ALGORITHMS
+ENV = "NBCONV_CONV_ALGORITHM"
+_FINITE_CHUNK = 1 << 18  # elements per np.isfinite call: its boolean temporary stays in L2
+
+
+def requested(algorithm):
+    """``(algorithm, forced)``: the argument checked, or ``NBCONV_CONV_ALGORITHM`` when that is
+    set (``forced`` True)."""
+    check_algorithm(algorithm)
+    env = os.environ.get(ENV, "").strip().lower()
+    if not env:
+        return algorithm, False
+    if env not in ALGORITHMS:
+        raise ValueError(f"environment variable {ENV}={os.environ[ENV]!r} must be one of "
+                         f"{', '.join(ALGORITHMS)} (or unset)")
+    return env, True
+
+
+def winograd_reason(geom):
+    """None if Winograd F(4x4,3x3) can run the convolution of ``geom`` (a validated
+    :class:`~nbconv.functional._conv_plan.ConvGeometry`), else why not."""
+    if (geom.KH, geom.KW) != (3, 3):
+        return f"kernel size {(geom.KH, geom.KW)} is not 3x3"
+    if (geom.sh, geom.sw) != (1, 1):
+        return f"stride {(geom.sh, geom.sw)} is not 1"
+    if (geom.dh, geom.dw) != (1, 1):
+        return f"dilation {(geom.dh, geom.dw)} is not 1"
+    if geom.pt != geom.pb or geom.pl != geom.pr:
+        return (f"padding (top, bottom, left, right) {(geom.pt, geom.pb, geom.pl, geom.pr)} "
+                f"is not the same on both sides")
+    return None
+
+
+def prefers_winograd(geom):
+    """The ``"auto"`` rule (see the module docstring): True where Winograd measured faster."""
+    return (winograd_reason(geom) is None and geom.Cg >= WINOGRAD_MIN_CG
+            and geom.Fg >= WINOGRAD_MIN_FG and geom.OH * geom.OW >= WINOGRAD_MIN_PIXELS
+            and geom.N * -(-geom.OW // 4) >= WINOGRAD_MIN_ROW_TILES)
+
+
+def resolve(geom, algorithm):
+    """``(requested, winograd)`` for a validated ``geom``: the algorithm asked for (after the
+    environment override) and whether Winograd runs where the data is finite. Raises
+    ``ValueError`` for an explicit ``"winograd"`` that cannot run."""
+    algorithm, forced = requested(algorithm)
+    if algorithm == DIRECT:
+        return algorithm, False
+    if algorithm == AUTO:
+        return algorithm, prefers_winograd(geom)
+    why = winograd_reason(geom)
+    if why is not None and not forced:
+        raise ValueError(f"algorithm='winograd' cannot run this convolution: {why}")
+    return algorithm, why is None
+
+
+def all_finite(*arrays):
+    """True if no array holds a NaN or inf: one pass over each, in chunks (stops at the first
+    chunk with one)."""
+    for a in arrays:
+        flat = a.reshape(-1)
+        for i in range(0, flat.size, _FINITE_CHUNK):
+            if not np.isfinite(flat[i:i + _FINITE_CHUNK]).all():
+                return False
+    return True

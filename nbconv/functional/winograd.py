@@ -1,0 +1,172 @@
+"""Winograd F(4x4, 3x3) convolution: thin wrappers around :mod:`nbconv.kernels.winograd`.
+
+Shapes: ``x`` ``(N, C, H, W)``, ``weight`` ``(F, C/groups, 3, 3)``, ``bias`` ``(F,)``,
+``y``/``dy`` ``(N, F, OH, OW)`` with ``OH = H + 2*ph - 2``, ``OW = W + 2*pw - 2`` (stride 1,
+dilation 1, ``ph``/``pw`` >= 0 on both sides of an axis; any groups, each group an independent
+convolution). float32 and float64.
+
+These are meant to be called by the conv dispatcher, which validates fully; here only what the
+kernels rely on is checked (dtypes, shapes, :func:`winograd_supported`). Inputs are never
+modified.
+
+- :func:`winograd_conv2d`: the forward pass (bias added in the output transform).
+- :func:`winograd_conv2d_input_grad`: ``dx``, the same kernel on ``dy`` shifted by ``2 - p``
+  (a crop when ``p > 2``) with the flipped, channel-swapped weights.
+- The weight gradient stays direct: ``nbconv.functional.conv2d_backward(..., need_dx=False)``.
+
+Tiling (see :func:`_plan`): tasks of up to ``_T_MAX`` 4x4 tiles whose transformed input (36 x
+channels x tiles) fits ``_V_BYTES``; fixed by the shapes alone, so results are bitwise identical
+across runs and thread counts. Accuracy and speed notes: :mod:`nbconv.kernels.winograd`.
+"""
+import numba
+import numpy as np
+
+from ..kernels import winograd as _k
+
+__all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad"]
+
+# tuning constants, each with its reason in nbconv._config
+from .._config import WINOGRAD_FBK as _FBK  # noqa: E402
+from .._config import WINOGRAD_MIN_TASKS as _MIN_TASKS  # noqa: E402
+from .._config import WINOGRAD_T_MAX as _T_MAX  # noqa: E402
+from .._config import WINOGRAD_T_MIN as _T_MIN  # noqa: E402
+from .._config import WINOGRAD_V_BYTES as _V_BYTES  # noqa: E402
+
+
+def winograd_supported(w_shape, stride=1, padding=0, dilation=1, groups=1, x_shape=None):
+    """None if Winograd F(4x4,3x3) can run this convolution, else a string naming why not.
+    ``padding`` is an int or a pair ``(ph, pw)`` (symmetric per axis)."""
+    pair = lambda v: (v, v) if np.ndim(v) == 0 else tuple(v)  # noqa: E731
+    if isinstance(padding, str):
+        return f"padding {padding!r} is not an int or a pair"
+    if len(w_shape) != 4 or tuple(w_shape[2:]) != (3, 3):
+        return f"kernel size {tuple(w_shape[2:])} is not 3x3"
+    if pair(stride) != (1, 1):
+        return f"stride {pair(stride)} is not 1"
+    if pair(dilation) != (1, 1):
+        return f"dilation {pair(dilation)} is not 1"
+    ph, pw = pair(padding)
+    if min(ph, pw) < 0:
+        return f"padding {(ph, pw)} is negative"
+    if groups < 1 or w_shape[0] % groups:
+        return f"groups={groups} does not divide the {w_shape[0]} filters"
+    if x_shape is not None:
+        if x_shape[1] != w_shape[1] * groups:
+            return f"x has {x_shape[1]} channels, weight expects {w_shape[1] * groups}"
+        if x_shape[2] + 2 * ph < 3 or x_shape[3] + 2 * pw < 3:
+            return f"padded input {x_shape[2:]} + 2*{(ph, pw)} is smaller than the kernel"
+    return None
+
+
+def _consts(dtype):
+    return np.array([2, 4, 5, 8, 1 / 4, 1 / 6, 1 / 12, 1 / 24], dtype)
+
+
+def _plan(N, OH, OW, G, Cp, itemsize):
+    """Task rows ``(g, th, n0, n1, tw0, tw1)``: a tile row of a few images (or a run of tile
+    columns of one image), about ``T`` tiles each, the tile rows of the same images one after
+    the other; halving ``T`` (down to ``_T_MIN``) while there are fewer than ``_MIN_TASKS``
+    tasks. Independent of the thread count, so results are too."""
+    TH, TW = -(-OH // 4), -(-OW // 4)
+    T = int(min(_T_MAX, max(_T_MIN, _V_BYTES // (36 * Cp * itemsize))))
+    while True:
+        rows = []
+        if TW >= T:
+            k = -(-TW // T)
+            cuts = [TW * i // k for i in range(k + 1)]
+            for g in range(G):
+                for n in range(N):
+                    for th in range(TH):
+                        rows += [(g, th, n, n + 1, cuts[i], cuts[i + 1]) for i in range(k)]
+        else:
+            nb = max(1, T // TW)
+            k = -(-N // nb)
+            cuts = [N * i // k for i in range(k + 1)]
+            for g in range(G):
+                for i in range(k):
+                    rows += [(g, th, cuts[i], cuts[i + 1], 0, TW) for th in range(TH)]
+        if len(rows) >= _MIN_TASKS or T <= _T_MIN:
+            return np.array(rows, np.int64).reshape(-1, 6)
+        T = max(_T_MIN, T // 2)
+
+
+def _transform_weights(weight, G, cst):
+    Ft, Cg = weight.shape[:2]
+    Fo = Ft // G
+    U = np.empty((G, 36, -(-Cg // 4) * 4, -(-Fo // 4) * 4), weight.dtype)
+    _k.weight_transform(weight, U, cst)
+    return U
+
+
+def _run(x, weight, bias, pt, pl, OH, OW, groups):
+    dtype = x.dtype
+    N, F = x.shape[0], weight.shape[0]
+    cst = _consts(dtype)
+    U = _transform_weights(weight, groups, cst)
+    y = np.empty((N, F, OH, OW), dtype)
+    if y.size == 0:
+        return y
+    b = np.zeros(F, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    tasks = _plan(N, OH, OW, groups, U.shape[2], dtype.itemsize)
+    nth = numba.get_num_threads()
+    Tmax = int(((tasks[:, 3] - tasks[:, 2]) * (tasks[:, 5] - tasks[:, 4])).max())
+    wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
+    Ts = _k._row_len(Tmax, 64 // dtype.itemsize)
+    Vs = np.empty((nth, U.shape[2], 36, Ts), dtype)
+    Ms = np.empty((nth, min(_FBK, U.shape[3]), 36, Ts), dtype)
+    Rs = np.empty((nth, 12, wmax), dtype)
+    Qs = np.empty((nth, 2, 6, 6, Ts), dtype)
+    _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst)
+    return y
+
+
+def _float_array(a, name, dtype=None):
+    a = np.ascontiguousarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
+    return a
+
+
+def winograd_conv2d(x, weight, bias=None, padding=(1, 1), groups=1):
+    """``torch.nn.functional.conv2d(x, weight, bias, padding=padding, groups=groups)`` for a
+    3x3, stride-1, dilation-1 kernel by Winograd F(4x4,3x3): ``(N, C, H, W) -> (N, F, H + 2*ph
+    - 2, W + 2*pw - 2)``. Raises ValueError (with the reason) where that does not apply."""
+    x = _float_array(x, "x")
+    weight = _float_array(weight, "weight", x.dtype)
+    if bias is not None:
+        bias = _float_array(bias, "bias", x.dtype)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
+    why = winograd_supported(weight.shape, 1, padding, 1, groups, x.shape)
+    if why is not None:
+        raise ValueError(f"winograd convolution not applicable: {why}")
+    ph, pw = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
+    N, C, H, W = x.shape
+    return _run(x, weight, bias, ph, pw, H + 2 * ph - 2, W + 2 * pw - 2, groups)
+
+
+def winograd_conv2d_input_grad(dy, weight, padding, x_shape, groups=1):
+    """Input gradient ``dx (N, C, H, W)`` of :func:`winograd_conv2d` for ``dy (N, F, OH,
+    OW)``: the same Winograd convolution of ``dy`` (shifted by ``2 - p``, zero outside) with
+    the flipped, channel-swapped weights ``wt[g*Cg + c, f, i, j] = weight[g*Fo + f, c, 2 - i,
+    2 - j]``."""
+    dy = _float_array(dy, "dy")
+    weight = _float_array(weight, "weight", dy.dtype)
+    why = winograd_supported(weight.shape, 1, padding, 1, groups, x_shape)
+    if why is not None:
+        raise ValueError(f"winograd convolution not applicable: {why}")
+    ph, pw = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
+    N, C, H, W = x_shape
+    F, Cg = weight.shape[:2]
+    Fo = F // groups
+    if dy.shape != (N, F, H + 2 * ph - 2, W + 2 * pw - 2):
+        raise ValueError(f"dy must have shape {(N, F, H + 2 * ph - 2, W + 2 * pw - 2)}, "
+                         f"got {dy.shape}")
+    wt = np.ascontiguousarray(
+        weight[:, :, ::-1, ::-1].reshape(groups, Fo, Cg, 3, 3).transpose(0, 2, 1, 3, 4)
+    ).reshape(groups * Cg, Fo, 3, 3)
+    return _run(dy, wt, None, 2 - ph, 2 - pw, H, W, groups)

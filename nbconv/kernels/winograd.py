@@ -1,0 +1,355 @@
+"""Winograd F(4x4, 3x3) convolution loop nests (stride 1, dilation 1, 3x3 kernels).
+
+``y = A^T [ (G g G^T) . (B^T d B) ] A`` per 4x4 output tile: 36 products per tile and channel
+pair instead of 144 (Lavin & Gray's points 0, +-1, +-2, inf; ``G`` holds the fractions, so
+float64 stays exact to ~1e-14 relative).
+
+- ``weight_transform``: ``U[g, e, c, f] = (G w[f, c] G^T)[e]`` (zero rows/columns pad ``Cg``/``Fo``
+  to multiples of 4). Small; recomputed per call.
+- ``winograd_forward``: one parallel loop over tasks, each a tile row ``th`` of a few images (or a
+  run of tile columns of one image), ``T`` <= 128 tiles, written only by that task (no reductions
+  across tasks, so results are bitwise identical for any thread count). Per task, in per-thread
+  scratch (NNPACK's structure: all channels of a tile block transformed into L2, the product
+  blocked by channels for L1):
+
+  1. ``_input_transform``: per channel, the 6 input rows of all the task's images, zero padded,
+     side by side; the column transform ``B^T`` on whole rows (unit stride, vectorised); the row
+     transform ``B`` per tile; into ``V[c, e, j]``. Padding never enters as data: it is zeros
+     written once per task.
+  2. ``_product`` per block of ``FBK`` filters: ``M[k, e, :] = sum_c U[e, c, f] V[c, e, :]``,
+     4 channels x 4 filters per pass over a run of tiles, the 4 output rows in L1 as
+     accumulators (16 FMAs per 4 x-loads, 4 accumulator loads and 4 stores), channels in blocks
+     whose rows stay in L1.
+  3. ``_output_transform``: ``Y = A^T M A + bias`` as unit-stride loops over the tiles, then
+     each output row interleaved back from its tiles and cropped at the right/bottom edge.
+
+Scratch rows hold an odd number of 64-byte lines, and a tile's 36 values sit in consecutive
+rows (``V[c, e, j]``, ``M[k, e, j]``): the first layout, ``V[e, c, j]`` with a 256-byte row,
+put all 36 values of a tile in the same few L1 sets and made both transforms 4-40x slower.
+
+Non-finite inputs: every output of a 4x4 tile mixes its whole 6x6 input patch, so a NaN or inf
+input makes NaN in the whole tile(s) that read it (a superset of the outputs that are NaN with
+the direct algorithm; other tiles are untouched).
+
+Measured (AMD Zen 5, AVX-512, numba 0.68, float32, a busy shared 2-core machine):
+
+- Accuracy (``tests/test_winograd.py::ACC_GRID``, unit-normal inputs, He-scaled weights, padding
+  1): max abs error against a float64 reference of the same float32 inputs: Winograd 2.66e-5,
+  direct kernel (``nbconv.functional.conv2d``) 6.40e-6, so 4.2x (the test asserts <= 10x);
+  PyTorch 1.88e-6. float64 Winograd: 1.1e-14 relative.
+- ``inspect_asm`` of ``_product``'s accumulate loop (float32 and float64): 16 ``vfmadd231p[sd]``
+  on zmm per iteration, 4 zmm stores, 7 zmm loads, 8-10 reloads of broadcast weights from the
+  stack (the 16 weights plus temporaries exceed the registers; no spill stores in the loop).
+- Product alone, one thread, data in L1/L2, T = 128: 77-117 GFLOP/s float32 = 46-70% of one
+  core's peak (2 x 512-bit FMA x ~2.6 GHz = ~166 GFLOP/s); T = 64: 58-83. Inside the whole
+  kernel it runs at about 60 GFLOP/s (~36%), the transforms at 15-25 ns (input, per tile and
+  channel) and 6-13 ns (output, per tile and filter; short rows more).
+- Tried and dropped: product with 8 channels x 2 filters per pass (10 loads, 2 stores per 16
+  FMAs): 0.65x of 4x4. Input transform per tile in scalar code (two 1-d passes in registers):
+  19-46 ns; vectorised over tiles after splitting rows by column phase: 25-49 ns (a slice per
+  short row costs more than the row). Output transform per tile in scalar code: 13-17 ns.
+  Not tried: the channels-innermost product with scalar accumulators (its horizontal sums per
+  4x4 block cost too much for C = 16-64), F(2x2,3x3) for tiny maps, the weight gradient in the
+  Winograd domain (it stays direct).
+"""
+import numpy as np
+from numba import get_thread_id, prange
+
+from .._config import kernel, serial_kernel
+
+ALPHA = 6  # transform tile side (m + r - 1 = 4 + 3 - 1)
+NE = ALPHA * ALPHA  # 36 transform points
+L1_BYTES = 16384  # the product's block of transformed input rows
+
+
+# ---------------------------------------------------------------- 1-d transforms
+@serial_kernel
+def _bt(d0, d1, d2, d3, d4, d5, k2, k4, k5):
+    """B^T d for one 6-vector (Lavin & Gray's points 0, +-1, +-2, inf)."""
+    return (k4 * d0 - k5 * d2 + d4,
+            (d3 + d4) - k4 * (d1 + d2),
+            (d4 - d3) + k4 * (d1 - d2),
+            (d4 - d2) + k2 * (d3 - d1),
+            (d4 - d2) - k2 * (d3 - d1),
+            k4 * d1 - k5 * d3 + d5)
+
+
+@serial_kernel
+def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
+    """A^T m for one 6-vector: 4 outputs."""
+    s12 = m1 + m2
+    d12 = m1 - m2
+    s34 = m3 + m4
+    d34 = m3 - m4
+    return (m0 + s12 + s34,
+            d12 + k2 * d34,
+            s12 + k4 * s34,
+            d12 + k8 * d34 + m5)
+
+
+# ---------------------------------------------------------------- weight transform
+@kernel
+def weight_transform(w, U, cst):
+    """w (G*Fo, Cg, 3, 3) -> U (G, 36, Cp, Fp) = G w G^T per (f, c), transform point
+    ``e = 6*a + b`` (rows and columns beyond ``Cg``/``Fo`` set to zero). ``cst`` holds the
+    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``."""
+    G, _, Cp, Fp = U.shape
+    Ft, Cg = w.shape[0], w.shape[1]
+    Fo = Ft // G
+    q4, q6, q12, q24 = cst[4], cst[5], cst[6], cst[7]
+    zero = cst[0] - cst[0]
+    for gf in prange(G * Fp):
+        g = gf // Fp
+        f = gf - g * Fp
+        for c in range(Cp):
+            if f >= Fo or c >= Cg:
+                for e in range(NE):
+                    U[g, e, c, f] = zero
+                continue
+            wk = w[g * Fo + f, c]
+            t = np.empty((6, 3), w.dtype)
+            for j in range(3):
+                g0, g1, g2 = wk[0, j], wk[1, j], wk[2, j]
+                t[0, j] = q4 * g0
+                t[1, j] = -q6 * (g0 + g1 + g2)
+                t[2, j] = -q6 * (g0 - g1 + g2)
+                t[3, j] = q24 * g0 + q12 * g1 + q6 * g2
+                t[4, j] = q24 * g0 - q12 * g1 + q6 * g2
+                t[5, j] = g2
+            for a in range(6):
+                g0, g1, g2 = t[a, 0], t[a, 1], t[a, 2]
+                U[g, 6 * a + 0, c, f] = q4 * g0
+                U[g, 6 * a + 1, c, f] = -q6 * (g0 + g1 + g2)
+                U[g, 6 * a + 2, c, f] = -q6 * (g0 - g1 + g2)
+                U[g, 6 * a + 3, c, f] = q24 * g0 + q12 * g1 + q6 * g2
+                U[g, 6 * a + 4, c, f] = q24 * g0 - q12 * g1 + q6 * g2
+                U[g, 6 * a + 5, c, f] = g2
+
+
+# ---------------------------------------------------------------- per-task passes
+@serial_kernel
+def _row_len(T, lane):
+    """Row length >= T of the scratch arrays: an odd number of 64-byte lines, so that the 36
+    rows a tile touches fall into different L1 sets (a power-of-two stride put them all in a
+    few sets and made both transforms 4-10x slower)."""
+    k = (T + lane - 1) // lane
+    if k % 2 == 0:
+        k += 1
+    return k * lane
+
+
+@serial_kernel
+def _input_transform(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
+    """As :func:`_input_transform`: per channel, the 6 zero padded input rows of all the task's
+    images side by side in ``rb[l, n*Wb + u]`` (``Wb = 4*nt + 2``), their column transform
+    ``B^T`` on whole rows at once (unit stride, vectorised) into ``rb[6 + a]``, then the row
+    transform per tile. ``rb`` (12, >= (n1-n0)*Wb) is scratch."""
+    H, W = x.shape[2], x.shape[3]
+    C = x.shape[1]
+    k2, k4, k5 = cst[0], cst[1], cst[2]
+    zero = k2 - k2
+    Wb = 4 * nt + 2
+    nb = n1 - n0
+    Lw = nb * Wb
+    L = rb.shape[1]
+    cx0 = 4 * tw0 - pl  # x column of rb[:, 0]
+    u0 = min(Wb, max(0, -cx0))  # rb columns [u0, u1) lie inside x
+    u1 = max(u0, min(Wb, W - cx0))
+    nu = u1 - u0
+    x1 = x.reshape(-1)
+    rf = rb.reshape(-1)
+    # padding (rows outside x, columns [0, u0) and [u1, Wb) of each image) is the same for
+    # every channel: zero it once
+    for l in range(6):
+        for u in range(Lw):
+            rb[l, u] = zero
+    for c in range(Cg):
+        for l in range(6):
+            h = 4 * th + l - pt
+            if h >= 0 and h < H:
+                for n in range(n0, n1):
+                    xb = np.uint64(((n * C + ch0 + c) * H + h) * W + cx0 + u0)
+                    rbase = np.uint64(l * L + (n - n0) * Wb + u0)
+                    for u in range(nu):
+                        rf[rbase + np.uint64(u)] = x1[xb + np.uint64(u)]
+        # R[a] = sum_l B^T[a, l] row_l, all images' rows at once
+        d0, d1, d2, d3, d4, d5 = rb[0, :Lw], rb[1, :Lw], rb[2, :Lw], rb[3, :Lw], \
+            rb[4, :Lw], rb[5, :Lw]
+        e0, e1, e2, e3, e4, e5 = rb[6, :Lw], rb[7, :Lw], rb[8, :Lw], rb[9, :Lw], \
+            rb[10, :Lw], rb[11, :Lw]
+        for u in range(Lw):
+            e0[u], e1[u], e2[u], e3[u], e4[u], e5[u] = _bt(d0[u], d1[u], d2[u], d3[u],
+                                                           d4[u], d5[u], k2, k4, k5)
+        for a in range(6):
+            r = rb[6 + a]
+            ea = V[c, 6 * a:6 * a + 6]
+            j = 0
+            for n in range(nb):
+                for tw in range(nt):
+                    b = n * Wb + 4 * tw
+                    v0, v1, v2, v3, v4, v5 = _bt(r[b], r[b + 1], r[b + 2], r[b + 3], r[b + 4],
+                                                 r[b + 5], k2, k4, k5)
+                    ea[0, j] = v0
+                    ea[1, j] = v1
+                    ea[2, j] = v2
+                    ea[3, j] = v3
+                    ea[4, j] = v4
+                    ea[5, j] = v5
+                    j += 1
+
+
+@serial_kernel
+def _product(V, U, M, f0, fn, T, CB):
+    """M[k, e, :T] = sum_c U[e, c, f0 + k] * V[c, e, :T] for k < fn (fn % 4 == 0): 4 channels
+    x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators, over
+    blocks of CB channels (their rows of this transform point stay in L1)."""
+    Cp = V.shape[0]
+    for e in range(NE):
+        Ue = U[e]
+        for cb in range(0, Cp, CB):  # CB channels' rows (of this e) stay in L1
+            for k in range(0, fn, 4):
+                f = f0 + k
+                m0 = M[k, e, :T]
+                m1 = M[k + 1, e, :T]
+                m2 = M[k + 2, e, :T]
+                m3 = M[k + 3, e, :T]
+                for c in range(cb, min(Cp, cb + CB), 4):
+                    x0 = V[c, e, :T]
+                    x1 = V[c + 1, e, :T]
+                    x2 = V[c + 2, e, :T]
+                    x3 = V[c + 3, e, :T]
+                    w00, w01, w02, w03 = Ue[c, f], Ue[c, f + 1], Ue[c, f + 2], Ue[c, f + 3]
+                    w10, w11, w12, w13 = Ue[c + 1, f], Ue[c + 1, f + 1], Ue[c + 1, f + 2], \
+                        Ue[c + 1, f + 3]
+                    w20, w21, w22, w23 = Ue[c + 2, f], Ue[c + 2, f + 1], Ue[c + 2, f + 2], \
+                        Ue[c + 2, f + 3]
+                    w30, w31, w32, w33 = Ue[c + 3, f], Ue[c + 3, f + 1], Ue[c + 3, f + 2], \
+                        Ue[c + 3, f + 3]
+                    if c == 0:
+                        for q in range(T):
+                            a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
+                            m0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                            m1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                            m2[q] = w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
+                            m3[q] = w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
+                    else:
+                        for q in range(T):
+                            a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
+                            m0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
+                            m1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
+                            m2[q] += w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
+                            m3[q] += w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
+
+
+@serial_kernel
+def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
+    """As :func:`_output_transform`, vectorised over the task's tiles: ``P = M A`` then
+    ``Y = A^T P + bias`` as unit-stride loops over the tiles ``j``, then
+    each image's output rows interleaved back from the tiles (``rb`` (>= 4*nt,), S (6, 4, >= T)
+    and Y (4, 4, >= T) scratch)."""
+    OH, OW = y.shape[2], y.shape[3]
+    k2, k4, k8 = cst[0], cst[1], cst[3]
+    T = (n1 - n0) * nt
+    ox0 = 4 * tw0
+    ncol = min(4 * nt, OW - ox0)
+    nrow = min(4, OH - 4 * th)
+    yoff = np.empty(T if nt < 4 else 0, np.int64)  # tile j's offset in y (short rows)
+    for j in range(yoff.shape[0]):
+        yoff[j] = (n0 + j // nt) * y.shape[1] * OH * OW + 4 * (j % nt)
+    for k in range(fn):
+        bb = bias[fy0 + k]
+        for i in range(6):  # S[i, b] = sum_k' M[i, k'] A[k', b] (rows i of the 6x6 tile)
+            m0, m1, m2, m3, m4, m5 = M[k, 6 * i, :T], M[k, 6 * i + 1, :T], \
+                M[k, 6 * i + 2, :T], M[k, 6 * i + 3, :T], M[k, 6 * i + 4, :T], \
+                M[k, 6 * i + 5, :T]
+            p0, p1, p2, p3 = S[i, 0, :T], S[i, 1, :T], S[i, 2, :T], S[i, 3, :T]
+            for j in range(T):
+                p0[j], p1[j], p2[j], p3[j] = _at(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j],
+                                                 k2, k4, k8)
+        for b in range(4):  # Y[a, b] = sum_i A^T[a, i] S[i, b] + bias, into Y[a, b]
+            t0, t1, t2, t3, t4, t5 = S[0, b, :T], S[1, b, :T], S[2, b, :T], S[3, b, :T], \
+                S[4, b, :T], S[5, b, :T]
+            o0, o1, o2, o3 = Y[0, b, :T], Y[1, b, :T], Y[2, b, :T], Y[3, b, :T]
+            for j in range(T):
+                r0, r1, r2, r3 = _at(t0[j], t1[j], t2[j], t3[j], t4[j], t5[j], k2, k4, k8)
+                o0[j] = r0 + bb
+                o1[j] = r1 + bb
+                o2[j] = r2 + bb
+                o3[j] = r3 + bb
+        if nt < 4 and ncol == 4 * nt:  # short whole rows: one pass over all tiles per (a, b)
+            Yf = Y.reshape(-1)
+            yf = y.reshape(-1)
+            Tsy = Y.shape[2]
+            Yr = Y.shape[1] * Tsy
+            for a in range(nrow):
+                yb = ((fy0 + k) * OH + 4 * th + a) * OW + ox0
+                for b in range(4):
+                    for j in range(T):
+                        yf[np.uint64(yb + yoff[j] + b)] = Yf[a * Yr + b * Tsy + j]
+            continue
+        if nt < 4:  # short rows: flat unsigned indices, no slices per row
+            Yf = Y.reshape(-1)
+            yf = y.reshape(-1)
+            Tsy = Y.shape[2]
+            Yr = Y.shape[1] * Tsy
+            for n in range(n0, n1):
+                j0 = (n - n0) * nt
+                for a in range(nrow):
+                    yb = np.uint64((((n * y.shape[1]) + fy0 + k) * OH + 4 * th + a) * OW + ox0)
+                    for tw in range(nt):
+                        for b in range(min(4, ncol - 4 * tw)):
+                            yf[yb + np.uint64(4 * tw + b)] = Yf[a * Yr + b * Tsy + j0 + tw]
+            continue
+        for n in range(n0, n1):
+            j0 = (n - n0) * nt
+            for a in range(nrow):
+                y0 = Y[a, 0, j0:j0 + nt]
+                y1 = Y[a, 1, j0:j0 + nt]
+                y2 = Y[a, 2, j0:j0 + nt]
+                y3 = Y[a, 3, j0:j0 + nt]
+                for tw in range(nt):
+                    rb[4 * tw] = y0[tw]
+                    rb[4 * tw + 1] = y1[tw]
+                    rb[4 * tw + 2] = y2[tw]
+                    rb[4 * tw + 3] = y3[tw]
+                dst = y[n, fy0 + k, 4 * th + a, ox0:ox0 + ncol]
+                for u in range(ncol):
+                    dst[u] = rb[u]
+
+
+@kernel
+def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
+    """x (N, G*Cg, H, W); U (G, 36, Cp, Fp) from :func:`weight_transform`; bias (G*Fo,);
+    y (N, G*Fo, OH, OW) with ``y[n, f, oh, ow] = bias[f] + sum xpad[n, c, oh + i, ow + j] *
+    w[f, c, i, j]`` where ``xpad`` is ``x`` shifted by ``(pt, pl)`` and zero outside (any
+    integers, so also a crop). tasks (T, 6) rows ``(g, th, n0, n1, tw0, tw1)``: tile row ``th``
+    of images ``[n0, n1)``, tile columns ``[tw0, tw1)``; every output element lies in exactly
+    one task's tiles. Scratch per thread (``Ts`` >= the tiles of a task): Vs (threads, Cp, 36,
+    Ts), Ms (threads, FBK, 36, Ts) (``FBK`` filters, a multiple of 4, share one pass over the
+    transformed input), Rs (threads, 12, >= images * (4 * tile columns + 2)), Qs (threads, 2,
+    6, 6, Ts)."""
+    G, _, Cp, Fp = U.shape
+    Cg = x.shape[1] // G
+    Fo = y.shape[1] // G
+    FBK = Ms.shape[1]
+    zero = cst[0] - cst[0]
+    CB = max(4, L1_BYTES // (Vs.shape[3] * x.itemsize) // 4 * 4)
+    for task in prange(tasks.shape[0]):
+        g, th, n0, n1, tw0, tw1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], \
+            tasks[task, 3], tasks[task, 4], tasks[task, 5]
+        nt = tw1 - tw0
+        T = (n1 - n0) * nt
+        tid = get_thread_id()
+        V = Vs[tid]
+        M = Ms[tid]
+        rb = Rs[tid]
+        for c in range(Cg, Cp):  # padding channels: zero rows (zero weights meet them)
+            for e in range(NE):
+                for j in range(T):
+                    V[c, e, j] = zero
+        _input_transform(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
+        for f0 in range(0, Fp, FBK):
+            fn = min(FBK, Fp - f0)
+            _product(V, U[g], M, f0, fn, T, CB)
+            _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0,
+                                nt, rb[0], Qs[tid, 0], Qs[tid, 1], cst)
