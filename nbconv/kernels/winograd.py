@@ -253,9 +253,6 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
     ox0 = 4 * tw0
     ncol = min(4 * nt, OW - ox0)
     nrow = min(4, OH - 4 * th)
-    yoff = np.empty(T if nt < 4 else 0, np.int64)  # tile j's offset in y (short rows)
-    for j in range(yoff.shape[0]):
-        yoff[j] = (n0 + j // nt) * y.shape[1] * OH * OW + 4 * (j % nt)
     for k in range(fn):
         bb = bias[fy0 + k]
         for i in range(6):  # S[i, b] = sum_k' M[i, k'] A[k', b] (rows i of the 6x6 tile)
@@ -276,45 +273,29 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
                 o1[j] = r1 + bb
                 o2[j] = r2 + bb
                 o3[j] = r3 + bb
-        if nt < 4 and ncol == 4 * nt:  # short whole rows: one pass over all tiles per (a, b)
-            Yf = Y.reshape(-1)
-            yf = y.reshape(-1)
-            Tsy = Y.shape[2]
-            Yr = Y.shape[1] * Tsy
-            for a in range(nrow):
-                yb = ((fy0 + k) * OH + 4 * th + a) * OW + ox0
-                for b in range(4):
-                    for j in range(T):
-                        yf[np.uint64(yb + yoff[j] + b)] = Yf[a * Yr + b * Tsy + j]
-            continue
-        if nt < 4:  # short rows: flat unsigned indices, no slices per row
-            Yf = Y.reshape(-1)
-            yf = y.reshape(-1)
-            Tsy = Y.shape[2]
-            Yr = Y.shape[1] * Tsy
-            for n in range(n0, n1):
-                j0 = (n - n0) * nt
-                for a in range(nrow):
-                    yb = np.uint64((((n * y.shape[1]) + fy0 + k) * OH + 4 * th + a) * OW + ox0)
-                    for tw in range(nt):
-                        for b in range(min(4, ncol - 4 * tw)):
-                            yf[yb + np.uint64(4 * tw + b)] = Yf[a * Yr + b * Tsy + j0 + tw]
-            continue
+        # Y back into y image by image, row by row (each output row written once, in order;
+        # flat indices, no slices: a slice per row cost more than the row on small maps)
+        Yf = Y.reshape(-1)
+        yf = y.reshape(-1)
+        Tsy = Y.shape[2]
+        Yr = Y.shape[1] * Tsy
         for n in range(n0, n1):
             j0 = (n - n0) * nt
             for a in range(nrow):
-                y0 = Y[a, 0, j0:j0 + nt]
-                y1 = Y[a, 1, j0:j0 + nt]
-                y2 = Y[a, 2, j0:j0 + nt]
-                y3 = Y[a, 3, j0:j0 + nt]
-                for tw in range(nt):
-                    rb[4 * tw] = y0[tw]
-                    rb[4 * tw + 1] = y1[tw]
-                    rb[4 * tw + 2] = y2[tw]
-                    rb[4 * tw + 3] = y3[tw]
-                dst = y[n, fy0 + k, 4 * th + a, ox0:ox0 + ncol]
-                for u in range(ncol):
-                    dst[u] = rb[u]
+                yb = (((n * y.shape[1]) + fy0 + k) * OH + 4 * th + a) * OW + ox0
+                s0 = a * Yr + j0
+                if ncol == 4 * nt:
+                    for tw in range(nt):
+                        d = np.uint64(yb + 4 * tw)
+                        s = np.uint64(s0 + tw)
+                        yf[d] = Yf[s]
+                        yf[d + np.uint64(1)] = Yf[s + np.uint64(Tsy)]
+                        yf[d + np.uint64(2)] = Yf[s + np.uint64(2 * Tsy)]
+                        yf[d + np.uint64(3)] = Yf[s + np.uint64(3 * Tsy)]
+                else:
+                    for tw in range(nt):
+                        for b in range(min(4, ncol - 4 * tw)):
+                            yf[np.uint64(yb + 4 * tw + b)] = Yf[np.uint64(s0 + b * Tsy + tw)]
 
 
 @kernel
