@@ -88,42 +88,66 @@ def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
 
 
 # ---------------------------------------------------------------- weight transform
+@serial_kernel
+def _g3(g0, g1, g2, q4, q6, q12, q24):
+    """G g for one 3-vector: 6 values."""
+    return (q4 * g0,
+            -q6 * (g0 + g1 + g2),
+            -q6 * (g0 - g1 + g2),
+            q24 * g0 + q12 * g1 + q6 * g2,
+            q24 * g0 - q12 * g1 + q6 * g2,
+            g2)
+
+
 @kernel
 def weight_transform(w, U, cst):
     """w (G*Fo, Cg, 3, 3) -> U (G, 36, Cp, Fp) = G w G^T per (f, c), transform point
     ``e = 6*a + b`` (rows and columns beyond ``Cg``/``Fo`` set to zero). ``cst`` holds the
-    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``."""
+    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``. One task per (group, channel):
+    its 36 rows ``U[g, :, c, :]`` computed in registers into a small buffer, then copied row
+    by row (36 rows written per filter are 36 lines in one L1 set)."""
     G, _, Cp, Fp = U.shape
     Ft, Cg = w.shape[0], w.shape[1]
     Fo = Ft // G
     q4, q6, q12, q24 = cst[4], cst[5], cst[6], cst[7]
     zero = cst[0] - cst[0]
-    for gf in prange(G * Fp):
-        g = gf // Fp
-        f = gf - g * Fp
-        for c in range(Cp):
-            if f >= Fo or c >= Cg:
-                for e in range(NE):
-                    U[g, e, c, f] = zero
-                continue
+    for gc in prange(G * Cp):
+        g = gc // Cp
+        c = gc - g * Cp
+        Ug = U[g]
+        if c >= Cg:
+            for e in range(NE):
+                for f in range(Fp):
+                    Ug[e, c, f] = zero
+            continue
+        B = np.empty((NE, Fo), w.dtype)  # the 36 rows of U lie in one L1 set (stride
+        # Cp*Fp): computed into this buffer, then copied a row at a time
+        for f in range(Fo):
             wk = w[g * Fo + f, c]
-            t = np.empty((6, 3), w.dtype)
-            for j in range(3):
-                g0, g1, g2 = wk[0, j], wk[1, j], wk[2, j]
-                t[0, j] = q4 * g0
-                t[1, j] = -q6 * (g0 + g1 + g2)
-                t[2, j] = -q6 * (g0 - g1 + g2)
-                t[3, j] = q24 * g0 + q12 * g1 + q6 * g2
-                t[4, j] = q24 * g0 - q12 * g1 + q6 * g2
-                t[5, j] = g2
-            for a in range(6):
-                g0, g1, g2 = t[a, 0], t[a, 1], t[a, 2]
-                U[g, 6 * a + 0, c, f] = q4 * g0
-                U[g, 6 * a + 1, c, f] = -q6 * (g0 + g1 + g2)
-                U[g, 6 * a + 2, c, f] = -q6 * (g0 - g1 + g2)
-                U[g, 6 * a + 3, c, f] = q24 * g0 + q12 * g1 + q6 * g2
-                U[g, 6 * a + 4, c, f] = q24 * g0 - q12 * g1 + q6 * g2
-                U[g, 6 * a + 5, c, f] = g2
+            # t[:, j] = G w[:, j] (columns), then each row of t times G^T
+            t00, t10, t20, t30, t40, t50 = _g3(wk[0, 0], wk[1, 0], wk[2, 0], q4, q6, q12, q24)
+            t01, t11, t21, t31, t41, t51 = _g3(wk[0, 1], wk[1, 1], wk[2, 1], q4, q6, q12, q24)
+            t02, t12, t22, t32, t42, t52 = _g3(wk[0, 2], wk[1, 2], wk[2, 2], q4, q6, q12, q24)
+            B[0, f], B[1, f], B[2, f], B[3, f], B[4, f], B[5, f] = \
+                _g3(t00, t01, t02, q4, q6, q12, q24)
+            B[6, f], B[7, f], B[8, f], B[9, f], B[10, f], B[11, f] = \
+                _g3(t10, t11, t12, q4, q6, q12, q24)
+            B[12, f], B[13, f], B[14, f], B[15, f], B[16, f], \
+                B[17, f] = _g3(t20, t21, t22, q4, q6, q12, q24)
+            B[18, f], B[19, f], B[20, f], B[21, f], B[22, f], \
+                B[23, f] = _g3(t30, t31, t32, q4, q6, q12, q24)
+            B[24, f], B[25, f], B[26, f], B[27, f], B[28, f], \
+                B[29, f] = _g3(t40, t41, t42, q4, q6, q12, q24)
+            B[30, f], B[31, f], B[32, f], B[33, f], B[34, f], \
+                B[35, f] = _g3(t50, t51, t52, q4, q6, q12, q24)
+        for e in range(NE):
+            Be = B[e]
+            Ue = Ug[e, c]
+            for f in range(Fo):
+                Ue[f] = Be[f]
+        for e in range(NE):
+            for f in range(Fo, Fp):
+                Ug[e, c, f] = zero
 
 
 # ---------------------------------------------------------------- per-task passes
