@@ -38,19 +38,36 @@ Measured (AMD Zen 5, AVX-512, numba 0.68, float32, a busy shared 2-core machine)
   direct kernel (``nbconv.functional.conv2d``) 6.40e-6, so 4.2x (the test asserts <= 10x);
   PyTorch 1.88e-6. float64 Winograd: 1.1e-14 relative.
 - ``inspect_asm`` of ``_product``'s accumulate loop (float32 and float64): 16 ``vfmadd231p[sd]``
-  on zmm per iteration, 4 zmm stores, 7 zmm loads, 8-10 reloads of broadcast weights from the
-  stack (the 16 weights plus temporaries exceed the registers; no spill stores in the loop).
-- Product alone, one thread, data in L1/L2, T = 128: 77-117 GFLOP/s float32 = 46-70% of one
-  core's peak (2 x 512-bit FMA x ~2.6 GHz = ~166 GFLOP/s); T = 64: 58-83. Inside the whole
-  kernel it runs at about 60 GFLOP/s (~36%), the transforms at 15-25 ns (input, per tile and
-  channel) and 6-13 ns (output, per tile and filter; short rows more).
+  on zmm per iteration, 4 zmm stores, 7 zmm loads, 5 of the 16 broadcast weights reloaded from
+  the stack (LLVM keeps scalar copies of the weights for the remainder loop; no spill stores).
+- Where the time goes (one thread, ``time.thread_time``, which on this busy machine is far more
+  stable than wall time; torch's single-thread conv runs at up to ~190 direct GFLOP/s here, so
+  a core's fp32 peak is >= 190 GFLOP/s, i.e. >= 3 GHz x 2 x 512-bit FMA): the product, alone
+  with data in L1/L2, 70-100 GFLOP/s (37-50% of peak) for C = F = 16-128, T = 128; 55-60 for
+  T = 64. Per task, input transform 30-45 ns per tile and channel, output transform 15-25 ns
+  per tile and filter (was 110-160 on 8x8 maps before the row-by-row write-back), weight
+  transform 0.36 ms for 128 x 128 channels (was 3.4 ms: a temporary array per (f, c) and 36
+  stores per filter into one L1 set). On (64,64,16,16,64): product ~53% of the time, input
+  transform ~31%, output ~16%.
+- Whole forward, one thread, ms (Winograd / torch): (64,32,32,32,32) 12.2/10.1,
+  (64,64,16,16,64) 11.0/7.6, (64,128,8,8,128) 9.5/6.4 (was 13.3/6.0), (128,16,32,32,16)
+  7.6/7.6, (128,32,16,16,32) 5.1/4.0, (128,64,8,8,64) 4.6/3.3 (was 7.4/3.3),
+  (64,128,16,16,128) 27.0/24.7: 0.67-0.99x torch (8x8 maps were 0.45x).
 - Tried and dropped: product with 8 channels x 2 filters per pass (10 loads, 2 stores per 16
-  FMAs): 0.65x of 4x4. Input transform per tile in scalar code (two 1-d passes in registers):
-  19-46 ns; vectorised over tiles after splitting rows by column phase: 25-49 ns (a slice per
-  short row costs more than the row). Output transform per tile in scalar code: 13-17 ns.
+  FMAs): 0.65x of 4x4; 8 channels x 4 filters (two 4-channel sums per accumulator store):
+  0.99-1.15x alone, inside the noise; a tile loop rounded up to a multiple of 16 (no remainder
+  loop, so no stack reloads: 16 FMAs, 0 reloads per iteration): 0.94-1.13x, no gain, and
+  0.72-1.0x combined with 8 channels; a fixed 16-tile inner loop (LLVM unrolls it fully before
+  vectorising, SLP is off in Numba: scalar code, 0.2x); channel blocks of 4-128 rows, filter
+  blocks 16-128, tasks of 64-512 tiles, V budgets 256 KiB-16 MiB, scratch rows of 9-15 cache
+  lines, scratch on transparent huge pages: all within +-10%. Input transform per tile in
+  scalar code (two 1-d passes in registers): 19-46 ns; rows split by column phase (in the copy
+  from x, so both passes run with unit stride over the tiles): 2x slower (4 short strided copy
+  loops per row and image); copy from x image by image instead of row by row: no change. Output
+  transform per tile in scalar code: 13-17 ns.
   Not tried: the channels-innermost product with scalar accumulators (its horizontal sums per
   4x4 block cost too much for C = 16-64), F(2x2,3x3) for tiny maps, the weight gradient in the
-  Winograd domain (it stays direct).
+  Winograd domain (it stays direct), fusing the three passes per block of tiles.
 """
 import numpy as np
 from numba import get_thread_id, prange
