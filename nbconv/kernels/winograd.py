@@ -63,8 +63,10 @@ Measured (AMD Zen 5, AVX-512, numba 0.68, float32, a busy shared 2-core machine)
   lines, scratch on transparent huge pages: all within +-10%. Input transform per tile in
   scalar code (two 1-d passes in registers): 19-46 ns; rows split by column phase (in the copy
   from x, so both passes run with unit stride over the tiles): 2x slower (4 short strided copy
-  loops per row and image); copy from x image by image instead of row by row: no change. Output
-  transform per tile in scalar code: 13-17 ns.
+  loops per row and image); copy from x image by image instead of row by row: no change;
+  the row transform on every window of 6 columns (unit stride, vectorised, 4x the flops), then
+  the tiles' windows gathered into V by a table: 1.1-1.25x slower. Output transform per tile
+  in scalar code: 13-17 ns. Paired sums in the accumulate (LLVM re-chains them): no change.
   Not tried: the channels-innermost product with scalar accumulators (its horizontal sums per
   4x4 block cost too much for C = 16-64), F(2x2,3x3) for tiny maps, the weight gradient in the
   Winograd domain (it stays direct), fusing the three passes per block of tiles.
