@@ -38,19 +38,38 @@ Measured (AMD Zen 5, AVX-512, numba 0.68, float32, a busy shared 2-core machine)
   direct kernel (``nbconv.functional.conv2d``) 6.40e-6, so 4.2x (the test asserts <= 10x);
   PyTorch 1.88e-6. float64 Winograd: 1.1e-14 relative.
 - ``inspect_asm`` of ``_product``'s accumulate loop (float32 and float64): 16 ``vfmadd231p[sd]``
-  on zmm per iteration, 4 zmm stores, 7 zmm loads, 8-10 reloads of broadcast weights from the
-  stack (the 16 weights plus temporaries exceed the registers; no spill stores in the loop).
-- Product alone, one thread, data in L1/L2, T = 128: 77-117 GFLOP/s float32 = 46-70% of one
-  core's peak (2 x 512-bit FMA x ~2.6 GHz = ~166 GFLOP/s); T = 64: 58-83. Inside the whole
-  kernel it runs at about 60 GFLOP/s (~36%), the transforms at 15-25 ns (input, per tile and
-  channel) and 6-13 ns (output, per tile and filter; short rows more).
+  on zmm per iteration, 4 zmm stores, 7 zmm loads, 5 of the 16 broadcast weights reloaded from
+  the stack (LLVM keeps scalar copies of the weights for the remainder loop; no spill stores).
+- Where the time goes (one thread, ``time.thread_time``, which on this busy machine is far more
+  stable than wall time; torch's single-thread conv runs at up to ~190 direct GFLOP/s here, so
+  a core's fp32 peak is >= 190 GFLOP/s, i.e. >= 3 GHz x 2 x 512-bit FMA): the product, alone
+  with data in L1/L2, 70-100 GFLOP/s (37-50% of peak) for C = F = 16-128, T = 128; 55-60 for
+  T = 64. Per task, input transform 30-45 ns per tile and channel, output transform 15-25 ns
+  per tile and filter (was 110-160 on 8x8 maps before the row-by-row write-back), weight
+  transform 0.36 ms for 128 x 128 channels (was 3.4 ms: a temporary array per (f, c) and 36
+  stores per filter into one L1 set). On (64,64,16,16,64): product ~53% of the time, input
+  transform ~31%, output ~16%.
+- Whole forward, one thread, ms (Winograd / torch): (64,32,32,32,32) 12.2/10.1,
+  (64,64,16,16,64) 11.0/7.6, (64,128,8,8,128) 9.5/6.4 (was 13.3/6.0), (128,16,32,32,16)
+  7.6/7.6, (128,32,16,16,32) 5.1/4.0, (128,64,8,8,64) 4.6/3.3 (was 7.4/3.3),
+  (64,128,16,16,128) 27.0/24.7: 0.67-0.99x torch (8x8 maps were 0.45x).
 - Tried and dropped: product with 8 channels x 2 filters per pass (10 loads, 2 stores per 16
-  FMAs): 0.65x of 4x4. Input transform per tile in scalar code (two 1-d passes in registers):
-  19-46 ns; vectorised over tiles after splitting rows by column phase: 25-49 ns (a slice per
-  short row costs more than the row). Output transform per tile in scalar code: 13-17 ns.
+  FMAs): 0.65x of 4x4; 8 channels x 4 filters (two 4-channel sums per accumulator store):
+  0.99-1.15x alone, inside the noise; a tile loop rounded up to a multiple of 16 (no remainder
+  loop, so no stack reloads: 16 FMAs, 0 reloads per iteration): 0.94-1.13x, no gain, and
+  0.72-1.0x combined with 8 channels; a fixed 16-tile inner loop (LLVM unrolls it fully before
+  vectorising, SLP is off in Numba: scalar code, 0.2x); channel blocks of 4-128 rows, filter
+  blocks 16-128, tasks of 64-512 tiles, V budgets 256 KiB-16 MiB, scratch rows of 9-15 cache
+  lines, scratch on transparent huge pages: all within +-10%. Input transform per tile in
+  scalar code (two 1-d passes in registers): 19-46 ns; rows split by column phase (in the copy
+  from x, so both passes run with unit stride over the tiles): 2x slower (4 short strided copy
+  loops per row and image); copy from x image by image instead of row by row: no change;
+  the row transform on every window of 6 columns (unit stride, vectorised, 4x the flops), then
+  the tiles' windows gathered into V by a table: 1.1-1.25x slower. Output transform per tile
+  in scalar code: 13-17 ns. Paired sums in the accumulate (LLVM re-chains them): no change.
   Not tried: the channels-innermost product with scalar accumulators (its horizontal sums per
   4x4 block cost too much for C = 16-64), F(2x2,3x3) for tiny maps, the weight gradient in the
-  Winograd domain (it stays direct).
+  Winograd domain (it stays direct), fusing the three passes per block of tiles.
 """
 import numpy as np
 from numba import get_thread_id, prange
@@ -88,42 +107,66 @@ def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
 
 
 # ---------------------------------------------------------------- weight transform
+@serial_kernel
+def _g3(g0, g1, g2, q4, q6, q12, q24):
+    """G g for one 3-vector: 6 values."""
+    return (q4 * g0,
+            -q6 * (g0 + g1 + g2),
+            -q6 * (g0 - g1 + g2),
+            q24 * g0 + q12 * g1 + q6 * g2,
+            q24 * g0 - q12 * g1 + q6 * g2,
+            g2)
+
+
 @kernel
 def weight_transform(w, U, cst):
     """w (G*Fo, Cg, 3, 3) -> U (G, 36, Cp, Fp) = G w G^T per (f, c), transform point
     ``e = 6*a + b`` (rows and columns beyond ``Cg``/``Fo`` set to zero). ``cst`` holds the
-    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``."""
+    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``. One task per (group, channel):
+    its 36 rows ``U[g, :, c, :]`` computed in registers into a small buffer, then copied row
+    by row (36 rows written per filter are 36 lines in one L1 set)."""
     G, _, Cp, Fp = U.shape
     Ft, Cg = w.shape[0], w.shape[1]
     Fo = Ft // G
     q4, q6, q12, q24 = cst[4], cst[5], cst[6], cst[7]
     zero = cst[0] - cst[0]
-    for gf in prange(G * Fp):
-        g = gf // Fp
-        f = gf - g * Fp
-        for c in range(Cp):
-            if f >= Fo or c >= Cg:
-                for e in range(NE):
-                    U[g, e, c, f] = zero
-                continue
+    for gc in prange(G * Cp):
+        g = gc // Cp
+        c = gc - g * Cp
+        Ug = U[g]
+        if c >= Cg:
+            for e in range(NE):
+                for f in range(Fp):
+                    Ug[e, c, f] = zero
+            continue
+        B = np.empty((NE, Fo), w.dtype)  # the 36 rows of U lie in one L1 set (stride
+        # Cp*Fp): computed into this buffer, then copied a row at a time
+        for f in range(Fo):
             wk = w[g * Fo + f, c]
-            t = np.empty((6, 3), w.dtype)
-            for j in range(3):
-                g0, g1, g2 = wk[0, j], wk[1, j], wk[2, j]
-                t[0, j] = q4 * g0
-                t[1, j] = -q6 * (g0 + g1 + g2)
-                t[2, j] = -q6 * (g0 - g1 + g2)
-                t[3, j] = q24 * g0 + q12 * g1 + q6 * g2
-                t[4, j] = q24 * g0 - q12 * g1 + q6 * g2
-                t[5, j] = g2
-            for a in range(6):
-                g0, g1, g2 = t[a, 0], t[a, 1], t[a, 2]
-                U[g, 6 * a + 0, c, f] = q4 * g0
-                U[g, 6 * a + 1, c, f] = -q6 * (g0 + g1 + g2)
-                U[g, 6 * a + 2, c, f] = -q6 * (g0 - g1 + g2)
-                U[g, 6 * a + 3, c, f] = q24 * g0 + q12 * g1 + q6 * g2
-                U[g, 6 * a + 4, c, f] = q24 * g0 - q12 * g1 + q6 * g2
-                U[g, 6 * a + 5, c, f] = g2
+            # t[:, j] = G w[:, j] (columns), then each row of t times G^T
+            t00, t10, t20, t30, t40, t50 = _g3(wk[0, 0], wk[1, 0], wk[2, 0], q4, q6, q12, q24)
+            t01, t11, t21, t31, t41, t51 = _g3(wk[0, 1], wk[1, 1], wk[2, 1], q4, q6, q12, q24)
+            t02, t12, t22, t32, t42, t52 = _g3(wk[0, 2], wk[1, 2], wk[2, 2], q4, q6, q12, q24)
+            B[0, f], B[1, f], B[2, f], B[3, f], B[4, f], B[5, f] = \
+                _g3(t00, t01, t02, q4, q6, q12, q24)
+            B[6, f], B[7, f], B[8, f], B[9, f], B[10, f], B[11, f] = \
+                _g3(t10, t11, t12, q4, q6, q12, q24)
+            B[12, f], B[13, f], B[14, f], B[15, f], B[16, f], \
+                B[17, f] = _g3(t20, t21, t22, q4, q6, q12, q24)
+            B[18, f], B[19, f], B[20, f], B[21, f], B[22, f], \
+                B[23, f] = _g3(t30, t31, t32, q4, q6, q12, q24)
+            B[24, f], B[25, f], B[26, f], B[27, f], B[28, f], \
+                B[29, f] = _g3(t40, t41, t42, q4, q6, q12, q24)
+            B[30, f], B[31, f], B[32, f], B[33, f], B[34, f], \
+                B[35, f] = _g3(t50, t51, t52, q4, q6, q12, q24)
+        for e in range(NE):
+            Be = B[e]
+            Ue = Ug[e, c]
+            for f in range(Fo):
+                Ue[f] = Be[f]
+        for e in range(NE):
+            for f in range(Fo, Fp):
+                Ug[e, c, f] = zero
 
 
 # ---------------------------------------------------------------- per-task passes
@@ -253,9 +296,6 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
     ox0 = 4 * tw0
     ncol = min(4 * nt, OW - ox0)
     nrow = min(4, OH - 4 * th)
-    yoff = np.empty(T if nt < 4 else 0, np.int64)  # tile j's offset in y (short rows)
-    for j in range(yoff.shape[0]):
-        yoff[j] = (n0 + j // nt) * y.shape[1] * OH * OW + 4 * (j % nt)
     for k in range(fn):
         bb = bias[fy0 + k]
         for i in range(6):  # S[i, b] = sum_k' M[i, k'] A[k', b] (rows i of the 6x6 tile)
@@ -276,45 +316,29 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
                 o1[j] = r1 + bb
                 o2[j] = r2 + bb
                 o3[j] = r3 + bb
-        if nt < 4 and ncol == 4 * nt:  # short whole rows: one pass over all tiles per (a, b)
-            Yf = Y.reshape(-1)
-            yf = y.reshape(-1)
-            Tsy = Y.shape[2]
-            Yr = Y.shape[1] * Tsy
-            for a in range(nrow):
-                yb = ((fy0 + k) * OH + 4 * th + a) * OW + ox0
-                for b in range(4):
-                    for j in range(T):
-                        yf[np.uint64(yb + yoff[j] + b)] = Yf[a * Yr + b * Tsy + j]
-            continue
-        if nt < 4:  # short rows: flat unsigned indices, no slices per row
-            Yf = Y.reshape(-1)
-            yf = y.reshape(-1)
-            Tsy = Y.shape[2]
-            Yr = Y.shape[1] * Tsy
-            for n in range(n0, n1):
-                j0 = (n - n0) * nt
-                for a in range(nrow):
-                    yb = np.uint64((((n * y.shape[1]) + fy0 + k) * OH + 4 * th + a) * OW + ox0)
-                    for tw in range(nt):
-                        for b in range(min(4, ncol - 4 * tw)):
-                            yf[yb + np.uint64(4 * tw + b)] = Yf[a * Yr + b * Tsy + j0 + tw]
-            continue
+        # Y back into y image by image, row by row (each output row written once, in order;
+        # flat indices, no slices: a slice per row cost more than the row on small maps)
+        Yf = Y.reshape(-1)
+        yf = y.reshape(-1)
+        Tsy = Y.shape[2]
+        Yr = Y.shape[1] * Tsy
         for n in range(n0, n1):
             j0 = (n - n0) * nt
             for a in range(nrow):
-                y0 = Y[a, 0, j0:j0 + nt]
-                y1 = Y[a, 1, j0:j0 + nt]
-                y2 = Y[a, 2, j0:j0 + nt]
-                y3 = Y[a, 3, j0:j0 + nt]
-                for tw in range(nt):
-                    rb[4 * tw] = y0[tw]
-                    rb[4 * tw + 1] = y1[tw]
-                    rb[4 * tw + 2] = y2[tw]
-                    rb[4 * tw + 3] = y3[tw]
-                dst = y[n, fy0 + k, 4 * th + a, ox0:ox0 + ncol]
-                for u in range(ncol):
-                    dst[u] = rb[u]
+                yb = (((n * y.shape[1]) + fy0 + k) * OH + 4 * th + a) * OW + ox0
+                s0 = a * Yr + j0
+                if ncol == 4 * nt:
+                    for tw in range(nt):
+                        d = np.uint64(yb + 4 * tw)
+                        s = np.uint64(s0 + tw)
+                        yf[d] = Yf[s]
+                        yf[d + np.uint64(1)] = Yf[s + np.uint64(Tsy)]
+                        yf[d + np.uint64(2)] = Yf[s + np.uint64(2 * Tsy)]
+                        yf[d + np.uint64(3)] = Yf[s + np.uint64(3 * Tsy)]
+                else:
+                    for tw in range(nt):
+                        for b in range(min(4, ncol - 4 * tw)):
+                            yf[np.uint64(yb + 4 * tw + b)] = Yf[np.uint64(s0 + b * Tsy + tw)]
 
 
 @kernel
