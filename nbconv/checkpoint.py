@@ -27,7 +27,7 @@ import numpy as np
 from ._io import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "encode", "decode", "checksum", "signature",
-           "signature_diff", "write", "read"]
+           "signature_diff", "write", "read", "check_entries"]
 
 FORMAT = "nbconv-checkpoint"
 VERSION = 2
@@ -185,3 +185,66 @@ def _upgrade_v1(meta, arrays):
     meta["rng"] = {"data": meta["rng"]["data"]}
     meta["extra"] = encode(extra or None, arrays, "extra")
     return meta
+
+
+# ---- the training entries of the metadata ----------------------------------------------------
+
+def check_entries(meta, arrays, mine, rng, buffers):
+    """Build and check, changing nothing, what a trainer restores from a checkpoint whose
+    signature matched ``mine``: ``(state_dict, extra, optimizer state, scheduler state,
+    best_params)``; ``rng`` is the trainer's generator (its bit generator type must match the
+    stored states), ``buffers`` the model's buffers (the best copies kept). Raises
+    :class:`CheckpointError` (or KeyError/TypeError/ValueError on malformed metadata)."""
+    def take(name, shape, dtype):
+        if name not in arrays:
+            raise CheckpointError(f"array {name!r} is missing")
+        a = arrays[name]
+        if list(a.shape) != list(shape) or a.dtype.str != dtype:
+            raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
+                                  f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
+        return a
+
+    state = {}
+    for kind, prefix in (("params", "param"), ("buffers", "buffer")):
+        for k, (shape, dtype) in mine[kind].items():
+            state[k] = take(f"{prefix}/{k}", shape, dtype)
+    epoch = meta["epoch"]
+    if type(epoch) is not int or epoch < 0:
+        raise CheckpointError(f"epoch must be an integer >= 0, got {epoch!r}")
+    history = meta["history"]
+    if (not isinstance(history, list) or len(history) != epoch
+            or not all(isinstance(h, dict) for h in history)):
+        raise CheckpointError(f"history must be a list of {epoch} dicts (one per epoch)")
+    best_params, best = None, meta["best"]
+    if best is not None:
+        if (not isinstance(best, dict) or type(best.get("epoch")) is not int
+                or not 1 <= best["epoch"] <= epoch
+                or not isinstance(best.get("score"), (int, float))
+                or isinstance(best.get("score"), bool)):
+            raise CheckpointError(f"best entry must be {{'epoch': 1..{epoch}, 'score': a "
+                                  f"number}}, got {best!r}")
+        best_params = {kind: {k: take(f"best_{kind}/{k}", shape, dtype).copy()
+                              for k, (shape, dtype) in mine[kind].items()
+                              if kind == "params" or k in buffers}
+                       for kind in ("params", "buffers")}
+    rng_state = meta["rng"]["data"]
+    probe = type(rng.bit_generator)()
+    want = type(probe).__name__
+    if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != want:
+        got = rng_state.get("bit_generator") if isinstance(rng_state, dict) else rng_state
+        raise CheckpointError(f"data generator state is for {got!r}, the trainer's "
+                              f"generator is {want}")
+    probe.state = rng_state  # raises on a malformed state
+    partial = meta.get("partial")
+    if partial is not None:
+        keys = {"rng", "batch", "loss", "correct", "seen", "seconds"}
+        if not isinstance(partial, dict) or set(partial) != keys:
+            raise CheckpointError(f"partial-epoch entry must have keys {sorted(keys)}")
+        probe.state = partial["rng"]
+        for k in ("batch", "correct", "seen"):
+            if type(partial[k]) is not int or partial[k] < 0:
+                raise CheckpointError(f"partial-epoch {k!r} must be an integer >= 0")
+    extra = decode(meta["extra"], arrays)
+    opt_state = decode(meta["optimizer"], arrays)
+    sched_state = None if meta["scheduler"] is None else decode(meta["scheduler"], arrays)
+    return state, extra, opt_state, sched_state, best_params

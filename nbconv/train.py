@@ -34,29 +34,19 @@ the same parameters as an uninterrupted run.
 import contextlib
 import copy
 import json
-import signal
 import threading
 import time
 
 import numpy as np
 
 from . import checkpoint as ckpt
+from ._interrupt import TrainingInterrupted, sigint_requests_stop
 from ._io import atomic_write
 from .checkpoint import CheckpointError
 from .data import BatchIterator
 
 __all__ = ["Trainer", "CheckpointError", "TrainingInterrupted", "accuracy", "write_json"]
 
-
-class TrainingInterrupted(Exception):
-    """Raised by :meth:`Trainer.fit` when a stop was requested (:meth:`Trainer.request_stop`,
-    or Ctrl-C under :meth:`Trainer.stop_on_sigint`): the current batch was finished and, if
-    ``fit`` was given a checkpoint path, a checkpoint of this point written (``.checkpoint``,
-    else ``None``); ``.epoch`` and ``.batch`` say where training stopped."""
-
-    def __init__(self, epoch, batch, checkpoint):
-        self.epoch, self.batch, self.checkpoint = epoch, batch, checkpoint
-        super().__init__(f"training stopped in epoch {epoch + 1} after batch {batch}")
 
 def accuracy(logits, labels):
     """Fraction of rows of ``logits (N, K)`` whose argmax equals ``labels (N,)``."""
@@ -285,19 +275,8 @@ class Trainer:
         """Within this block, the first Ctrl-C (SIGINT) calls :meth:`request_stop` (printing
         ``message``, if given), a second one raises ``KeyboardInterrupt`` at once (files are
         written atomically, so none is left half-written). Main thread only."""
-        def handler(signum, frame):
-            if self._stop.is_set():
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                raise KeyboardInterrupt
-            self._stop.set()
-            if message:
-                print(f"\n{message}", flush=True)
-
-        old = signal.signal(signal.SIGINT, handler)
-        try:
+        with sigint_requests_stop(self._stop, message):
             yield self
-        finally:
-            signal.signal(signal.SIGINT, old)
 
     def _copy_state(self):
         buffers = getattr(self.model, "buffers", {}) or {}
@@ -417,56 +396,5 @@ class Trainer:
             raise CheckpointError(f"holds scheduler {meta['scheduler_class']}, the trainer has "
                                   f"{sched}")
 
-        def take(name, shape, dtype):
-            if name not in arrays:
-                raise CheckpointError(f"array {name!r} is missing")
-            a = arrays[name]
-            if list(a.shape) != list(shape) or a.dtype.str != dtype:
-                raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
-                                      f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
-            return a
-
-        state = {}
-        for kind, prefix in (("params", "param"), ("buffers", "buffer")):
-            for k, (shape, dtype) in mine[kind].items():
-                state[k] = take(f"{prefix}/{k}", shape, dtype)
-        epoch = meta["epoch"]
-        if type(epoch) is not int or epoch < 0:
-            raise CheckpointError(f"epoch must be an integer >= 0, got {epoch!r}")
-        history = meta["history"]
-        if (not isinstance(history, list) or len(history) != epoch
-                or not all(isinstance(h, dict) for h in history)):
-            raise CheckpointError(f"history must be a list of {epoch} dicts (one per epoch)")
-        best_params, best = None, meta["best"]
-        if best is not None:
-            if (not isinstance(best, dict) or type(best.get("epoch")) is not int
-                    or not 1 <= best["epoch"] <= epoch
-                    or not isinstance(best.get("score"), (int, float))
-                    or isinstance(best.get("score"), bool)):
-                raise CheckpointError(f"best entry must be {{'epoch': 1..{epoch}, 'score': a "
-                                      f"number}}, got {best!r}")
-            best_params = {kind: {k: take(f"best_{kind}/{k}", shape, dtype).copy()
-                                  for k, (shape, dtype) in mine[kind].items()
-                                  if kind == "params" or k in (getattr(self.model, "buffers", {}) or {})}
-                           for kind in ("params", "buffers")}
-        rng_state = meta["rng"]["data"]
-        probe = type(self.rng.bit_generator)()
-        want = type(probe).__name__
-        if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != want:
-            got = rng_state.get("bit_generator") if isinstance(rng_state, dict) else rng_state
-            raise CheckpointError(f"data generator state is for {got!r}, the trainer's "
-                                  f"generator is {want}")
-        probe.state = rng_state  # raises on a malformed state
-        partial = meta.get("partial")
-        if partial is not None:
-            keys = {"rng", "batch", "loss", "correct", "seen", "seconds"}
-            if not isinstance(partial, dict) or set(partial) != keys:
-                raise CheckpointError(f"partial-epoch entry must have keys {sorted(keys)}")
-            probe.state = partial["rng"]
-            for k in ("batch", "correct", "seen"):
-                if type(partial[k]) is not int or partial[k] < 0:
-                    raise CheckpointError(f"partial-epoch {k!r} must be an integer >= 0")
-        extra = ckpt.decode(meta["extra"], arrays)
-        opt_state = ckpt.decode(meta["optimizer"], arrays)
-        sched_state = None if meta["scheduler"] is None else ckpt.decode(meta["scheduler"], arrays)
-        return state, extra, opt_state, sched_state, best_params
+        return ckpt.check_entries(meta, arrays, mine, self.rng,
+                                  getattr(self.model, "buffers", {}) or {})

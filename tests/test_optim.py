@@ -377,7 +377,7 @@ def test_fused_update_bitwise_equals_numpy(name, kw, dtype, monkeypatch):
     cls = getattr(optim, name)
     ref, ref_state = _run_steps(cls, kw, dtype, "numpy", False)
     for threshold in (1 << 30, 1):   # all serial kernels, then all parallel ones
-        monkeypatch.setattr(optim, "PARALLEL_ELEMENTS", threshold)
+        monkeypatch.setattr(optim.optimizers, "PARALLEL_ELEMENTS", threshold)
         got, state = _run_steps(cls, kw, dtype, "fused", threshold == 1)
         for k in ref:
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{name} {k} {threshold}")
