@@ -96,13 +96,11 @@ CHART_IMPLS = ("nbconv", "torch", "im2col")
 
 
 def write_charts(data, stem, out=sys.stdout):
-    """One PNG per table: grouped bars of the rates of ``CHART_IMPLS`` per row, written to
-    ``<stem>-<group>.png``. Skipped with a message when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """One PNG per table: grouped bars of the rates of ``CHART_IMPLS`` per row
+    (:func:`nbconv.viz.save_speed_chart`), written to ``<stem>-<group>.png``. Skipped with a
+    message when matplotlib is missing."""
+    from nbconv import viz
+    if not viz.have_matplotlib():
         print("\n(no speed charts: matplotlib is not installed; pip install matplotlib)",
               file=out)
         return []
@@ -113,21 +111,10 @@ def write_charts(data, stem, out=sys.stdout):
             groups.setdefault(info["group"], []).append(info)
     paths = []
     for group, rows in groups.items():
-        impls = [k for k in CHART_IMPLS if any(k in r["rate"] for r in rows)]
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4))
-        width = 0.8 / len(impls)
-        for i, k in enumerate(impls):
-            xs = [j + (i - (len(impls) - 1) / 2) * width for j in range(len(rows))]
-            ax.bar(xs, [r["rate"].get(k, 0.0) for r in rows], width, label=k)
-        ax.set_xticks(range(len(rows)), [str(r["row"]) for r in rows], rotation=30,
-                     ha="right")
-        ax.set_ylabel(rows[0]["unit"])
-        ax.set_title(group)
-        ax.legend()
-        fig.tight_layout()
+        bars = [dict({"label": str(r["row"])},
+                     **{k: r["rate"][k] for k in CHART_IMPLS if k in r["rate"]}) for r in rows]
         path = f"{stem}-{re.sub(r'[^A-Za-z0-9]+', '-', group).strip('-')}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        viz.save_speed_chart(path, bars, group, ylabel=rows[0]["unit"])
         paths.append(path)
     if paths:
         print("\nspeed charts: " + ", ".join(os.path.relpath(p, ROOT) for p in paths), file=out)
