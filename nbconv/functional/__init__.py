@@ -9,3 +9,4 @@ from .basic import *  # noqa: F401,F403
 from .adaptive import *  # noqa: F401,F403
 from .conv_transpose import *  # noqa: F401,F403
 from .._checks import conv_out_size  # noqa: F401
+from .sync_norm import *  # noqa: F401,F403

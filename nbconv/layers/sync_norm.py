@@ -2,10 +2,8 @@
 union of every rank's slice under data parallelism (PyTorch's ``nn.SyncBatchNorm``)."""
 import numpy as np
 
+from .. import functional as F
 from .._checks import check_dy
-from ..functional.norm import _check_affine, _check_x
-from ..kernels import norm as _kn
-from ..kernels import sync_norm as _ks
 from .container import Sequential
 from .norm import BatchNorm2d
 
@@ -55,34 +53,8 @@ class SyncBatchNorm2d(BatchNorm2d):
             self._sync = False
             return super().forward(x)
         x = self._check_input(x)
-        x = _check_x(x)
-        N, C, H, W = x.shape
         w, b = self._affine_args()
-        w = _check_affine(w, "weight", C, x.dtype, 1)
-        b = _check_affine(b, "bias", C, x.dtype, 0)
-        x3 = x.reshape(N, C, H * W)
-        local = np.zeros(2 * C + 1)
-        local[0] = N * H * W
-        if local[0] > 0:
-            _ks.channel_moments(x3, local[1:C + 1], local[C + 1:])
-        parts = self.comm.allgather(local)           # (P, 2C + 1), rank order
-        counts, means, m2s = parts[:, 0], parts[:, 1:C + 1], parts[:, C + 1:]
-        L = float(counts.sum())
-        if L <= 1:
-            raise ValueError(f"expected more than 1 value per channel when training, got "
-                             f"{int(L)} over all ranks (x of shape {x.shape} on this rank)")
-        mean = np.zeros(C)
-        for r in range(len(counts)):                 # fixed order: same on every rank
-            mean += counts[r] * means[r]
-        mean /= L
-        m2 = np.zeros(C)
-        for r in range(len(counts)):
-            m2 += m2s[r] + counts[r] * (means[r] - mean) ** 2
-        var = m2 / L
-        rstd = 1.0 / np.sqrt(var + self.eps)
-        y = np.empty_like(x)
-        if N > 0:
-            _kn.batch_norm_apply(x3, mean, rstd, w, b, y.reshape(N, C, H * W))
+        y, mean, rstd, var, L = F.sync_batch_norm2d(x, w, b, self.eps, self.comm)
         if self.track_running_stats:
             momentum = self.momentum
             if momentum is None:
@@ -101,19 +73,10 @@ class SyncBatchNorm2d(BatchNorm2d):
             return super().backward(dy)
         dy, x, mean, rstd, _ = self._load(dy)
         dy = check_dy(dy, x.shape, x.dtype, "the shape of x")
-        N, C, H, W = x.shape
         w, _ = self._affine_args()
-        w = _check_affine(w, "weight", C, x.dtype, 1)
-        x3, dy3 = x.reshape(N, C, H * W), dy.reshape(N, C, H * W)
-        sums = np.zeros(2 * C)
-        _ks.channel_dsums(dy3, x3, mean, sums[:C], sums[C:])
-        self._store_grads(sums[C:] * rstd, sums[:C])     # this rank's share
-        self.comm.allreduce_sum_(sums)                    # global sums for dx
-        if not self.input_grad:
-            return None
-        dx = np.empty_like(x)
-        _ks.batch_norm_dx(dy3, x3, mean, rstd, w, sums[:C], sums[C:], self._global_count,
-                          dx.reshape(N, C, H * W))
+        dx, dweight, dbias = F.sync_batch_norm2d_backward(dy, x, mean, rstd, w, self._global_count,
+                                                          self.comm, self.input_grad)
+        self._store_grads(dweight, dbias)                 # this rank's share
         return dx
 
     def __repr__(self):
