@@ -124,7 +124,9 @@ def _install_abort_hook(comm):
 
     def hook(exc_type, exc, tb):
         try:
-            sys.stderr.write(f"[rank {comm.rank}/{comm.size}] ")
+            # the one-line error first: MPI_Abort may cut the forwarding of a long traceback
+            sys.stderr.write(f"[rank {comm.rank}/{comm.size}] {exc_type.__name__}: {exc}\n")
+            sys.stderr.flush()
             previous(exc_type, exc, tb)
             sys.stderr.flush()
         finally:

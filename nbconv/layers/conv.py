@@ -99,6 +99,8 @@ class Conv2d(Layer):
             s += f", groups={r['groups']}"
         if not r["bias"]:
             s += ", bias=False"
+        if "algorithm" in r:     # not in torch: shown only when not the default "auto"
+            s += f", algorithm={r['algorithm']!r}"
         return s + ")"
 
 
