@@ -60,11 +60,11 @@ rows: with one image they are too short). Constants in :mod:`nbconv._config`.
 """
 import os
 
-from .._config import (WINOGRAD_MIN_CG, WINOGRAD_MIN_FG, WINOGRAD_MIN_PIXELS,
-                       WINOGRAD_MIN_ROW_TILES)
 import numpy as np
 
 from .._checks import ALGORITHMS, check_algorithm  # noqa: F401  (re-exported)
+from .._config import (WINOGRAD_MIN_CG, WINOGRAD_MIN_FG, WINOGRAD_MIN_PIXELS,
+                       WINOGRAD_MIN_ROW_TILES)
 
 AUTO, DIRECT, WINOGRAD = ALGORITHMS
 ENV = "NBCONV_CONV_ALGORITHM"
