@@ -160,9 +160,11 @@ MATMUL_KC = 1024  # [kernel] reduction chunk of matmul_nt: a 4x1024 block of a a
 FLAT = 16384  # [kernel] elements per task of the elementwise kernels: 64 KiB float32, long
 #               enough to amortise a task, short enough to split a 1 MB array 16 ways
 PARALLEL_ELEMENTS = 1 << 23  # elementwise ops (ReLU, dropout, optimizer updates) on smaller
-#   arrays run on one thread. Measured on Zen 5 (2 shared cores): one thread already runs them
-#   at NumPy's single-threaded copy speed or faster (ReLU 8 MB: 61 GB/s vs copy 40; 32 MB: 36
-#   vs 37), while a 2-thread launch on a busy machine waited 7-20 ms for the second worker.
+#   arrays run on one thread. Measured on Zen 5, 2 quiet cores: a ReLU timed alone in a loop
+#   (the pool awake) gains from 2 threads from 128K elements on (2M: 0.12 vs 0.27 ms), but in
+#   a training step, between other kernels, it does not: the three-layer step took 18.7-20.0 ms
+#   with this threshold and 24.1-25.1 ms with 1 << 17 (deep net: the same within noise). On a
+#   machine loaded with other jobs a 2-thread launch waited 7-20 ms for its second worker.
 PARALLEL_MACS = 1 << 21  # the same for matrix products, counted in multiply-adds
 
 # winograd (nbconv.functional.winograd; the kernels' own constants stay in
