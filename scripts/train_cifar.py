@@ -309,11 +309,32 @@ def train(trainer, data, args, ckpt, pictures):
         print(f"interrupted: checkpoint ({where}) saved in {ckpt}; continue with: {cont}",
               flush=True)
         raise SystemExit(130)
+    except Exception as e:
+        # the second Ctrl-C's KeyboardInterrupt can surface wrapped: raised while a C extension
+        # is being imported (matplotlib's, for the pictures) it becomes an ImportError
+        if not _from_interrupt(e):
+            raise
+        _stopped_at_once(ckpt, cont)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"\nstopped at once: {ckpt} holds the last checkpoint written (if any); "
-              f"continue with: {cont}", flush=True)
-        raise SystemExit(130)
+        _stopped_at_once(ckpt, cont)
+
+
+def _from_interrupt(exc):
+    """Whether ``exc`` was caused by a KeyboardInterrupt (its cause or context chain)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _stopped_at_once(ckpt, cont):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"\nstopped at once: {ckpt} holds the last checkpoint written (if any); "
+          f"continue with: {cont}", flush=True)
+    raise SystemExit(130)
 
 
 def result(trainer, data):

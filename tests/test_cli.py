@@ -162,3 +162,40 @@ def test_stop_request_mid_epoch_resumes_bitwise(tmp_path):
     for k in straight.model.params:
         np.testing.assert_array_equal(again.model.params[k], straight.model.params[k])
     assert [h["loss"] for h in again.history] == [h["loss"] for h in straight.history]
+
+
+def test_second_sigint_wrapped_in_another_exception_stops_at_once(tmp_path, capsys):
+    """A second Ctrl-C that lands while a C extension is being imported (matplotlib's, for the
+    pictures) surfaces as an ImportError whose cause is the KeyboardInterrupt: it must end the
+    run like a plain second Ctrl-C (exit 130, no traceback), and other errors must not."""
+    mod = _script()
+
+    class Args:
+        out, epochs = str(tmp_path), 1
+
+    class Wrapped:
+        dp = None
+
+        def __init__(self, exc):
+            self.exc = exc
+
+        def stop_on_sigint(self, message):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def fit(self, *a, **k):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise self.exc from e
+
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            mod.train(Wrapped(ImportError("initialization failed")), {}, Args, "ck", None)
+        assert stop.value.code == 130 and "stopped at once" in capsys.readouterr().out
+    finally:
+        signal.signal(signal.SIGINT, old)
+    with pytest.raises(ValueError):   # an error with no interrupt behind it is not swallowed
+        mod.train(type("Plain", (Wrapped,), {"fit": lambda self, *a, **k: (_ for _ in ()).throw(
+            ValueError("real"))})(None), {}, Args, "ck", None)
