@@ -232,3 +232,35 @@ def check_algorithm(algorithm):
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got "
                          f"{algorithm!r}")
     return algorithm
+
+
+def check_running_stats(running_mean, running_var, channels, dtype, training):
+    """Batch norm's running statistics: both or neither; each a ``(channels,)`` ndarray of
+    ``dtype``; both writable when ``training`` (they are updated in place), checked before
+    either is written."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    if running_mean is None:
+        return
+    for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but x has {dtype}")
+        if a.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},) (the channels of x), got "
+                             f"{a.shape}")
+    for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+        if training and not a.flags.writeable:
+            raise ValueError(f"{name} is read-only, but training=True updates running_mean "
+                             f"and running_var in place")
+
+
+def check_conv_channels(in_channels, out_channels, groups):
+    """A conv layer's channel counts and ``groups`` as ints (>= 1), ``groups`` dividing both."""
+    c = check_int(in_channels, "in_channels", 1)
+    f = check_int(out_channels, "out_channels", 1)
+    groups = check_int(groups, "groups", 1)
+    if c % groups or f % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={c} and out_channels={f}")
+    return c, f, groups

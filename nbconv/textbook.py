@@ -25,7 +25,7 @@ and ``reference.conv2d_naive``.
 import numpy as np
 
 from ._checks import (check_array, check_bool, check_float, check_groups, check_int,
-                      conv2d_padding, conv_out_size, pool_args, pool_out_size, to_pair)
+                      check_running_stats, conv2d_padding, conv_out_size, pool_args, pool_out_size, to_pair)
 from .kernels import textbook as _k
 
 __all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
@@ -256,14 +256,7 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     w = _affine(weight, "weight", C, x.dtype, 1)
     b = _affine(bias, "bias", C, x.dtype, 0)
     eps = check_float(eps, "eps", 0)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
-    for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
-        if a is not None and (not isinstance(a, np.ndarray) or a.dtype != x.dtype
-                              or a.shape != (C,)):
-            raise ValueError(f"{name} must be a ({C},) {x.dtype} numpy.ndarray, got "
-                             f"{getattr(a, 'shape', type(a).__name__)} "
-                             f"{getattr(a, 'dtype', '')}")
+    check_running_stats(running_mean, running_var, C, x.dtype, training)
     y = np.empty_like(x)
     L = N * H * W
     if training:

@@ -382,3 +382,14 @@ def test_bad_arguments():
         T.batch_norm2d(np.zeros((1, 2, 1, 1)), training=True)
     with pytest.raises(ValueError, match="required when training=False"):
         T.batch_norm2d(x)
+
+
+def test_batch_norm_checks_both_running_stats_before_writing():
+    """A writable running_mean with a read-only running_var: the textbook twin refuses before
+    updating either (as nbconv.functional.batch_norm2d; it used to update the mean first)."""
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5))
+    rm, rv = np.zeros(3), np.ones(3)
+    rv.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        T.batch_norm2d(x, rm, rv, training=True)
+    assert np.array_equal(rm, np.zeros(3))

@@ -15,7 +15,8 @@ BatchNorm2d normalises each channel over its ``N * H * W`` values with the batch
 """
 import numpy as np
 
-from .._checks import check_array, check_bool, check_dy, check_float, check_groups
+from .._checks import (check_array, check_bool, check_dy, check_float, check_groups,
+                       check_running_stats)
 from ..kernels import norm as _k
 
 __all__ = ["group_norm", "group_norm_backward", "batch_norm2d", "batch_norm2d_backward"]
@@ -95,16 +96,6 @@ def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None, need_dx=True
 
 # ---- BatchNorm2d -----------------------------------------------------------------------------
 
-def _check_running(a, name, C, dtype):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but x has {dtype}")
-    if a.shape != (C,):
-        raise ValueError(f"{name} must have shape ({C},) (the channels of x), got {a.shape}")
-    return a
-
-
 def batch_norm2d(input, running_mean=None, running_var=None, weight=None, bias=None,
                  training=False, momentum=0.1, eps=1e-5, return_stats=False):
     """Batch normalisation of ``x`` ``(N, C, H, W)`` -> ``y`` ``(N, C, H, W)``, like
@@ -125,15 +116,7 @@ def batch_norm2d(input, running_mean=None, running_var=None, weight=None, bias=N
     w = _check_affine(weight, "weight", C, x.dtype, 1)
     b = _check_affine(bias, "bias", C, x.dtype, 0)
     eps = check_float(eps, "eps", 0)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
-    if running_mean is not None:
-        _check_running(running_mean, "running_mean", C, x.dtype)
-        _check_running(running_var, "running_var", C, x.dtype)
-        for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
-            if training and not a.flags.writeable:  # both checked before either is written
-                raise ValueError(f"{name} is read-only, but training=True updates "
-                                 f"running_mean and running_var in place")
+    check_running_stats(running_mean, running_var, C, x.dtype, training)
     L = N * H * W
     y = np.empty_like(x)
     x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)
