@@ -361,7 +361,7 @@ def _gather_input_grad(dyb, geom, pads, plan):
     """dx (N, C, H, W) from ``dyb``, dy laid out as :func:`_dx_plan`'s zero padded
     ``(n_filters, Hd, N, Wd)`` planes, by :func:`nbconv.kernels.conv.conv_rows` with the plan's
     flipped, channel-swapped taps, once per stride phase of ``dx``."""
-    (T, L, Hd, Wd), (wt, off_dx, table, ph_out, missing) = pads, plan
+    (_, _, Hd, Wd), (wt, off_dx, table, ph_out, missing) = pads, plan
     dx = (np.zeros if missing else np.empty)(geom.x_shape, geom.dtype)
     _k.conv_rows(dyb, 0, geom.Fg * Hd * geom.N * Wd, wt, off_dx, np.zeros(geom.C, geom.dtype),
                  dx, table, ph_out, geom.N, Wd, geom.sh, geom.sw, geom.dtype.type(0))

@@ -15,7 +15,7 @@ row. Average pooling divides by the bin's area; max pooling returns, with
 """
 import numpy as np
 
-from .._checks import check_array, check_int
+from .._checks import check_array, check_bool, check_int
 from ..kernels import adaptive as _k
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
@@ -124,8 +124,7 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     ``(N, C, H, W) -> (N, C, OH, OW)`` (or unbatched), the maximum of each bin; with
     ``return_indices`` also the int64 flat positions ``h * W + w`` of the maxima in their
     input planes (the ``indices`` that :func:`adaptive_max_pool2d_backward` takes)."""
-    if not isinstance(return_indices, (bool, np.bool_)):
-        raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+    return_indices = check_bool(return_indices, "return_indices")
     x, unbatched = _check_input(input)
     n, c, h, w = x.shape
     oh, ow = adaptive_output_size(output_size, h, w)

@@ -231,6 +231,13 @@ class Layer:
             g.bit_generator.state = state[k]
 
     # -- helpers for subclasses ---------------------------------------------------------------
+    def _store_grads(self, dw, db):
+        """Copy a backward's weight and bias gradients into ``grads`` (in place: optimizers
+        hold these arrays); ``db`` None when the layer has no bias."""
+        self.grads["weight"][...] = dw
+        if db is not None:
+            self.grads["bias"][...] = db
+
     def _save(self, out_shape, *saved):
         self._out_shape = tuple(out_shape)
         self._saved = saved

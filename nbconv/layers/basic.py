@@ -62,9 +62,7 @@ class Linear(Layer):
         dy, x = self._load(dy)
         dx, dw, db = F.linear_backward(dy, x, self.params["weight"], need_dx=self.input_grad,
                                        need_bias="bias" in self.params)
-        self.grads["weight"][...] = dw
-        if db is not None:
-            self.grads["bias"][...] = db
+        self._store_grads(dw, db)
         return dx
 
     def output_shape(self, input_shape):

@@ -3,7 +3,8 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import check_algorithm, check_dtype, check_int, conv_out_size, to_pair
+from .._checks import (check_algorithm, check_conv_channels, check_dtype,
+                       conv_out_size, to_pair)
 from ..init import make_rng, uniform_fan_in
 from .base import Layer
 
@@ -29,13 +30,8 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, dtype=np.float32, seed=None, algorithm="auto"):
         super().__init__()
-        c = check_int(in_channels, "in_channels", 1)
-        f = check_int(out_channels, "out_channels", 1)
+        c, f, groups = check_conv_channels(in_channels, out_channels, groups)
         k = to_pair(kernel_size, "kernel_size", 1)
-        groups = check_int(groups, "groups", 1)
-        if c % groups or f % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={c} and "
-                             f"out_channels={f}")
         stride = to_pair(stride, "stride", 1)
         dilation = to_pair(dilation, "dilation", 1)
         F.conv2d_padding(padding, k, stride, dilation)  # raises on a bad padding
@@ -66,9 +62,7 @@ class Conv2d(Layer):
         dx, dw, db = F.conv2d_backward(dy, None, self.params["weight"], **self._args,
                                        need_dx=self.input_grad,
                                        need_bias="bias" in self.params, prepared=prep)
-        self.grads["weight"][...] = dw
-        if db is not None:
-            self.grads["bias"][...] = db
+        self._store_grads(dw, db)
         return dx
 
     def output_shape(self, input_shape):
@@ -121,13 +115,8 @@ class ConvTranspose2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32, seed=None):
         super().__init__()
-        c = check_int(in_channels, "in_channels", 1)
-        f = check_int(out_channels, "out_channels", 1)
+        c, f, groups = check_conv_channels(in_channels, out_channels, groups)
         k = to_pair(kernel_size, "kernel_size", 1)
-        groups = check_int(groups, "groups", 1)
-        if c % groups or f % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={c} and "
-                             f"out_channels={f}")
         dtype = check_dtype(dtype)
         rng = make_rng(seed)
         fan_in = f // groups * k[0] * k[1]
@@ -156,9 +145,7 @@ class ConvTranspose2d(Layer):
         dx, dw, db = F.conv_transpose2d_backward(dy, x, self.params["weight"], **self._args,
                                                    need_dx=self.input_grad,
                                                    need_bias="bias" in self.params)
-        self.grads["weight"][...] = dw
-        if db is not None:
-            self.grads["bias"][...] = db
+        self._store_grads(dw, db)
         return dx
 
     def output_shape(self, input_shape):

@@ -26,7 +26,6 @@ The optimizers live in :mod:`.optimizers`, the schedules in :mod:`.lr_scheduler`
 from .._config import PARALLEL_ELEMENTS  # noqa: F401
 from .lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
-from .optimizers import _check_betas, _check_params, _flat  # noqa: F401
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LRScheduler", "StepLR",
            "CosineAnnealingLR"]
