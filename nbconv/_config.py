@@ -125,6 +125,15 @@ class Kernel:
         return f"Kernel({self.dispatcher!r})"
 
 
+# ---- vector width ------------------------------------------------------------------------------
+# The SIMD kernels (nbconv.kernels.simd) use the host CPU's vector width: 64 bytes with AVX-512,
+# 32 with AVX2 + FMA, 16 otherwise. NBCONV_SIMD_BYTES=32 (or 16) forces a narrower one, read once
+# at import: an AVX-512 machine then runs (and its CI tests) the AVX2 code. The width is an
+# argument of every SIMD kernel, so it is part of the kernel's signature and of Numba's cache
+# key: switching it never loads machine code compiled for another width.
+SIMD_BYTES_ENV = "NBCONV_SIMD_BYTES"
+
+
 # ---- tuning constants ------------------------------------------------------------------------
 # Machine-level: an L1 data cache of 32-48 KiB, 256-bit vectors, a few cores.
 
