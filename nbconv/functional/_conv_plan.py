@@ -48,13 +48,16 @@ import numba
 import numpy as np
 
 from .._checks import conv_out_size
-from .._config import CONV_BLOCK_BYTES, MIN_TASKS, SMALL_COPY_BYTES
+from .._config import CONV_BLOCK_BYTES, CONV_TASK_BYTES, MIN_TASKS, SMALL_COPY_BYTES
 from ..kernels import conv as _k
+from ..kernels import simd
 from ..kernels import textbook as _tb
 
 PLANES, NCHW, SUBSAMPLED, DEPTHWISE = "planes", "nchw", "subsampled", "depthwise"
 
 _P0 = np.zeros(1, np.int64)  # the single phase of a stride-1 layout
+_TAIL = 96  # a buffer's zero tail past its last row: conv_rows reads up to three vectors (of at
+#             most 16 lanes) past a task's last pixel, plus the 32 the layouts always had
 
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -141,13 +144,12 @@ def _pad4(n):
 
 def tasks(rows_per_phase, G, Wx, itemsize, outputs, images=1):
     """Task table ``(T, 5)`` int64 of rows ``(p, g, n0, r0, r1)`` for
-    :func:`nbconv.kernels.conv.conv_rows`: blocks of about ``CONV_BLOCK_BYTES`` of pixels per
-    output kept in L1 (up to ``CONV_FB`` of ``outputs``; whole rows of ``Wx``), at least
-    ``MIN_TASKS`` tasks when there are enough rows; ``images > 1``: per-image tasks (``n0``) of
-    one-image planes."""
+    :func:`nbconv.kernels.conv.conv_rows`: whole rows of ``Wx`` pixels, as many as keep the
+    task's ``outputs`` (per group) x pixels within ``CONV_TASK_BYTES``, at least ``MIN_TASKS``
+    tasks when there are enough rows; ``images > 1``: per-image tasks (``n0``) of one-image
+    planes."""
     total = sum(rows_per_phase) * images
-    per_out = CONV_BLOCK_BYTES * _k.FB // min(_k.FB, outputs)
-    rows = max(1, per_out // (itemsize * Wx))
+    rows = max(1, CONV_TASK_BYTES // (itemsize * Wx * _pad4(outputs)))
     while rows > 1 and G * -(-total // rows) < MIN_TASKS:
         rows = (rows + 1) // 2
     out = [(p, g, n, r0, min(R, r0 + rows)) for p, R in enumerate(rows_per_phase)
@@ -163,13 +165,22 @@ def _nchw_rows(geom):
     return geom.H // k, k * geom.W
 
 
+def _blocks_of_4(wt):
+    """(..., E, Fp) -> (..., Fp/4, E, 4): each block of 4 outputs' weights contiguous, as
+    :func:`nbconv.kernels.conv.conv_rows` reads them (``Fp`` a multiple of 4)."""
+    *lead, E, Fp = wt.shape
+    return np.ascontiguousarray(wt.reshape(*lead, E, Fp // 4, 4).swapaxes(-3, -2))
+
+
 def _fwd_weights(weight, geom):
-    """weight (n_filters, Cg, KH, KW) -> (G, E4, Fg): ``wt[g, e, f] = weight[g*Fg + f, e]``
-    (``e = (c, i, j)``; rows past ``E = Cg*KH*KW`` are zero)."""
+    """weight (n_filters, Cg, KH, KW) -> (G, Fp/4, E, 4): ``wt[g, f // 4, e, f % 4] =
+    weight[g*Fg + f, e]`` (``e = (c, i, j)``; ``Fp`` is ``Fg`` rounded up to a multiple of 4,
+    the register block of :func:`nbconv.kernels.conv.conv_rows`; the extra outputs are
+    zero)."""
     E = geom.Cg * geom.KH * geom.KW
-    wt = np.zeros((geom.G, _pad4(E), geom.Fg), geom.dtype)
-    wt[:, :E, :geom.Fg] = weight.reshape(geom.G, geom.Fg, E).transpose(0, 2, 1)
-    return wt
+    wt = np.zeros((geom.G, E, _pad4(geom.Fg)), geom.dtype)
+    wt[:, :, :geom.Fg] = weight.reshape(geom.G, geom.Fg, E).transpose(0, 2, 1)
+    return _blocks_of_4(wt)
 
 
 def _phase_taps(size, s, d, k, p_lo):
@@ -201,7 +212,7 @@ def _dx_plan(weight, geom):
              + [Q + max(rel) + 1 for _, Q, _, rel in ph_w if rel])
     phases = [(a, b) for a in ph_h for b in ph_w if a[2] and b[2]]
     E4 = max([4] + [_pad4(geom.Fg * len(a[2]) * len(b[2])) for a, b in phases])
-    wt = np.zeros((len(phases), geom.G, E4, geom.Cg), geom.dtype)
+    wt = np.zeros((len(phases), geom.G, E4, _pad4(geom.Cg)), geom.dtype)
     off = np.zeros((len(phases), E4), np.int64)
     ph_out = np.zeros((len(phases), 4), np.int64)
     w5 = weight.reshape(geom.G, geom.Fg, geom.Cg, geom.KH, geom.KW)
@@ -215,6 +226,7 @@ def _dx_plan(weight, geom):
                                                                           geom.Cg)
         ph_out[p] = (Qw, rh, rw, o.size)
     table = tasks([a[1] * geom.N for a, _ in phases], geom.G, Wd, geom.dtype.itemsize, geom.Cg)
+    wt = _blocks_of_4(wt)
     missing = len(phases) < len(ph_h) * len(ph_w)
     return (T, L, Hd, Wd), (wt, off, table, ph_out, missing)
 
@@ -266,7 +278,7 @@ def _empty_planes(C, na, nb, Hq, N, Wq, dtype):
     """A flat buffer for ``(C, na, nb, Hq, N, Wq)`` planes plus a zero tail, so reads just past
     a plane stay inside the buffer (their results are dropped or multiplied by zero)."""
     size = C * na * nb * Hq * N * Wq
-    buf = np.empty(size + Wq + 32, dtype)
+    buf = np.empty(size + Wq + _TAIL, dtype)
     buf[size:] = 0
     return buf
 
@@ -336,7 +348,7 @@ def forward(geom, xb, weight, bias):
         yv, xs, Nr = y, 0, geom.N
     ph_out = np.array([[yv.shape[3], 0, 0, geom.Cg * geom.KH * geom.KW]], np.int64)
     _k.conv_rows(xb, xs, geom.group_stride, _fwd_weights(weight, geom)[None], off[None], bias,
-                 yv, table, ph_out, Nr, Wx, 1, 1, geom.dtype.type(0))
+                 yv, table, ph_out, Nr, Wx, 1, 1, simd.WIDTH)
     return y
 
 
@@ -346,14 +358,14 @@ def _nchw_input_grad(dy, weight, geom):
     ``dx[n, g*Cg + c] = sum_f weight[g*Fg + f, c] * dy[n, g*Fg + f]`` per pixel."""
     dx = np.empty(geom.x_shape, geom.dtype)
     R, Wx = _nchw_rows(geom)
-    wt = np.zeros((1, geom.G, _pad4(geom.Fg), geom.Cg), geom.dtype)
+    wt = np.zeros((1, geom.G, _pad4(geom.Fg), _pad4(geom.Cg)), geom.dtype)
     wt[0, :, :geom.Fg, :geom.Cg] = weight.reshape(geom.G, geom.Fg, geom.Cg)
     off = (np.arange(_pad4(geom.Fg), dtype=np.int64) % geom.Fg * (geom.H * geom.W))[None]
     table = tasks([R], geom.G, Wx, geom.dtype.itemsize, geom.Cg, images=geom.N)
     ph_out = np.array([[Wx, 0, 0, geom.Fg]], np.int64)
     _k.conv_rows(dy.reshape(-1), geom.n_filters * geom.H * geom.W, geom.Fg * geom.H * geom.W,
-                 wt, off, np.zeros(geom.C, geom.dtype), dx.reshape(geom.N, geom.C, R, Wx),
-                 table, ph_out, 1, Wx, 1, 1, geom.dtype.type(0))
+                 _blocks_of_4(wt), off, np.zeros(geom.C, geom.dtype), dx.reshape(geom.N, geom.C, R, Wx),
+                 table, ph_out, 1, Wx, 1, 1, simd.WIDTH)
     return dx
 
 
@@ -364,7 +376,7 @@ def _gather_input_grad(dyb, geom, pads, plan):
     (_, _, Hd, Wd), (wt, off_dx, table, ph_out, missing) = pads, plan
     dx = (np.zeros if missing else np.empty)(geom.x_shape, geom.dtype)
     _k.conv_rows(dyb, 0, geom.Fg * Hd * geom.N * Wd, wt, off_dx, np.zeros(geom.C, geom.dtype),
-                 dx, table, ph_out, geom.N, Wd, geom.sh, geom.sw, geom.dtype.type(0))
+                 dx, table, ph_out, geom.N, Wd, geom.sh, geom.sw, simd.WIDTH)
     return dx
 
 
@@ -429,9 +441,9 @@ def backward(geom, xb, dy, weight, need_dx, need_bias):
         dyv, xs = dyw[:nf * Q].reshape(1, nf, Q), 0
     block, nchunks = _dweight_chunks(geom, dyv.shape[0], dyv.shape[2])
     off = geom.offsets
-    part = np.empty((nchunks, geom.G, off.size, geom.Fg + geom.Fg % 2), geom.dtype)
+    part = np.empty((nchunks, geom.G, off.size, -(-geom.Fg // 3) * 3), geom.dtype)
     pbias = np.empty((nchunks if need_bias else 0, geom.G, geom.Fg), geom.dtype)
-    _k.conv_weight_grad(xb, xs, geom.group_stride, dyv, off, part, pbias, block, zero)
+    _k.conv_weight_grad(xb, xs, geom.group_stride, dyv, off, part, pbias, block, simd.WIDTH)
     E = geom.Cg * geom.KH * geom.KW
     dw = np.ascontiguousarray(reduce_partials(part)[:, :E, :geom.Fg].transpose(0, 2, 1))
     dw = dw.reshape(geom.w_shape)

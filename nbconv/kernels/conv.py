@@ -44,9 +44,10 @@ no float64 enters a float32 loop.
 import numpy as np
 from numba import prange
 
-from .._config import CONV_FB as FB  # outputs whose row block stays in L1 in ``conv_rows``
 from .._config import CONV_FW as FW  # filters whose dy rows stay in L2 in ``conv_weight_grad``
+from .._config import CONV_KC as KC  # reduction elements per pass of ``conv_rows``
 from .._config import kernel, serial_kernel
+from . import simd
 
 
 @serial_kernel
@@ -118,170 +119,287 @@ def to_planes(src, dst, sh, sw, pa, pb, pt, pl, Hq, Wq, dst2, pt2, pl2, Hq2, Wq2
             _plane_rows(src, dst2, task - T1, 1, 1, p0, p0, pt2, pl2, Hq2, Wq2, zero)
 
 
+@serial_kernel
+def _rows_4x3(V, x, xb, op, wq, first, buf, f, q):
+    """The forward micro-kernel: ``buf[f+k, q:q+3L] (+)= sum_e wq[4*e + k] *
+    x[xb+op[e]+q : ...+3L]`` for the 4 outputs ``k`` and the ``len(op)`` reduction elements
+    ``e`` (``L`` lanes; ``=`` when ``first``): 12 vector accumulators in registers, per element
+    3 vector loads, 4 broadcasts and 12 FMAs."""
+    L = simd.lanes(V, x)
+    n = buf.shape[1]
+    r0, r1, r2, r3 = f * n + q, (f + 1) * n + q, (f + 2) * n + q, (f + 3) * n + q
+    if first:
+        a00 = simd.zero(V, x)
+        a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32 = \
+            a00, a00, a00, a00, a00, a00, a00, a00, a00, a00, a00
+    else:
+        a00, a01, a02 = simd.load(V, buf, r0), simd.load(V, buf, r0 + L), \
+            simd.load(V, buf, r0 + 2 * L)
+        a10, a11, a12 = simd.load(V, buf, r1), simd.load(V, buf, r1 + L), \
+            simd.load(V, buf, r1 + 2 * L)
+        a20, a21, a22 = simd.load(V, buf, r2), simd.load(V, buf, r2 + L), \
+            simd.load(V, buf, r2 + 2 * L)
+        a30, a31, a32 = simd.load(V, buf, r3), simd.load(V, buf, r3 + L), \
+            simd.load(V, buf, r3 + 2 * L)
+    for e in range(op.shape[0]):
+        i = xb + op[e] + q
+        x0 = simd.load(V, x, i)
+        x1 = simd.load(V, x, i + L)
+        x2 = simd.load(V, x, i + 2 * L)
+        c = simd.splat(V, wq[4 * e])
+        a00 = simd.fma(x0, c, a00)
+        a01 = simd.fma(x1, c, a01)
+        a02 = simd.fma(x2, c, a02)
+        c = simd.splat(V, wq[4 * e + 1])
+        a10 = simd.fma(x0, c, a10)
+        a11 = simd.fma(x1, c, a11)
+        a12 = simd.fma(x2, c, a12)
+        c = simd.splat(V, wq[4 * e + 2])
+        a20 = simd.fma(x0, c, a20)
+        a21 = simd.fma(x1, c, a21)
+        a22 = simd.fma(x2, c, a22)
+        c = simd.splat(V, wq[4 * e + 3])
+        a30 = simd.fma(x0, c, a30)
+        a31 = simd.fma(x1, c, a31)
+        a32 = simd.fma(x2, c, a32)
+    simd.store(buf, r0, a00)
+    simd.store(buf, r0 + L, a01)
+    simd.store(buf, r0 + 2 * L, a02)
+    simd.store(buf, r1, a10)
+    simd.store(buf, r1 + L, a11)
+    simd.store(buf, r1 + 2 * L, a12)
+    simd.store(buf, r2, a20)
+    simd.store(buf, r2 + L, a21)
+    simd.store(buf, r2 + 2 * L, a22)
+    simd.store(buf, r3, a30)
+    simd.store(buf, r3 + L, a31)
+    simd.store(buf, r3 + 2 * L, a32)
+
+
+@serial_kernel
+def _rows_4x1(V, x, xb, op, wq, first, buf, f, q, t):
+    """:func:`_rows_4x3` for one vector of pixels (the remainder of a run), of which only the
+    first ``t`` lanes are read from ``x`` (``t < L``: a masked load at the end of ``x``)."""
+    L = simd.lanes(V, x)
+    n = buf.shape[1]
+    r0, r1, r2, r3 = f * n + q, (f + 1) * n + q, (f + 2) * n + q, (f + 3) * n + q
+    if first:
+        a0 = simd.zero(V, x)
+        a1, a2, a3 = a0, a0, a0
+    else:
+        a0, a1 = simd.load(V, buf, r0), simd.load(V, buf, r1)
+        a2, a3 = simd.load(V, buf, r2), simd.load(V, buf, r3)
+    for e in range(op.shape[0]):
+        if t == L:
+            x0 = simd.load(V, x, xb + op[e] + q)
+        else:
+            x0 = simd.load_tail(V, x, xb + op[e] + q, t)
+        a0 = simd.fma(x0, simd.splat(V, wq[4 * e]), a0)
+        a1 = simd.fma(x0, simd.splat(V, wq[4 * e + 1]), a1)
+        a2 = simd.fma(x0, simd.splat(V, wq[4 * e + 2]), a2)
+        a3 = simd.fma(x0, simd.splat(V, wq[4 * e + 3]), a3)
+    simd.store(buf, r0, a0)
+    simd.store(buf, r1, a1)
+    simd.store(buf, r2, a2)
+    simd.store(buf, r3, a3)
+
+
 @kernel
-def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, zero):
-    """x (flat); w (P, G, E4, Fo) and off (P, E4) int64 per phase p, E4 % 4 == 0 (zero
-    weights pad it); bias (G*Fo,); y (N, G*Fo, Hy, Wy); tasks (T, 5) rows
+def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, V):
+    """x (flat); w (P, G, Fp/4, E, 4) and off (P, E) int64 per phase p: ``w[p, g, f // 4, e,
+    f % 4]`` is output ``f``'s weight for reduction element ``e`` (``Fp`` outputs, a multiple
+    of 4, zero weights pad them); bias (G*Fo,); y (N, G*Fo, Hy, Wy); tasks (T, 5) rows
     ``(p, g, n0, r0, r1)``: output rows ``r = oh*Nr + (n - n0)`` in ``[r0, r1)`` of phase ``p``
     read ``x[n0*xs + g*gstride + off[p, e] + r*Wx + ow]`` (``Nr = N, n0 = 0``: batch-interleaved
     planes; ``Nr = 1``: one image per task, ``xs`` apart); ``ph_out[p] = (OW, oy0, ox0, ne)``
     places pixel ``(oh, n, ow)`` at ``y[n, g*Fo + f, oy0 + oh*osh, ox0 + ow*osw]`` and says
-    that the first ``ne`` elements are used.
+    that the first ``ne`` elements are used. ``V`` is the vector width
+    (:mod:`nbconv.kernels.simd`). Reads of ``x`` run up to three vectors past a task's last
+    pixel (whole 3-vector blocks): into a buffer's tail, or, at the end of an ``x`` without
+    one, vector by vector with the last masked (their results are dropped).
+
+    A GEMM with indirect rows, blocked as BLAS blocks one: per task (a run of pixels, all
+    outputs in an L1/L2 buffer), per chunk of ``KC`` reduction elements, per 3 vectors of
+    pixels (their ``x`` values, ``KC`` x 3 vectors, stay in L1), per 4 outputs (their ``KC`` x 4
+    weights are contiguous): :func:`_rows_4x3` with the 4 x 3-vector output tile in registers
+    (one vector at the end of the run: :func:`_rows_4x1`). Then the valid columns go to ``y``
+    with the bias. The reduction runs over exactly the ``ne`` elements: no zero weight pads it
+    (``0 * inf`` would be NaN where the true sum is inf). Each output element is written by
+    one task.
 
     Textbook twins: :func:`nbconv.kernels.textbook.conv2d_forward` (forward),
     :func:`nbconv.kernels.textbook.conv2d_backward_input` (input gradient)."""
     Ft, Hy, Wy = y.shape[1], y.shape[2], y.shape[3]
-    G, Fo2 = w.shape[1], w.shape[3]  # Fo2 == Fo
+    G, Fq = w.shape[1], w.shape[2]
     Fo = Ft // G
+    L = simd.lanes(V, x)
     y1 = y.reshape(-1)
     for task in prange(tasks.shape[0]):
         p, g, n0, r0, r1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], tasks[task, 3], \
             tasks[task, 4]
         OW, oy0, ox0, ne = ph_out[p, 0], ph_out[p, 1], ph_out[p, 2], ph_out[p, 3]
-        xr = x[n0 * xs + g * gstride + r0 * Wx:]
-        wp = w[p, g]
+        xb = n0 * xs + g * gstride + r0 * Wx
         op = off[p]
+        # whole 3-vector blocks (the extra columns are dropped), but where x ends before
+        # them (NCHW input read in place): single vectors, the last one masked
+        nv = ((r1 - r0) * Wx + L - 1) // L
+        nv3 = (nv + 2) // 3 * 3
         omax = 0
         for e in range(ne):
             omax = max(omax, op[e])
-        # whole vectors where the buffer allows (the extra columns are dropped)
-        nq = min(((r1 - r0) * Wx + 7) // 8 * 8, xr.shape[0] - omax)
-        buf = np.empty((min(FB, Fo2), nq), y.dtype)
-        for f0 in range(0, Fo2, FB):
-            fn = min(FB, Fo2 - f0)
-            ne4 = ne - ne % 4
-            for e in range(0, ne4, 4):
-                x0 = xr[op[e]:op[e] + nq]
-                x1 = xr[op[e + 1]:op[e + 1] + nq]
-                x2 = xr[op[e + 2]:op[e + 2] + nq]
-                x3 = xr[op[e + 3]:op[e + 3] + nq]
-                for k in range(0, fn - 3, 4):  # 4 elements x 4 outputs: 16 FMAs per 4 loads
-                    f = f0 + k
-                    w00, w01, w02, w03 = wp[e, f], wp[e, f + 1], wp[e, f + 2], wp[e, f + 3]
-                    w10, w11, w12, w13 = wp[e + 1, f], wp[e + 1, f + 1], wp[e + 1, f + 2], \
-                        wp[e + 1, f + 3]
-                    w20, w21, w22, w23 = wp[e + 2, f], wp[e + 2, f + 1], wp[e + 2, f + 2], \
-                        wp[e + 2, f + 3]
-                    w30, w31, w32, w33 = wp[e + 3, f], wp[e + 3, f + 1], wp[e + 3, f + 2], \
-                        wp[e + 3, f + 3]
-                    b0 = buf[k]
-                    b1 = buf[k + 1]
-                    b2 = buf[k + 2]
-                    b3 = buf[k + 3]
-                    if e == 0:
-                        for q in range(nq):
-                            a0 = x0[q]
-                            a1 = x1[q]
-                            a2 = x2[q]
-                            a3 = x3[q]
-                            b0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                            b1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                            b2[q] = w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
-                            b3[q] = w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
-                    else:
-                        for q in range(nq):
-                            a0 = x0[q]
-                            a1 = x1[q]
-                            a2 = x2[q]
-                            a3 = x3[q]
-                            b0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                            b1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                            b2[q] += w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
-                            b3[q] += w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
-                for k in range(fn // 4 * 4, fn - 1, 2):
-                    f = f0 + k
-                    w00, w01 = wp[e, f], wp[e, f + 1]
-                    w10, w11 = wp[e + 1, f], wp[e + 1, f + 1]
-                    w20, w21 = wp[e + 2, f], wp[e + 2, f + 1]
-                    w30, w31 = wp[e + 3, f], wp[e + 3, f + 1]
-                    b0 = buf[k]
-                    b1 = buf[k + 1]
-                    if e == 0:
-                        for q in range(nq):
-                            a0 = x0[q]
-                            a1 = x1[q]
-                            a2 = x2[q]
-                            a3 = x3[q]
-                            b0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                            b1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                    else:
-                        for q in range(nq):
-                            a0 = x0[q]
-                            a1 = x1[q]
-                            a2 = x2[q]
-                            a3 = x3[q]
-                            b0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                            b1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                if fn % 2 == 1:  # an odd last output (e.g. depthwise): no wasted twin
-                    f = f0 + fn - 1
-                    w00, w10, w20, w30 = wp[e, f], wp[e + 1, f], wp[e + 2, f], wp[e + 3, f]
-                    b0 = buf[fn - 1]
-                    if e == 0:
-                        for q in range(nq):
-                            b0[q] = w00 * x0[q] + w10 * x1[q] + w20 * x2[q] + w30 * x3[q]
-                    else:
-                        for q in range(nq):
-                            b0[q] += w00 * x0[q] + w10 * x1[q] + w20 * x2[q] + w30 * x3[q]
-            # the last ne % 4 elements one at a time: no zero weight pads the block, since
-            # 0 * inf would put a NaN where the true sum is inf
-            for e in range(ne4, ne):
-                xe = xr[op[e]:op[e] + nq]
-                for k in range(fn):
-                    we = wp[e, f0 + k]
-                    bk = buf[k]
-                    if e == 0:
-                        for q in range(nq):
-                            bk[q] = we * xe[q]
-                    else:
-                        for q in range(nq):
-                            bk[q] += we * xe[q]
-            for k in range(fn):
-                f = f0 + k
-                if f < Fo:
-                    bb = bias[g * Fo + f]
-                    bk = buf[k]
-                    oh = r0 // Nr
-                    n = r0 - oh * Nr
-                    oswu = np.uint64(osw)
-                    for r in range(r1 - r0):
-                        # flat unsigned indices: no slices per row (rows can be 8 values)
-                        su = np.uint64(r * Wx)
-                        du = np.uint64((((n0 + n) * Ft + g * Fo + f) * Hy + oy0 + oh * osh) * Wy
-                                       + ox0)
-                        if osw == 1:
-                            for ow in range(OW):
-                                y1[du + np.uint64(ow)] = bk[su + np.uint64(ow)] + bb
-                        else:
-                            for ow in range(OW):
-                                y1[du + np.uint64(ow) * oswu] = bk[su + np.uint64(ow)] + bb
-                        n += 1
-                        if n == Nr:
-                            n = 0
-                            oh += 1
+        avail = x.shape[0] - xb - omax
+        nfull = min(nv3, avail // L)
+        nblk = min(Fq, (Fo + 3) // 4)
+        buf = np.empty((4 * nblk, nv3 * L), y.dtype)
+        wg = w[p, g].reshape(-1)   # (Fp/4 blocks of E x 4) flat
+        E = w.shape[3]
+        for e0 in range(0, max(ne, 1), KC):
+            e1 = min(ne, e0 + KC)
+            opc = op[e0:e1]
+            for b in range(nfull // 3):
+                for fb in range(nblk):
+                    _rows_4x3(V, x, xb, opc, wg[4 * (fb * E + e0):4 * (fb * E + e1)], e0 == 0,
+                              buf, 4 * fb, 3 * L * b)
+            for b in range(nfull // 3 * 3, nv):
+                t = L if b < nfull else avail - L * nfull
+                for fb in range(nblk):
+                    _rows_4x1(V, x, xb, opc, wg[4 * (fb * E + e0):4 * (fb * E + e1)], e0 == 0,
+                              buf, 4 * fb, L * b, t)
+        for f in range(Fo):
+            bb = bias[g * Fo + f]
+            bk = buf[f]
+            oh = r0 // Nr
+            n = r0 - oh * Nr
+            oswu = np.uint64(osw)
+            for r in range(r1 - r0):
+                # flat unsigned indices: no slices per row (rows can be 8 values)
+                su = np.uint64(r * Wx)
+                du = np.uint64((((n0 + n) * Ft + g * Fo + f) * Hy + oy0 + oh * osh) * Wy + ox0)
+                if osw == 1:
+                    for ow in range(OW):
+                        y1[du + np.uint64(ow)] = bk[su + np.uint64(ow)] + bb
+                else:
+                    for ow in range(OW):
+                        y1[du + np.uint64(ow) * oswu] = bk[su + np.uint64(ow)] + bb
+                n += 1
+                if n == Nr:
+                    n = 0
+                    oh += 1
+
+
+@serial_kernel
+def _grad_4x3(V, x, xb, op, e, dy, d0, d1, d2, nq, P, f):
+    """The weight-gradient micro-kernel: ``P[e+i, f+j] += sum_{q<nq} x[xb + op[e+i] + q] *
+    dy[dj + q]`` for 4 elements ``i`` and the 3 dy rows starting at ``d0, d1, d2`` (flat):
+    12 vector partial sums in registers (per vector of pixels 4 + 3 loads and 12 FMAs), the
+    last partial vector through masked loads (nothing past a row is read), each sum added
+    across its lanes in a fixed order at the end."""
+    L = simd.lanes(V, x)
+    i0, i1, i2, i3 = xb + op[e], xb + op[e + 1], xb + op[e + 2], xb + op[e + 3]
+    s00 = simd.zero(V, x)
+    s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32 = \
+        s00, s00, s00, s00, s00, s00, s00, s00, s00, s00, s00
+    nfull = nq // L * L
+    for q in range(0, nfull, L):
+        a = simd.load(V, dy, d0 + q)
+        b = simd.load(V, dy, d1 + q)
+        c = simd.load(V, dy, d2 + q)
+        v = simd.load(V, x, i0 + q)
+        s00 = simd.fma(v, a, s00)
+        s01 = simd.fma(v, b, s01)
+        s02 = simd.fma(v, c, s02)
+        v = simd.load(V, x, i1 + q)
+        s10 = simd.fma(v, a, s10)
+        s11 = simd.fma(v, b, s11)
+        s12 = simd.fma(v, c, s12)
+        v = simd.load(V, x, i2 + q)
+        s20 = simd.fma(v, a, s20)
+        s21 = simd.fma(v, b, s21)
+        s22 = simd.fma(v, c, s22)
+        v = simd.load(V, x, i3 + q)
+        s30 = simd.fma(v, a, s30)
+        s31 = simd.fma(v, b, s31)
+        s32 = simd.fma(v, c, s32)
+    t = nq - nfull
+    if t > 0:
+        q = nfull
+        a = simd.load_tail(V, dy, d0 + q, t)
+        b = simd.load_tail(V, dy, d1 + q, t)
+        c = simd.load_tail(V, dy, d2 + q, t)
+        v = simd.load_tail(V, x, i0 + q, t)
+        s00 = simd.fma(v, a, s00)
+        s01 = simd.fma(v, b, s01)
+        s02 = simd.fma(v, c, s02)
+        v = simd.load_tail(V, x, i1 + q, t)
+        s10 = simd.fma(v, a, s10)
+        s11 = simd.fma(v, b, s11)
+        s12 = simd.fma(v, c, s12)
+        v = simd.load_tail(V, x, i2 + q, t)
+        s20 = simd.fma(v, a, s20)
+        s21 = simd.fma(v, b, s21)
+        s22 = simd.fma(v, c, s22)
+        v = simd.load_tail(V, x, i3 + q, t)
+        s30 = simd.fma(v, a, s30)
+        s31 = simd.fma(v, b, s31)
+        s32 = simd.fma(v, c, s32)
+    P[e, f] += simd.hsum(s00)
+    P[e, f + 1] += simd.hsum(s01)
+    P[e, f + 2] += simd.hsum(s02)
+    P[e + 1, f] += simd.hsum(s10)
+    P[e + 1, f + 1] += simd.hsum(s11)
+    P[e + 1, f + 2] += simd.hsum(s12)
+    P[e + 2, f] += simd.hsum(s20)
+    P[e + 2, f + 1] += simd.hsum(s21)
+    P[e + 2, f + 2] += simd.hsum(s22)
+    P[e + 3, f] += simd.hsum(s30)
+    P[e + 3, f + 1] += simd.hsum(s31)
+    P[e + 3, f + 2] += simd.hsum(s32)
+
+
+@serial_kernel
+def _row_sum(V, dy, d, nq):
+    """``dy[d:d+nq].sum()`` in vectors (a fixed order)."""
+    L = simd.lanes(V, dy)
+    s = simd.zero(V, dy)
+    nfull = nq // L * L
+    for q in range(0, nfull, L):
+        s = simd.add(s, simd.load(V, dy, d + q))
+    if nq > nfull:
+        s = simd.add(s, simd.load_tail(V, dy, d + nfull, nq - nfull))
+    return simd.hsum(s)
 
 
 @kernel
-def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, zero):
+def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, V):
     """x (flat, image i at ``i*xs``); dy (Ni, G*Fo, Q) with Q pixels per image (zero in dropped
-    columns); off (E4,) int64; part (nchunks, G, E4, Fo2) is overwritten with the sums over each
-    chunk's pixel blocks (``block`` pixels of one image each, a multiple of 8), and pbias
-    (nchunks, G, Fo) (if not empty) with each chunk's sums of dy. The loops also multiply the
-    dropped columns and the zero padding of ``x`` (by a zero ``dy``, or a ``dy`` by a zero of
-    ``x``): exact for finite values; the wrapper recomputes a non-finite result.
+    columns); off (E4,) int64 (``E4 % 4 == 0``; padding elements point anywhere valid, their
+    rows are dropped); part (nchunks, G, E4, F3) (``F3 >= Fo`` a multiple of 3; columns past
+    ``Fo`` repeat the last filter's and are dropped) is overwritten with the sums over each
+    chunk's pixel blocks (``block`` pixels of one image each), and pbias (nchunks, G, Fo) (if
+    not empty) with each chunk's sums of dy. ``V``: the vector width. The loops also multiply
+    the dropped columns and the zero padding of ``x`` (by a zero ``dy``, or a ``dy`` by a zero of
+    ``x``): exact for finite values; the wrapper recomputes a non-finite result. Chunks are fixed
+    by the wrapper (not by the thread count) and reduced in a fixed order by it, so results are
+    bitwise reproducible.
+
+    Per block of pixels, per 4 reduction elements (their ``x`` rows stay in L1), per slab of
+    ``FW`` filters (their ``dy`` rows stay in L2): :func:`_grad_4x3` per 3 filters.
 
     Textbook twin: :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
-    nchunks, G, E4, Fo2 = part.shape
+    nchunks, G, E4, F3 = part.shape
     Ni = dy.shape[0]
     Fo = dy.shape[1] // G
     Q = dy.shape[2]
     nbi = (Q + block - 1) // block
     nb = Ni * nbi
+    dy1 = dy.reshape(-1)
+    zero = part.dtype.type(0)
     for task in prange(nchunks * G):
         c = task // G
         g = task - c * G
         P = part[c, g]
         for e in range(E4):
-            for f in range(Fo2):
+            for f in range(F3):
                 P[e, f] = zero
         b0, b1 = (c * nb) // nchunks, ((c + 1) * nb) // nchunks
         if pbias.shape[0] > 0:
@@ -290,114 +408,19 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, zero):
                 for blk in range(b0, b1):
                     i = blk // nbi
                     q0 = (blk - i * nbi) * block
-                    d = dy[i, g * Fo + f, q0:min(Q, q0 + block)]
-                    t = zero
-                    for q in range(d.shape[0]):
-                        t += d[q]
-                    s += t
+                    s += _row_sum(V, dy1, (i * G * Fo + g * Fo + f) * Q + q0,
+                                  min(block, Q - q0))
                 pbias[c, g, f] = s
         for blk in range(b0, b1):
             i = blk // nbi
             q0 = (blk - i * nbi) * block
             nq = min(block, Q - q0)
-            xr = x[i * xs + g * gstride + q0:]
-            dyi = dy[i]
-            for f0 in range(0, Fo2, FW):  # a slab of dy rows that stays in L2
+            xb = i * xs + g * gstride + q0
+            drow = (i * G * Fo + g * Fo) * Q + q0   # dy row of filter f: drow + f * Q
+            for f0 in range(0, F3, FW):  # a slab of dy rows that stays in L2
+                fend = min(F3, f0 + FW)
                 for e in range(0, E4, 4):
-                    x0 = xr[off[e]:off[e] + nq]
-                    x1 = xr[off[e + 1]:off[e + 1] + nq]
-                    x2 = xr[off[e + 2]:off[e + 2] + nq]
-                    x3 = xr[off[e + 3]:off[e + 3] + nq]
-                    fend = min(Fo2, f0 + FW)
-                    for f in range(f0, fend - 3, 4):  # 4 elements x 4 filters: 16 sums
-                        d0 = dyi[g * Fo + f, q0:q0 + nq]
-                        d1 = dyi[g * Fo + f + 1, q0:q0 + nq]
-                        d2 = dyi[g * Fo + f + 2, q0:q0 + nq]
-                        d3 = dyi[g * Fo + min(f + 3, Fo - 1), q0:q0 + nq]
-                        s00 = zero
-                        s01 = zero
-                        s02 = zero
-                        s03 = zero
-                        s10 = zero
-                        s11 = zero
-                        s12 = zero
-                        s13 = zero
-                        s20 = zero
-                        s21 = zero
-                        s22 = zero
-                        s23 = zero
-                        s30 = zero
-                        s31 = zero
-                        s32 = zero
-                        s33 = zero
-                        for q in range(nq):
-                            a = d0[q]
-                            b = d1[q]
-                            c2 = d2[q]
-                            c3 = d3[q]
-                            v0 = x0[q]
-                            v1 = x1[q]
-                            v2 = x2[q]
-                            v3 = x3[q]
-                            s00 += v0 * a
-                            s01 += v0 * b
-                            s02 += v0 * c2
-                            s03 += v0 * c3
-                            s10 += v1 * a
-                            s11 += v1 * b
-                            s12 += v1 * c2
-                            s13 += v1 * c3
-                            s20 += v2 * a
-                            s21 += v2 * b
-                            s22 += v2 * c2
-                            s23 += v2 * c3
-                            s30 += v3 * a
-                            s31 += v3 * b
-                            s32 += v3 * c2
-                            s33 += v3 * c3
-                        P[e, f] += s00
-                        P[e, f + 1] += s01
-                        P[e, f + 2] += s02
-                        P[e, f + 3] += s03
-                        P[e + 1, f] += s10
-                        P[e + 1, f + 1] += s11
-                        P[e + 1, f + 2] += s12
-                        P[e + 1, f + 3] += s13
-                        P[e + 2, f] += s20
-                        P[e + 2, f + 1] += s21
-                        P[e + 2, f + 2] += s22
-                        P[e + 2, f + 3] += s23
-                        P[e + 3, f] += s30
-                        P[e + 3, f + 1] += s31
-                        P[e + 3, f + 2] += s32
-                        P[e + 3, f + 3] += s33
-                    for f in range(f0 + (fend - f0) // 4 * 4, fend, 2):
-                        d0 = dyi[g * Fo + f, q0:q0 + nq]
-                        d1 = dyi[g * Fo + min(f + 1, Fo - 1), q0:q0 + nq]
-                        s00 = zero
-                        s01 = zero
-                        s10 = zero
-                        s11 = zero
-                        s20 = zero
-                        s21 = zero
-                        s30 = zero
-                        s31 = zero
-                        for q in range(nq):
-                            a = d0[q]
-                            b = d1[q]
-                            s00 += x0[q] * a
-                            s01 += x0[q] * b
-                            s10 += x1[q] * a
-                            s11 += x1[q] * b
-                            s20 += x2[q] * a
-                            s21 += x2[q] * b
-                            s30 += x3[q] * a
-                            s31 += x3[q] * b
-                        P[e, f] += s00
-                        P[e, f + 1] += s01
-                        P[e + 1, f] += s10
-                        P[e + 1, f + 1] += s11
-                        P[e + 2, f] += s20
-                        P[e + 2, f + 1] += s21
-                        P[e + 3, f] += s30
-                        P[e + 3, f + 1] += s31
+                    for f in range(f0, fend, 3):
+                        _grad_4x3(V, x, xb, off, e, dy1, drow + min(f, Fo - 1) * Q,
+                                  drow + min(f + 1, Fo - 1) * Q, drow + min(f + 2, Fo - 1) * Q,
+                                  nq, P, f)
