@@ -13,33 +13,27 @@ loops read plain NCHW planes (1x1, stride-1, unpadded convolutions).
 
 - ``to_planes``: NCHW -> zero padded, stride-phase split, batch-interleaved planes (two layouts
   in one parallel loop).
-- ``conv_rows``: ``y[n, g*Fo+f, oy0+oh*osh, ox0+ow*osw] = bias[g*Fo+f] + sum_e w[p, g, e, f] *
+- ``conv_rows``: ``y[n, g*Fo+f, oy0+oh*osh, ox0+ow*osw] = bias[g*Fo+f] + sum_e w[...] *
   x[...]``: the forward pass and (flipped weights on padded ``dy``, all stride phases in one
-  call) the input gradient. Register block: 4 elements x 4 outputs over a run of pixels (then
-  pairs, then one), the runs of ``FB`` outputs kept in an L1 buffer; the last ``ne % 4``
-  elements run one at a time (no zero-weight padding: ``0 * inf`` would be NaN). Each output
-  element is written by one task.
+  call) the input gradient. A GEMM whose reduction rows are found through the offsets (an
+  "indirect" GEMM, no im2col copy), blocked as BLAS blocks one: per task a run of whole rows of
+  pixels and all outputs (their sums in a buffer), per pass ``KC`` reduction elements, per 3
+  vectors of pixels, per 4 outputs the micro-kernel :func:`nbconv.kernels.gemm.tile_4x3` with
+  the 4 x 3-vector tile in registers. The reduction runs over exactly the used elements (no
+  zero-weight padding: ``0 * inf`` would be NaN). Each output element is written by one task.
 - ``conv_weight_grad``: ``part[c, g, e, f] = sum_{q in chunk c} x[...] * dy[g*Fo+f, q]`` (and
   the bias gradient's partial sums): chunks are fixed by the wrapper (not by the thread count)
-  and reduced in a fixed order by it, so results are bitwise reproducible. Register block:
-  4 elements x 4 filters (then pairs), 16 scalar accumulators over a run of pixels.
+  and reduced in a fixed order by it, so results are bitwise reproducible. Micro-kernel:
+  :func:`nbconv.kernels.gemm.dot_4x3`, 4 elements x 3 filters as vector partial sums.
 
-Measured (AMD Zen 5, AVX-512, one thread, numba 0.68; a busy shared machine, best of 15):
-per-core fp32 peak of a tiny L1-resident Numba FMA loop (8 accumulators, one load per 8 FMAs)
-is 221-233 GFLOP/s (float64 113-118). ``inspect_asm`` (needs an empty cache, e.g.
-``NUMBA_CACHE_DIR=/tmp/x``) shows both inner loops as packed ``vfmadd231ps zmm`` (LLVM picks
-512-bit vectors for ``znver5``) with no stack spill in the loop (``rsp`` appears only in the
-setup around it, or as a pointer reload in the 4x2 loop of ``conv_rows``; no zmm is
-spilled): ``conv_rows`` 4x4 and 4x2 blocks, ``conv_weight_grad``'s 4x4 block a 28-line loop of
-16 zmm FMAs with 16 zmm accumulators and no ``rsp`` reference. Whole ops (layout, tasks, write-out
-included), N=4 one thread, float32: forward 3x3 C=32 16x16 about 40-55 GFLOP/s (18-24% of
-peak), 3x3 C=64 8x8 23-30 (10-13%), 7x7 C=3 74-99 (33-43%), 1x1 C=64 69-97 (30-42%); dx+dw
-18-42%. So the micro-kernels are not the limit on this CPU: the L1 buffer traffic per FMA,
-short runs on small maps and the layout copies are; a tile held in zmm registers across the
-reduction (oneDNN's nChw16c) is the next step.
+Both take the vector width ``V`` (:mod:`nbconv.kernels.simd`) as their last argument.
 
-Accumulators are seeded with ``zero``, a scalar of the arrays' dtype passed by the wrapper, so
-no float64 enters a float32 loop.
+Measured (AMD EPYC Zen 3, AVX2, 2 cores; one thread, ``time.thread_time``, best of 15 on a
+machine busy with other jobs): FMA peak 99 GFLOP/s per core; forward (``conv_rows`` alone) on
+(N64, C64, 16x16, F64), (64, 32, 32x32, 32) and (64, 128, 8x8, 128), 3x3 padding 1: 60-72
+GFLOP/s (61-73% of peak; PyTorch 80-85), the input gradient a little less (wider rows per
+image: more dropped columns), the weight gradient 39-58. The earlier scalar loops (4x4 blocks
+with accumulators in memory) ran at 10-43% of peak on Zen 5.
 """
 import numpy as np
 from numba import prange
@@ -47,7 +41,7 @@ from numba import prange
 from .._config import CONV_FW as FW  # filters whose dy rows stay in L2 in ``conv_weight_grad``
 from .._config import CONV_KC as KC  # reduction elements per pass of ``conv_rows``
 from .._config import kernel, serial_kernel
-from . import simd
+from . import gemm, simd
 
 
 @serial_kernel
@@ -119,91 +113,6 @@ def to_planes(src, dst, sh, sw, pa, pb, pt, pl, Hq, Wq, dst2, pt2, pl2, Hq2, Wq2
             _plane_rows(src, dst2, task - T1, 1, 1, p0, p0, pt2, pl2, Hq2, Wq2, zero)
 
 
-@serial_kernel
-def _rows_4x3(V, x, xb, op, wq, first, buf, f, q):
-    """The forward micro-kernel: ``buf[f+k, q:q+3L] (+)= sum_e wq[4*e + k] *
-    x[xb+op[e]+q : ...+3L]`` for the 4 outputs ``k`` and the ``len(op)`` reduction elements
-    ``e`` (``L`` lanes; ``=`` when ``first``): 12 vector accumulators in registers, per element
-    3 vector loads, 4 broadcasts and 12 FMAs."""
-    L = simd.lanes(V, x)
-    n = buf.shape[1]
-    r0, r1, r2, r3 = f * n + q, (f + 1) * n + q, (f + 2) * n + q, (f + 3) * n + q
-    if first:
-        a00 = simd.zero(V, x)
-        a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32 = \
-            a00, a00, a00, a00, a00, a00, a00, a00, a00, a00, a00
-    else:
-        a00, a01, a02 = simd.load(V, buf, r0), simd.load(V, buf, r0 + L), \
-            simd.load(V, buf, r0 + 2 * L)
-        a10, a11, a12 = simd.load(V, buf, r1), simd.load(V, buf, r1 + L), \
-            simd.load(V, buf, r1 + 2 * L)
-        a20, a21, a22 = simd.load(V, buf, r2), simd.load(V, buf, r2 + L), \
-            simd.load(V, buf, r2 + 2 * L)
-        a30, a31, a32 = simd.load(V, buf, r3), simd.load(V, buf, r3 + L), \
-            simd.load(V, buf, r3 + 2 * L)
-    for e in range(op.shape[0]):
-        i = xb + op[e] + q
-        x0 = simd.load(V, x, i)
-        x1 = simd.load(V, x, i + L)
-        x2 = simd.load(V, x, i + 2 * L)
-        c = simd.splat(V, wq[4 * e])
-        a00 = simd.fma(x0, c, a00)
-        a01 = simd.fma(x1, c, a01)
-        a02 = simd.fma(x2, c, a02)
-        c = simd.splat(V, wq[4 * e + 1])
-        a10 = simd.fma(x0, c, a10)
-        a11 = simd.fma(x1, c, a11)
-        a12 = simd.fma(x2, c, a12)
-        c = simd.splat(V, wq[4 * e + 2])
-        a20 = simd.fma(x0, c, a20)
-        a21 = simd.fma(x1, c, a21)
-        a22 = simd.fma(x2, c, a22)
-        c = simd.splat(V, wq[4 * e + 3])
-        a30 = simd.fma(x0, c, a30)
-        a31 = simd.fma(x1, c, a31)
-        a32 = simd.fma(x2, c, a32)
-    simd.store(buf, r0, a00)
-    simd.store(buf, r0 + L, a01)
-    simd.store(buf, r0 + 2 * L, a02)
-    simd.store(buf, r1, a10)
-    simd.store(buf, r1 + L, a11)
-    simd.store(buf, r1 + 2 * L, a12)
-    simd.store(buf, r2, a20)
-    simd.store(buf, r2 + L, a21)
-    simd.store(buf, r2 + 2 * L, a22)
-    simd.store(buf, r3, a30)
-    simd.store(buf, r3 + L, a31)
-    simd.store(buf, r3 + 2 * L, a32)
-
-
-@serial_kernel
-def _rows_4x1(V, x, xb, op, wq, first, buf, f, q, t):
-    """:func:`_rows_4x3` for one vector of pixels (the remainder of a run), of which only the
-    first ``t`` lanes are read from ``x`` (``t < L``: a masked load at the end of ``x``)."""
-    L = simd.lanes(V, x)
-    n = buf.shape[1]
-    r0, r1, r2, r3 = f * n + q, (f + 1) * n + q, (f + 2) * n + q, (f + 3) * n + q
-    if first:
-        a0 = simd.zero(V, x)
-        a1, a2, a3 = a0, a0, a0
-    else:
-        a0, a1 = simd.load(V, buf, r0), simd.load(V, buf, r1)
-        a2, a3 = simd.load(V, buf, r2), simd.load(V, buf, r3)
-    for e in range(op.shape[0]):
-        if t == L:
-            x0 = simd.load(V, x, xb + op[e] + q)
-        else:
-            x0 = simd.load_tail(V, x, xb + op[e] + q, t)
-        a0 = simd.fma(x0, simd.splat(V, wq[4 * e]), a0)
-        a1 = simd.fma(x0, simd.splat(V, wq[4 * e + 1]), a1)
-        a2 = simd.fma(x0, simd.splat(V, wq[4 * e + 2]), a2)
-        a3 = simd.fma(x0, simd.splat(V, wq[4 * e + 3]), a3)
-    simd.store(buf, r0, a0)
-    simd.store(buf, r1, a1)
-    simd.store(buf, r2, a2)
-    simd.store(buf, r3, a3)
-
-
 @kernel
 def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, V):
     """x (flat); w (P, G, Fp/4, E, 4) and off (P, E) int64 per phase p: ``w[p, g, f // 4, e,
@@ -258,13 +167,13 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
             opc = op[e0:e1]
             for b in range(nfull // 3):
                 for fb in range(nblk):
-                    _rows_4x3(V, x, xb, opc, wg[4 * (fb * E + e0):4 * (fb * E + e1)], e0 == 0,
-                              buf, 4 * fb, 3 * L * b)
+                    wq = wg[4 * (fb * E + e0):4 * (fb * E + e1)]
+                    gemm.tile_4x3(V, x, xb, opc, wq, e0 == 0, buf, 4 * fb, 3 * L * b)
             for b in range(nfull // 3 * 3, nv):
                 t = L if b < nfull else avail - L * nfull
                 for fb in range(nblk):
-                    _rows_4x1(V, x, xb, opc, wg[4 * (fb * E + e0):4 * (fb * E + e1)], e0 == 0,
-                              buf, 4 * fb, L * b, t)
+                    wq = wg[4 * (fb * E + e0):4 * (fb * E + e1)]
+                    gemm.tile_4x1(V, x, xb, opc, wq, e0 == 0, buf, 4 * fb, L * b, t)
         for f in range(Fo):
             bb = bias[g * Fo + f]
             bk = buf[f]
@@ -285,88 +194,6 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
                 if n == Nr:
                     n = 0
                     oh += 1
-
-
-@serial_kernel
-def _grad_4x3(V, x, xb, op, e, dy, d0, d1, d2, nq, P, f):
-    """The weight-gradient micro-kernel: ``P[e+i, f+j] += sum_{q<nq} x[xb + op[e+i] + q] *
-    dy[dj + q]`` for 4 elements ``i`` and the 3 dy rows starting at ``d0, d1, d2`` (flat):
-    12 vector partial sums in registers (per vector of pixels 4 + 3 loads and 12 FMAs), the
-    last partial vector through masked loads (nothing past a row is read), each sum added
-    across its lanes in a fixed order at the end."""
-    L = simd.lanes(V, x)
-    i0, i1, i2, i3 = xb + op[e], xb + op[e + 1], xb + op[e + 2], xb + op[e + 3]
-    s00 = simd.zero(V, x)
-    s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32 = \
-        s00, s00, s00, s00, s00, s00, s00, s00, s00, s00, s00
-    nfull = nq // L * L
-    for q in range(0, nfull, L):
-        a = simd.load(V, dy, d0 + q)
-        b = simd.load(V, dy, d1 + q)
-        c = simd.load(V, dy, d2 + q)
-        v = simd.load(V, x, i0 + q)
-        s00 = simd.fma(v, a, s00)
-        s01 = simd.fma(v, b, s01)
-        s02 = simd.fma(v, c, s02)
-        v = simd.load(V, x, i1 + q)
-        s10 = simd.fma(v, a, s10)
-        s11 = simd.fma(v, b, s11)
-        s12 = simd.fma(v, c, s12)
-        v = simd.load(V, x, i2 + q)
-        s20 = simd.fma(v, a, s20)
-        s21 = simd.fma(v, b, s21)
-        s22 = simd.fma(v, c, s22)
-        v = simd.load(V, x, i3 + q)
-        s30 = simd.fma(v, a, s30)
-        s31 = simd.fma(v, b, s31)
-        s32 = simd.fma(v, c, s32)
-    t = nq - nfull
-    if t > 0:
-        q = nfull
-        a = simd.load_tail(V, dy, d0 + q, t)
-        b = simd.load_tail(V, dy, d1 + q, t)
-        c = simd.load_tail(V, dy, d2 + q, t)
-        v = simd.load_tail(V, x, i0 + q, t)
-        s00 = simd.fma(v, a, s00)
-        s01 = simd.fma(v, b, s01)
-        s02 = simd.fma(v, c, s02)
-        v = simd.load_tail(V, x, i1 + q, t)
-        s10 = simd.fma(v, a, s10)
-        s11 = simd.fma(v, b, s11)
-        s12 = simd.fma(v, c, s12)
-        v = simd.load_tail(V, x, i2 + q, t)
-        s20 = simd.fma(v, a, s20)
-        s21 = simd.fma(v, b, s21)
-        s22 = simd.fma(v, c, s22)
-        v = simd.load_tail(V, x, i3 + q, t)
-        s30 = simd.fma(v, a, s30)
-        s31 = simd.fma(v, b, s31)
-        s32 = simd.fma(v, c, s32)
-    P[e, f] += simd.hsum(s00)
-    P[e, f + 1] += simd.hsum(s01)
-    P[e, f + 2] += simd.hsum(s02)
-    P[e + 1, f] += simd.hsum(s10)
-    P[e + 1, f + 1] += simd.hsum(s11)
-    P[e + 1, f + 2] += simd.hsum(s12)
-    P[e + 2, f] += simd.hsum(s20)
-    P[e + 2, f + 1] += simd.hsum(s21)
-    P[e + 2, f + 2] += simd.hsum(s22)
-    P[e + 3, f] += simd.hsum(s30)
-    P[e + 3, f + 1] += simd.hsum(s31)
-    P[e + 3, f + 2] += simd.hsum(s32)
-
-
-@serial_kernel
-def _row_sum(V, dy, d, nq):
-    """``dy[d:d+nq].sum()`` in vectors (a fixed order)."""
-    L = simd.lanes(V, dy)
-    s = simd.zero(V, dy)
-    nfull = nq // L * L
-    for q in range(0, nfull, L):
-        s = simd.add(s, simd.load(V, dy, d + q))
-    if nq > nfull:
-        s = simd.add(s, simd.load_tail(V, dy, d + nfull, nq - nfull))
-    return simd.hsum(s)
 
 
 @kernel
@@ -408,7 +235,7 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, V):
                 for blk in range(b0, b1):
                     i = blk // nbi
                     q0 = (blk - i * nbi) * block
-                    s += _row_sum(V, dy1, (i * G * Fo + g * Fo + f) * Q + q0,
+                    s += gemm.row_sum(V, dy1, (i * G * Fo + g * Fo + f) * Q + q0,
                                   min(block, Q - q0))
                 pbias[c, g, f] = s
         for blk in range(b0, b1):
@@ -421,6 +248,6 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, V):
                 fend = min(F3, f0 + FW)
                 for e in range(0, E4, 4):
                     for f in range(f0, fend, 3):
-                        _grad_4x3(V, x, xb, off, e, dy1, drow + min(f, Fo - 1) * Q,
+                        gemm.dot_4x3(V, x, xb, off, e, dy1, drow + min(f, Fo - 1) * Q,
                                   drow + min(f + 1, Fo - 1) * Q, drow + min(f + 2, Fo - 1) * Q,
                                   nq, P, f)
