@@ -21,6 +21,7 @@ across runs and thread counts. Accuracy and speed notes: :mod:`nbconv.kernels.wi
 import numba
 import numpy as np
 
+from ..kernels import simd
 from ..kernels import winograd as _k
 
 __all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad"]
@@ -93,7 +94,7 @@ def _plan(N, OH, OW, G, Cp, itemsize):
 def _transform_weights(weight, G, cst):
     Ft, Cg = weight.shape[:2]
     Fo = Ft // G
-    U = np.empty((G, 36, -(-Cg // 4) * 4, -(-Fo // 4) * 4), weight.dtype)
+    U = np.empty((G, 36, -(-Fo // 4), Cg, 4), weight.dtype)
     _k.weight_transform(weight, U, cst)
     return U
 
@@ -106,17 +107,21 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     y = np.empty((N, F, OH, OW), dtype)
     if y.size == 0:
         return y
+    Cg = U.shape[3]
     b = np.zeros(F, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    tasks = _plan(N, OH, OW, groups, U.shape[2], dtype.itemsize)
+    tasks = _plan(N, OH, OW, groups, Cg, dtype.itemsize)
     nth = numba.get_num_threads()
     Tmax = int(((tasks[:, 3] - tasks[:, 2]) * (tasks[:, 5] - tasks[:, 4])).max())
+    block = 3 * simd.WIDTH.lanes(dtype)   # the product runs on whole blocks of 3 vectors
+    Ts = _k._row_len(-(-Tmax // block) * block, 64 // dtype.itemsize)
+    Vs = np.empty((nth, Cg, 36, Ts), dtype)
+    Ms = np.empty((nth, min(_FBK, 4 * U.shape[2]), 36, Ts), dtype)
+    Ds = np.empty((nth, 36, Ts), dtype)
     wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
-    Ts = _k._row_len(Tmax, 64 // dtype.itemsize)
-    Vs = np.empty((nth, U.shape[2], 36, Ts), dtype)
-    Ms = np.empty((nth, min(_FBK, U.shape[3]), 36, Ts), dtype)
-    Rs = np.empty((nth, 12, wmax), dtype)
+    Rs = np.empty((nth, wmax), dtype)
     Qs = np.empty((nth, 2, 6, 6, Ts), dtype)
-    _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst)
+    voff = np.arange(Cg, dtype=np.int64) * (36 * Ts)
+    _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst, simd.WIDTH)
     return y
 
 

@@ -75,10 +75,10 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from .._config import kernel, serial_kernel
+from . import gemm, simd
 
 ALPHA = 6  # transform tile side (m + r - 1 = 4 + 3 - 1)
 NE = ALPHA * ALPHA  # 36 transform points
-L1_BYTES = 16384  # the product's block of transformed input rows
 
 
 # ---------------------------------------------------------------- 1-d transforms
@@ -120,27 +120,22 @@ def _g3(g0, g1, g2, q4, q6, q12, q24):
 
 @kernel
 def weight_transform(w, U, cst):
-    """w (G*Fo, Cg, 3, 3) -> U (G, 36, Cp, Fp) = G w G^T per (f, c), transform point
-    ``e = 6*a + b`` (rows and columns beyond ``Cg``/``Fo`` set to zero). ``cst`` holds the
-    dtype's constants ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``. One task per (group, channel):
-    its 36 rows ``U[g, :, c, :]`` computed in registers into a small buffer, then copied row
-    by row (36 rows written per filter are 36 lines in one L1 set)."""
-    G, _, Cp, Fp = U.shape
-    Ft, Cg = w.shape[0], w.shape[1]
+    """w (G*Fo, Cg, 3, 3) -> U (G, 36, Fp/4, Cg, 4): ``U[g, e, f // 4, c, f % 4] = (G w[g*Fo
+    + f, c] G^T)[e]`` per transform point ``e = 6*a + b`` (filters ``Fo..Fp-1`` zero): each
+    block of 4 filters' weights contiguous, as the product's micro-kernel
+    (:func:`nbconv.kernels.gemm.tile_4x3`) reads them. ``cst`` holds the dtype's constants
+    ``(2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)``. One task per (group, channel): its 36 x ``Fo``
+    values computed in registers into a small buffer, then copied out."""
+    G, _, Fq, Cg, _ = U.shape
+    Ft = w.shape[0]
     Fo = Ft // G
     q4, q6, q12, q24 = cst[4], cst[5], cst[6], cst[7]
     zero = cst[0] - cst[0]
-    for gc in prange(G * Cp):
-        g = gc // Cp
-        c = gc - g * Cp
+    for gc in prange(G * Cg):
+        g = gc // Cg
+        c = gc - g * Cg
         Ug = U[g]
-        if c >= Cg:
-            for e in range(NE):
-                for f in range(Fp):
-                    Ug[e, c, f] = zero
-            continue
-        B = np.empty((NE, Fo), w.dtype)  # the 36 rows of U lie in one L1 set (stride
-        # Cp*Fp): computed into this buffer, then copied a row at a time
+        B = np.empty((NE, Fo), w.dtype)
         for f in range(Fo):
             wk = w[g * Fo + f, c]
             # t[:, j] = G w[:, j] (columns), then each row of t times G^T
@@ -160,13 +155,10 @@ def weight_transform(w, U, cst):
             B[30, f], B[31, f], B[32, f], B[33, f], B[34, f], \
                 B[35, f] = _g3(t50, t51, t52, q4, q6, q12, q24)
         for e in range(NE):
-            Be = B[e]
-            Ue = Ug[e, c]
-            for f in range(Fo):
-                Ue[f] = Be[f]
-        for e in range(NE):
-            for f in range(Fo, Fp):
-                Ug[e, c, f] = zero
+            for fb in range(Fq):
+                for k in range(4):
+                    f = 4 * fb + k
+                    Ug[e, fb, c, k] = B[e, f] if f < Fo else zero
 
 
 # ---------------------------------------------------------------- per-task passes
@@ -182,114 +174,112 @@ def _row_len(T, lane):
 
 
 @serial_kernel
-def _input_transform(x, V, ch0, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst):
-    """As :func:`_input_transform`: per channel, the 6 zero padded input rows of all the task's
-    images side by side in ``rb[l, n*Wb + u]`` (``Wb = 4*nt + 2``), their column transform
-    ``B^T`` on whole rows at once (unit stride, vectorised) into ``rb[6 + a]``, then the row
-    transform per tile. ``rb`` (12, >= (n1-n0)*Wb) is scratch."""
+def _bt_v(d0, d1, d2, d3, d4, d5, k2, k4, k5):
+    """:func:`_bt` on vectors (``k2, k4, k5`` the constants splatted)."""
+    return (simd.fma(k4, d0, simd.sub(d4, simd.mul(k5, d2))),
+            simd.sub(simd.add(d3, d4), simd.mul(k4, simd.add(d1, d2))),
+            simd.fma(k4, simd.sub(d1, d2), simd.sub(d4, d3)),
+            simd.fma(k2, simd.sub(d3, d1), simd.sub(d4, d2)),
+            simd.sub(simd.sub(d4, d2), simd.mul(k2, simd.sub(d3, d1))),
+            simd.fma(k4, d1, simd.sub(d5, simd.mul(k5, d3))))
+
+
+@serial_kernel
+def _gather_patches(x, D, rb, Ts, ch, n0, n1, th, tw0, nt, pt, pl):
+    """The 6x6 input patch of each of the task's tiles, one array per patch position:
+    ``D[(6*l + m)*Ts + j] = xpad[n, ch, 4*th + l, 4*(tw0 + tw) + m]`` for tile ``j = (n - n0)*nt
+    + tw`` (``xpad`` is ``x`` shifted by ``(pt, pl)``, zero outside), so that the transform
+    runs on whole vectors of tiles. Per patch row, the images' input rows are first copied,
+    zero padded, into ``rb`` side by side (``4*nt + 2`` values each), so the gather itself has
+    no bounds checks (flat unsigned indices: no negative-index checks either)."""
     H, W = x.shape[2], x.shape[3]
     C = x.shape[1]
-    k2, k4, k5 = cst[0], cst[1], cst[2]
-    zero = k2 - k2
-    Wb = 4 * nt + 2
-    nb = n1 - n0
-    Lw = nb * Wb
-    L = rb.shape[1]
-    cx0 = 4 * tw0 - pl  # x column of rb[:, 0]
-    u0 = min(Wb, max(0, -cx0))  # rb columns [u0, u1) lie inside x
-    u1 = max(u0, min(Wb, W - cx0))
-    nu = u1 - u0
+    T = (n1 - n0) * nt
+    zero = D[0] - D[0]
     x1 = x.reshape(-1)
-    rf = rb.reshape(-1)
-    # padding (rows outside x, columns [0, u0) and [u1, Wb) of each image) is the same for
-    # every channel: zero it once
+    Wb = 4 * nt + 2
+    cx0 = 4 * tw0 - pl                 # x column of rb's column 0
+    u0 = min(Wb, max(0, -cx0))         # rb columns [u0, u1) lie inside x
+    u1 = max(u0, min(Wb, W - cx0))
+    uTs = np.uint64(Ts)
     for l in range(6):
-        for u in range(Lw):
-            rb[l, u] = zero
-    for c in range(Cg):
-        for l in range(6):
-            h = 4 * th + l - pt
-            if h >= 0 and h < H:
-                for n in range(n0, n1):
-                    xb = np.uint64(((n * C + ch0 + c) * H + h) * W + cx0 + u0)
-                    rbase = np.uint64(l * L + (n - n0) * Wb + u0)
-                    for u in range(nu):
-                        rf[rbase + np.uint64(u)] = x1[xb + np.uint64(u)]
-        # R[a] = sum_l B^T[a, l] row_l, all images' rows at once
-        d0, d1, d2, d3, d4, d5 = rb[0, :Lw], rb[1, :Lw], rb[2, :Lw], rb[3, :Lw], \
-            rb[4, :Lw], rb[5, :Lw]
-        e0, e1, e2, e3, e4, e5 = rb[6, :Lw], rb[7, :Lw], rb[8, :Lw], rb[9, :Lw], \
-            rb[10, :Lw], rb[11, :Lw]
-        for u in range(Lw):
-            e0[u], e1[u], e2[u], e3[u], e4[u], e5[u] = _bt(d0[u], d1[u], d2[u], d3[u],
-                                                           d4[u], d5[u], k2, k4, k5)
+        h = 4 * th + l - pt
+        d0 = np.uint64(6 * l * Ts)
+        if h < 0 or h >= H:
+            for m in range(6):
+                for j in range(T):
+                    D[d0 + np.uint64(m * Ts + j)] = zero
+            continue
+        for n in range(n0, n1):
+            r0 = np.uint64((n - n0) * Wb)
+            xr = np.uint64(((n * C + ch) * H + h) * W + cx0 + u0)
+            for u in range(u0):
+                rb[r0 + np.uint64(u)] = zero
+            for u in range(u1 - u0):
+                rb[r0 + np.uint64(u0 + u)] = x1[xr + np.uint64(u)]
+            for u in range(u1, Wb):
+                rb[r0 + np.uint64(u)] = zero
+        j = np.uint64(0)
+        for n in range(n1 - n0):
+            src = np.uint64(n * Wb)
+            for tw in range(nt):
+                dst = d0 + j
+                D[dst] = rb[src]
+                D[dst + uTs] = rb[src + np.uint64(1)]
+                D[dst + np.uint64(2) * uTs] = rb[src + np.uint64(2)]
+                D[dst + np.uint64(3) * uTs] = rb[src + np.uint64(3)]
+                D[dst + np.uint64(4) * uTs] = rb[src + np.uint64(4)]
+                D[dst + np.uint64(5) * uTs] = rb[src + np.uint64(5)]
+                src += np.uint64(4)
+                j += np.uint64(1)
+
+
+@serial_kernel
+def _input_transform(D, Vf, vb, Ts, nv, VW, cst):
+    """``V[e, j] = (B^T d_j B)[e]`` for the tiles' patches ``d_j`` in ``D`` (see
+    :func:`_gather_patches`), into ``Vf[vb + e*Ts + j]``, for ``nv`` whole vectors of tiles:
+    per vector, the column transform of the patch's 6 columns (6 vectors each), then the row
+    transform of its 6 rows, every step on vectors of tiles."""
+    L = simd.lanes(VW, D)
+    k2, k4, k5 = simd.splat(VW, cst[0]), simd.splat(VW, cst[1]), simd.splat(VW, cst[2])
+    Q = np.empty(36 * L, D.dtype)  # the column transforms of one vector of tiles
+    for b in range(nv):
+        j = b * L
+        for m in range(6):
+            r0, r1, r2, r3, r4, r5 = _bt_v(simd.load(VW, D, m * Ts + j),
+                                           simd.load(VW, D, (6 + m) * Ts + j),
+                                           simd.load(VW, D, (12 + m) * Ts + j),
+                                           simd.load(VW, D, (18 + m) * Ts + j),
+                                           simd.load(VW, D, (24 + m) * Ts + j),
+                                           simd.load(VW, D, (30 + m) * Ts + j), k2, k4, k5)
+            simd.store(Q, m * L, r0)
+            simd.store(Q, (6 + m) * L, r1)
+            simd.store(Q, (12 + m) * L, r2)
+            simd.store(Q, (18 + m) * L, r3)
+            simd.store(Q, (24 + m) * L, r4)
+            simd.store(Q, (30 + m) * L, r5)
         for a in range(6):
-            r = rb[6 + a]
-            ea = V[c, 6 * a:6 * a + 6]
-            j = 0
-            for n in range(nb):
-                for tw in range(nt):
-                    b = n * Wb + 4 * tw
-                    v0, v1, v2, v3, v4, v5 = _bt(r[b], r[b + 1], r[b + 2], r[b + 3], r[b + 4],
-                                                 r[b + 5], k2, k4, k5)
-                    ea[0, j] = v0
-                    ea[1, j] = v1
-                    ea[2, j] = v2
-                    ea[3, j] = v3
-                    ea[4, j] = v4
-                    ea[5, j] = v5
-                    j += 1
+            v0, v1, v2, v3, v4, v5 = _bt_v(simd.load(VW, Q, 6 * a * L),
+                                           simd.load(VW, Q, (6 * a + 1) * L),
+                                           simd.load(VW, Q, (6 * a + 2) * L),
+                                           simd.load(VW, Q, (6 * a + 3) * L),
+                                           simd.load(VW, Q, (6 * a + 4) * L),
+                                           simd.load(VW, Q, (6 * a + 5) * L), k2, k4, k5)
+            o = vb + 6 * a * Ts + j
+            simd.store(Vf, o, v0)
+            simd.store(Vf, o + Ts, v1)
+            simd.store(Vf, o + 2 * Ts, v2)
+            simd.store(Vf, o + 3 * Ts, v3)
+            simd.store(Vf, o + 4 * Ts, v4)
+            simd.store(Vf, o + 5 * Ts, v5)
 
 
 @serial_kernel
-def _product(V, U, M, f0, fn, T, CB):
-    """M[k, e, :T] = sum_c U[e, c, f0 + k] * V[c, e, :T] for k < fn (fn % 4 == 0): 4 channels
-    x 4 filters per pass over a run of T tiles, the 4 output rows (L1) as accumulators, over
-    blocks of CB channels (their rows of this transform point stay in L1)."""
-    Cp = V.shape[0]
-    for e in range(NE):
-        Ue = U[e]
-        for cb in range(0, Cp, CB):  # CB channels' rows (of this e) stay in L1
-            for k in range(0, fn, 4):
-                f = f0 + k
-                m0 = M[k, e, :T]
-                m1 = M[k + 1, e, :T]
-                m2 = M[k + 2, e, :T]
-                m3 = M[k + 3, e, :T]
-                for c in range(cb, min(Cp, cb + CB), 4):
-                    x0 = V[c, e, :T]
-                    x1 = V[c + 1, e, :T]
-                    x2 = V[c + 2, e, :T]
-                    x3 = V[c + 3, e, :T]
-                    w00, w01, w02, w03 = Ue[c, f], Ue[c, f + 1], Ue[c, f + 2], Ue[c, f + 3]
-                    w10, w11, w12, w13 = Ue[c + 1, f], Ue[c + 1, f + 1], Ue[c + 1, f + 2], \
-                        Ue[c + 1, f + 3]
-                    w20, w21, w22, w23 = Ue[c + 2, f], Ue[c + 2, f + 1], Ue[c + 2, f + 2], \
-                        Ue[c + 2, f + 3]
-                    w30, w31, w32, w33 = Ue[c + 3, f], Ue[c + 3, f + 1], Ue[c + 3, f + 2], \
-                        Ue[c + 3, f + 3]
-                    if c == 0:
-                        for q in range(T):
-                            a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
-                            m0[q] = w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                            m1[q] = w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                            m2[q] = w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
-                            m3[q] = w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
-                    else:
-                        for q in range(T):
-                            a0, a1, a2, a3 = x0[q], x1[q], x2[q], x3[q]
-                            m0[q] += w00 * a0 + w10 * a1 + w20 * a2 + w30 * a3
-                            m1[q] += w01 * a0 + w11 * a1 + w21 * a2 + w31 * a3
-                            m2[q] += w02 * a0 + w12 * a1 + w22 * a2 + w32 * a3
-                            m3[q] += w03 * a0 + w13 * a1 + w23 * a2 + w33 * a3
-
-
-@serial_kernel
-def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
+def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, S, Y, cst):
     """As :func:`_output_transform`, vectorised over the task's tiles: ``P = M A`` then
     ``Y = A^T P + bias`` as unit-stride loops over the tiles ``j``, then
-    each image's output rows interleaved back from the tiles (``rb`` (>= 4*nt,), S (6, 4, >= T)
-    and Y (4, 4, >= T) scratch)."""
+    each image's output rows interleaved back from the tiles (S (6, 4, >= T) and Y (4, 4, >= T)
+    scratch)."""
     OH, OW = y.shape[2], y.shape[3]
     k2, k4, k8 = cst[0], cst[1], cst[3]
     T = (n1 - n0) * nt
@@ -342,38 +332,51 @@ def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, rb, S, Y, cst):
 
 
 @kernel
-def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Rs, Qs, cst):
-    """x (N, G*Cg, H, W); U (G, 36, Cp, Fp) from :func:`weight_transform`; bias (G*Fo,);
+def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst, VW):
+    """x (N, G*Cg, H, W); U (G, 36, Fp/4, Cg, 4) from :func:`weight_transform`; bias (G*Fo,);
     y (N, G*Fo, OH, OW) with ``y[n, f, oh, ow] = bias[f] + sum xpad[n, c, oh + i, ow + j] *
     w[f, c, i, j]`` where ``xpad`` is ``x`` shifted by ``(pt, pl)`` and zero outside (any
     integers, so also a crop). tasks (T, 6) rows ``(g, th, n0, n1, tw0, tw1)``: tile row ``th``
     of images ``[n0, n1)``, tile columns ``[tw0, tw1)``; every output element lies in exactly
-    one task's tiles. Scratch per thread (``Ts`` >= the tiles of a task): Vs (threads, Cp, 36,
-    Ts), Ms (threads, FBK, 36, Ts) (``FBK`` filters, a multiple of 4, share one pass over the
-    transformed input), Rs (threads, 12, >= images * (4 * tile columns + 2)), Qs (threads, 2,
-    6, 6, Ts)."""
-    G, _, Cp, Fp = U.shape
-    Cg = x.shape[1] // G
+    one task's tiles. Scratch per thread (``Ts`` >= the task's tiles rounded up to whole blocks
+    of 3 vectors): Vs (threads, Cg, 36, Ts), Ms (threads, FBK, 36, Ts) (``FBK`` filters, a
+    multiple of 4, share one pass over the transformed input), Ds (threads, 36, Ts), Rs
+    (threads, >= images * (4 * tile columns + 2)), Qs (threads, 2, 6, 6, Ts); voff (Cg,) int64
+    ``c * 36 * Ts``; ``VW`` the vector width.
+
+    Per task: each channel's patches gathered (:func:`_gather_patches`) and transformed on
+    vectors of tiles (:func:`_input_transform`); per block of ``FBK`` filters, per transform
+    point ``e``, the product ``M[f, e, :] = sum_c U[e, c, f] V[c, e, :]`` by the micro-kernel
+    :func:`nbconv.kernels.gemm.tile_4x3` (4 filters x 3 vectors of tiles in registers, the
+    channels as the reduction), then :func:`_output_transform`."""
+    G, _, Fq, Cg, _ = U.shape
+    Fp = 4 * Fq
     Fo = y.shape[1] // G
     FBK = Ms.shape[1]
-    zero = cst[0] - cst[0]
-    CB = max(4, L1_BYTES // (Vs.shape[3] * x.itemsize) // 4 * 4)
+    Ts = Vs.shape[3]
+    L = simd.lanes(VW, x)
     for task in prange(tasks.shape[0]):
         g, th, n0, n1, tw0, tw1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], \
             tasks[task, 3], tasks[task, 4], tasks[task, 5]
         nt = tw1 - tw0
         T = (n1 - n0) * nt
+        nv3 = (T + 3 * L - 1) // (3 * L)
         tid = get_thread_id()
-        V = Vs[tid]
+        Vf = Vs[tid].reshape(-1)
         M = Ms[tid]
-        rb = Rs[tid]
-        for c in range(Cg, Cp):  # padding channels: zero rows (zero weights meet them)
-            for e in range(NE):
-                for j in range(T):
-                    V[c, e, j] = zero
-        _input_transform(x, V, g * Cg, Cg, n0, n1, th, tw0, nt, pt, pl, rb, cst)
+        Mf = M.reshape(FBK, 36 * Ts)
+        D = Ds[tid].reshape(-1)
+        for c in range(Cg):
+            _gather_patches(x, D, Rs[tid], Ts, g * Cg + c, n0, n1, th, tw0, nt, pt, pl)
+            _input_transform(D, Vf, c * 36 * Ts, Ts, 3 * nv3, VW, cst)
         for f0 in range(0, Fp, FBK):
             fn = min(FBK, Fp - f0)
-            _product(V, U[g], M, f0, fn, T, CB)
-            _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0,
-                                nt, rb[0], Qs[tid, 0], Qs[tid, 1], cst)
+            for e in range(NE):
+                Ue = U[g, e].reshape(-1)
+                for b in range(nv3):
+                    for kb in range(fn // 4):
+                        fb = f0 // 4 + kb
+                        gemm.tile_4x3(VW, Vf, 0, voff, Ue[4 * Cg * fb:4 * Cg * (fb + 1)],
+                                      True, Mf, 4 * kb, e * Ts + 3 * L * b)
+            _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0, nt,
+                              Qs[tid, 0], Qs[tid, 1], cst)
