@@ -481,11 +481,13 @@ def check_ranks_agree(comm, args, data, src):
     mine["resume"] = None if src is None else file_digest(src)[:16]
     info = {"data_dir": os.path.abspath(data["dir"]), "resume": src}
     every = allgather_json(comm, [mine, info])
+    differ = [k for k in sorted(set().union(*(v for v, _ in every)))
+              if any(v.get(k) != every[0][0].get(k) for v, _ in every)]
     parts = []
-    for k in sorted(set().union(*(v for v, _ in every))):
+    for k in differ:
         vals = [v.get(k) for v, _ in every]
-        if all(v == vals[0] for v in vals):
-            continue
+        if k == "data" and set(differ) & {"seed", "val_size", "dtype"}:
+            continue   # the split or the dtype differ: the data must differ too
         if k == "data":
             parts.append("--data-dir: the ranks loaded different data: " + ", ".join(
                 f"rank {r} {i['data_dir']} (sha256 {v.get(k)})" for r, (v, i) in
@@ -684,19 +686,22 @@ def _main(argv, run):
     which = ("the best validation epoch's parameters" if res["params"] == "best-val" else
              "the last epoch's parameters")
     print(totals(trainer.epoch * per_epoch - start, per_epoch, seconds,
-                 trainer.compile_seconds or 0, trainer.epoch if start else None)
+                 trainer.compile_seconds, trainer.epoch if start else None)
           + f"; outputs in {args.out}")
     print(f"test accuracy {res['test_accuracy']:.4f} ({which}: epoch {res['epoch']})")
     return 0
 
 
-def totals(batches, per_epoch, seconds, kernel_seconds, run_epochs=None):
-    """``trained 4.4 epochs (178 batches) in 14 s (+ 2 s kernels)``: what this process trained;
-    ``run_epochs`` (after a resume) adds the run's total."""
+def totals(batches, per_epoch, seconds, kernel_seconds=None, run_epochs=None):
+    """``trained 4.4 epochs (178 batches) in 14 s (+ 2 s kernels)``: what this process trained,
+    and the seconds of the warm-up before it (``None``: no warm-up, under MPI the kernels
+    compile in the first steps); ``run_epochs`` (after a resume) adds the run's total."""
     epochs = batches / per_epoch
     count = f"{epochs:.0f}" if batches % per_epoch == 0 else f"{epochs:.1f}"
     text = (f"trained {count} epoch{'' if count == '1' else 's'} ({batches} batches) in "
-            f"{seconds:.0f} s (+ {kernel_seconds:.0f} s kernels)")
+            f"{seconds:.0f} s")
+    if kernel_seconds is not None:
+        text += f" (+ {kernel_seconds:.0f} s kernels)"
     if run_epochs is not None:
         text += f" since the resume; the run has {run_epochs} epochs"
     return text
