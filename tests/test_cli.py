@@ -129,6 +129,19 @@ def test_script_is_a_thin_shell_and_a_console_script():
     assert r.returncode == 0 and "--resume" in r.stdout and r.stderr == ""
 
 
+def test_readme_training_commands_parse_and_need_nothing_outside_the_clone():
+    """Every train_cifar.py command in the README parses; none points outside a fresh clone."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    cmds = re.findall(r"^\s*(?:mpiexec .*?)?python scripts/train_cifar\.py(.*?)(?:#.*)?$", text,
+                      flags=re.M)
+    assert len(cmds) >= 8, cmds
+    for line in cmds:
+        argv = line.replace("`", "").split()
+        assert not any(a.startswith("../") for a in argv), line
+        args = cli.parse_args(argv)
+        assert args.data_dir is None or args.data_dir.startswith("data"), line
+
+
 # ---- one line, exit 2 (a bad argument) or 1 (a failure), and no folder ------------------------
 
 def test_bad_arguments_end_in_one_line_and_create_nothing(tiny_dir, tmp_path):
