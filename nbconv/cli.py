@@ -590,10 +590,12 @@ def main(argv=None):
     except OSError as e:   # a write failed (a full disk): the checkpoint written last is intact
         if e.errno is None:
             raise
+        what = f"cannot write {e.filename}: " if e.filename else ""
         kept = (f"; the last checkpoint written, {run.ckpt}, is intact"
                 if run.ckpt is not None and os.path.exists(run.ckpt) else "")
-        _print_error(run, f"cannot write {e.filename or 'a file'}: {e.strerror}{kept}; free "
-                          f"some disk space or choose another --out")
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        _print_error(run, f"{what}{e.strerror}{kept}; "
+                          + ("free some disk space or " if full else "") + "choose another --out")
         status = 1
     if status and run.comm is not None and run.comm.size > 1:
         run.comm.abort(status)   # a lone rank that exits would leave the others waiting
@@ -608,7 +610,7 @@ def _main(argv, run):
     # -- data parallelism (--distributed): rank 0 alone prints and writes -----------------------
     comm = None
     if args.distributed:
-        from nbconv import distributed
+        from . import distributed
         comm = run.comm = distributed.init(threads=args.threads_per_rank)
         if comm.rank != 0:
             sys.stdout = open(os.devnull, "w")
@@ -635,7 +637,7 @@ def _main(argv, run):
     model = build_model(args)
     if comm is not None:
         if args.sync_bn:
-            from nbconv.layers import convert_sync_batchnorm
+            from .layers import convert_sync_batchnorm
             model = convert_sync_batchnorm(model, comm)
         distributed.broadcast_parameters(model, comm)
     opt, sched = build_optimizer(args, model)
