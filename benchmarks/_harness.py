@@ -30,15 +30,21 @@ def partial(fn, fraction):
     return fn
 
 
-def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", rounds=None):
+def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", rounds=None,
+            legend=None):
     """Benchmark ``nbconv_fn`` against ``others`` (name -> zero-argument callable).
 
     ``work`` is FLOPs (unit GFLOP/s) or bytes read + written (unit GB/s) of one call.
-    ``group`` names the table (e.g. ``"conv2d forward float32"``), ``row`` the line (a shape id).
+    ``group`` names the table (e.g. ``"conv2d forward float32"``), ``row`` the line (a shape id);
+    ``legend`` says in words what a short row id stands for (``report.py`` prints it under the
+    table), e.g. ``"N 64, C 3, H 32, W 32, F 32, kernel 7x7, stride 1, padding 3"``.
     """
     rounds = rounds or ROUNDS
     if ONLY:
-        return _compare_only(benchmark, group, row, nbconv_fn, others, work, unit, rounds)
+        info = _compare_only(benchmark, group, row, nbconv_fn, others, work, unit, rounds)
+        if legend:
+            info["legend"] = legend
+        return info
     # warm up: compile, fault in pages, let torch pick its algorithms
     nbconv_fn()
     for fn in others.values():
@@ -59,6 +65,8 @@ def compare(benchmark, group, row, nbconv_fn, others, work, unit="GFLOP/s", roun
     scale = 1e-9 * work
     info = benchmark.extra_info
     info.update(group=group, row=row, unit=unit, work=work, rounds=rounds)
+    if legend:
+        info["legend"] = legend
     info["rate"] = {"nbconv": scale / statistics.median(nb)}
     info["ratio"] = {}
     info["fraction"] = {name: f for name, f in fraction.items() if f != 1.0}

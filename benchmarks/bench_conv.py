@@ -76,6 +76,15 @@ def setup(shape, dtype):
     return x, w, b, dy, args, flops
 
 
+def legend(shape):
+    """The row's shape in words: ``N 64, C 3, H 32, W 32, F 32, kernel 7x7, stride 1,
+    padding 3`` (groups and dilation when not 1)."""
+    N, C, H, W, Fn, k, s, p = shape[:8]
+    g, d = shape[8:] if len(shape) > 8 else (1, 1)
+    return (f"N {N}, C {C}, H {H}, W {W}, F {Fn}, kernel {k}x{k}, stride {s}, padding {p}"
+            + (f", groups {g}" if g != 1 else "") + (f", dilation {d}" if d != 1 else ""))
+
+
 def algorithms(args, k):
     """The forced-algorithm columns this row has: direct always, winograd where it can run."""
     s, d = args["stride"], args["dilation"]
@@ -117,7 +126,8 @@ def run_forward(benchmark, group, row, shape, dtype):
     with torch.no_grad():
         compare(benchmark, group, row, lambda: F.conv2d(x, w, b, **args),
                 {**algos, "im2col": lambda: R.conv2d_im2col(x, w, b, **args), "torch": tf,
-                 "textbook": partial(lambda: T.conv2d(xs, w, b, **args), frac)}, flops)
+                 "textbook": partial(lambda: T.conv2d(xs, w, b, **args), frac)}, flops,
+                legend=legend(shape))
 
 
 def run_backward(benchmark, group, row, shape, dtype):
@@ -139,7 +149,7 @@ def run_backward(benchmark, group, row, shape, dtype):
             {**algos, "im2col": lambda: R.conv2d_backward_im2col(dy, x, w, **args, cols=cols()),
              "torch": tb,
              "textbook": partial(lambda: T.conv2d_backward(dys, xs, w, **args), frac)},
-            2 * flops)
+            2 * flops, legend=legend(shape))
 
 
 @pytest.mark.parametrize("row", list(SHAPES))

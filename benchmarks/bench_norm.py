@@ -54,6 +54,13 @@ def _row(op, shape, G, direction):
     return f"{op} {direction} {'x'.join(map(str, shape))}"
 
 
+def _legend(op, shape, G, direction):
+    layer = f"GroupNorm, {G} groups" if op.startswith("gn") else "BatchNorm2d (training)"
+    N, C, H, W = shape
+    return (f"{layer}, {'forward' if direction == 'fwd' else 'backward'}, N {N}, C {C}, "
+            f"H {H}, W {W}")
+
+
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 @pytest.mark.parametrize("op,shape,G", CASES)
 def test_norm(benchmark, op, shape, G, direction):
@@ -94,4 +101,4 @@ def test_norm(benchmark, op, shape, G, direction):
     with torch.no_grad():
         compare(benchmark, GROUP, _row(op, shape, G, direction), nb,
                 {"reference": ref, "torch": tf, "textbook": tbk, "copy": _copy(nbytes)}, nbytes,
-                unit="GB/s")
+                unit="GB/s", legend=_legend(op, shape, G, direction))

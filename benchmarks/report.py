@@ -12,7 +12,10 @@ Arguments are passed to pytest. Only this script's tables are printed: pytest's 
 when a test fails; one progress line per test goes to stderr. The raw pytest-benchmark JSON of
 each run is kept beside it in ``.benchmarks/run-<time>-<pid>.json``. Ratios are ``nbconv speed
 / other speed`` (> 1: nbconv is faster), medians of per-round ratios from interleaved rounds;
-the last line of each table is the geometric mean over its rows. A column missing from a row
+the last line of each table is the geometric mean over its rows. Under a table, a legend
+gives each short row id in words (``S1: N 64, C 3, H 32, W 32, F 32, kernel 7x7, stride 1,
+padding 3``: batch, channels in, height, width, filters out, then the conv's geometry) where the
+benchmark recorded one. A column missing from a row
 (e.g. ``winograd`` on a strided convolution) prints ``-``. Each table's rates are also drawn as
 grouped bars (nbconv, torch, im2col per row) in a PNG beside the JSON, when matplotlib is
 installed (else a one-line message says so).
@@ -90,6 +93,23 @@ def print_tables(data, out=sys.stdout):
             span = f"{lo}" if lo == hi else f"{lo} to {hi}"
             print(f"* {k}: timed on a slice of the batch ({span} of the images per call), its "
                   f"times scaled up to the full batch", file=out)
+        print_notes(rows, unit, others, out)
+
+
+RATIO_NOTE = ("nbconv/X = nbconv's speed / X's speed (the median of per-round ratios): above "
+              "1 means nbconv is faster")
+
+
+def print_notes(rows, unit, others, out=sys.stdout):
+    """Under a table: what the ratio columns mean and, per row id that has one, its legend."""
+    if others:
+        print(f"{RATIO_NOTE}; rates in {unit}, higher is faster.", file=out)
+    legends = [(str(r["row"]), r["legend"]) for r in rows if r.get("legend")]
+    if legends:
+        width = max(len(row) for row, _ in legends)
+        print("rows:", file=out)
+        for row, text in legends:
+            print(f"  {row.ljust(width)}  {text}", file=out)
 
 
 CHART_IMPLS = ("nbconv", "torch", "im2col")
@@ -114,7 +134,8 @@ def write_charts(data, stem, out=sys.stdout):
         bars = [dict({"label": str(r["row"])},
                      **{k: r["rate"][k] for k in CHART_IMPLS if k in r["rate"]}) for r in rows]
         path = f"{stem}-{re.sub(r'[^A-Za-z0-9]+', '-', group).strip('-')}.png"
-        viz.save_speed_chart(path, bars, group, ylabel=rows[0]["unit"])
+        viz.save_speed_chart(path, bars, group, ylabel=f"{rows[0]['unit']} (higher is faster)",
+                             xlabel="benchmark row (shapes: the table's legend)")
         paths.append(path)
     if paths:
         print("\nspeed charts: " + ", ".join(os.path.relpath(p, ROOT) for p in paths), file=out)
@@ -184,11 +205,8 @@ def _worker(node, impl, tmp):
         return json.load(f)["benchmarks"][0]["extra_info"]
 
 
-def separate(argv):
-    ap = argparse.ArgumentParser(prog="report.py --separate")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--with", dest="others", default="torch")
-    a, args = ap.parse_known_args(argv)
+def separate(a, args):
+    """``--separate``: ``a`` the parsed options, ``args`` the arguments for pytest."""
     others = [o for o in a.others.split(",") if o]
     nodes = _collect(args or [os.path.join("benchmarks")])
     groups = OrderedDict()
@@ -229,10 +247,46 @@ def separate(argv):
         print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
         for l in lines:
             print("  ".join(c.rjust(w) for c, w in zip(l, widths)))
+        print_notes([info for info, _ in rows], unit, impls[1:])
     return 0
 
 
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="python benchmarks/report.py", allow_abbrev=False,
+        usage="%(prog)s [--separate [--runs N] [--with LIBS]] [PYTEST ARGUMENTS ...]",
+        description="Run benchmark files (default: every benchmarks/bench_*.py) and print one "
+                    "table per group: the rates of nbconv and the other implementations side by "
+                    "side, and nbconv's speed ratios. " + RATIO_NOTE + ". Short row ids (S1, "
+                    "R1, V1...) are explained under each table.",
+        epilog="Every other argument goes to pytest, e.g. a file and -k: python "
+               "benchmarks/report.py benchmarks/bench_conv.py -k \"forward and S2\". "
+               "NBCONV_BENCH_ROUNDS=11 gives steadier medians. pytest's own output goes to "
+               ".benchmarks/run-<time>-<pid>.log, beside its JSON and a PNG chart per table.")
+    ap.add_argument("--separate", action="store_true",
+                    help="time each library alone in its own process, alternating (two OpenMP "
+                         "pools in one process spin against each other)")
+    ap.add_argument("--runs", type=int, default=None, metavar="N",
+                    help="with --separate: runs per library and row (default: 3)")
+    ap.add_argument("--with", dest="others", default=None, metavar="LIBS",
+                    help="with --separate: comma-separated libraries timed beside nbconv "
+                         "(default: torch)")
+    return ap
+
+
+def parse(argv):
+    """``(options, pytest arguments)``; ``--help`` exits 0, misuse exits 2 (argparse)."""
+    ap = build_parser()
+    a, rest = ap.parse_known_args(argv)
+    if not a.separate and (a.runs is not None or a.others is not None):
+        ap.error("--runs and --with go with --separate")
+    if a.runs is not None and a.runs < 1:
+        ap.error(f"--runs {a.runs}: must be at least 1")
+    a.runs = 3 if a.runs is None else a.runs
+    a.others = "torch" if a.others is None else a.others
+    return a, rest
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--separate"]:
-        sys.exit(separate(sys.argv[2:]))
-    sys.exit(main(sys.argv[1:]))
+    opts, rest = parse(sys.argv[1:])
+    sys.exit(separate(opts, rest) if opts.separate else main(rest))

@@ -84,8 +84,27 @@ def _fsync_dir(d):
 
 def atomic_write(path, payload):
     """Write ``payload`` (bytes) to ``path`` atomically (creating its directory), then remove
-    the stale temp files an earlier, killed write of ``path`` left (see the module doc)."""
+    the stale temp files an earlier, killed write of ``path`` left (see the module doc).
+
+    A failed write (a full disk, no permission) raises ``OSError`` (or its subclass for the
+    errno) whose ``filename`` is ``path``, the target, and leaves the old file as it was."""
     path = os.fspath(path)
+    try:
+        _write(path, payload)
+    except OSError as e:
+        if e.errno is None or e.filename == path:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
+    d = os.path.dirname(os.path.abspath(path))
+    _fsync_dir(d)
+    for stale in stale_temps(path):
+        try:
+            os.remove(stale)
+        except OSError:  # removed by a concurrent writer, or not ours to remove
+            pass
+
+
+def _write(path, payload):
     d, name = os.path.split(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     while True:
@@ -106,9 +125,3 @@ def atomic_write(path, payload):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(d)
-    for stale in stale_temps(path):
-        try:
-            os.remove(stale)
-        except OSError:  # removed by a concurrent writer, or not ours to remove
-            pass

@@ -39,7 +39,7 @@ IMAGE_SHAPE = (3, 32, 32)
 
 __all__ = ["URL", "MD5", "SAMPLE_DIR", "CLASSES", "load_batch", "save_batch", "load_cifar10",
            "download", "channel_stats", "normalize", "split_validation", "prepare",
-           "BatchIterator"]
+           "prepare_loaded", "BatchIterator"]
 
 
 # ---- reading and writing the official format -----------------------------------------------
@@ -324,7 +324,12 @@ def prepare(data_dir=None, val_size=0.1, dtype=np.float32, seed=0):
     """Load, split and normalise: a dict with float ``x_train``, ``x_val``, ``x_test`` of
     ``dtype`` (``(N, 3, 32, 32)``), int64 labels ``y_*``, ``mean``/``std`` (from the training
     part only) and ``classes``."""
-    raw = load_cifar10(data_dir)
+    return prepare_loaded(load_cifar10(data_dir), val_size, dtype, seed)
+
+
+def prepare_loaded(raw, val_size=0.1, dtype=np.float32, seed=0):
+    """:func:`prepare` of data already read by :func:`load_cifar10` (``raw``), so that a caller
+    can tell a loading error from a ``val_size`` the data cannot hold (``ValueError``)."""
     x_tr, y_tr, x_val, y_val = split_validation(raw["x_train"], raw["y_train"], val_size, seed)
     mean, std = channel_stats(x_tr)
     return dict(x_train=normalize(x_tr, mean, std, dtype), y_train=y_tr,

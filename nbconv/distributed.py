@@ -28,6 +28,7 @@ calls ``MPI_Abort``: the whole job ends (non-zero exit) within a second instead 
 other ranks blocked in a collective. :func:`run_main` does the same for ``SystemExit`` with a
 non-zero code (which ``sys.excepthook`` never sees).
 """
+import json
 import os
 import sys
 import traceback
@@ -37,7 +38,7 @@ import numpy as np
 __all__ = ["Communicator", "init", "world", "is_initialized", "rank", "size",
            "broadcast_parameters", "broadcast_buffers", "GradientAverager",
            "DistributedOptimizer", "DataParallel", "shard_bounds", "threads_per_rank",
-           "run_main"]
+           "run_main", "allgather_json", "broadcast_text"]
 
 THREADS_ENV = "NBCONV_THREADS_PER_RANK"
 _WORLD = None
@@ -203,6 +204,30 @@ def run_main(main, *args, **kwargs):
         traceback.print_exc()
         sys.stderr.flush()
         _WORLD.abort(1)
+
+
+# ---- launch checks: what every rank must agree on ------------------------------------------------
+
+def allgather_json(comm, obj):
+    """Every rank's ``obj`` (JSON-able), in rank order: a list of ``comm.size`` decoded copies.
+    Collective (every rank calls it); sent as UTF-8 bytes over two ``Allgather`` calls, no
+    pickling. Used at launch to check that the ranks run the same job."""
+    raw = json.dumps(obj, sort_keys=True).encode()
+    lengths = comm.allgather(np.array([len(raw)], np.int64))[:, 0]
+    buf = np.zeros(int(lengths.max()), np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    every = comm.allgather(buf)
+    return [json.loads(bytes(every[r, :n]).decode()) for r, n in enumerate(lengths.tolist())]
+
+
+def broadcast_text(comm, text, root=0):
+    """Rank ``root``'s ``text`` on every rank (e.g. the run folder rank 0 created)."""
+    raw = text.encode() if comm.rank == root else b""
+    n = comm.bcast_(np.array([len(raw)], np.int64), root)
+    buf = np.zeros(int(n[0]), np.uint8)
+    if comm.rank == root:
+        buf[:] = np.frombuffer(raw, np.uint8)
+    return bytes(comm.bcast_(buf, root)).decode()
 
 
 # ---- flat buffers ------------------------------------------------------------------------------

@@ -156,14 +156,15 @@ def save_curves(path, history, title=None):
 
 # ---- speed chart --------------------------------------------------------------------------------
 
-def save_speed_chart(path, rows, title, ylabel="images / s", log=False):
+def save_speed_chart(path, rows, title, ylabel="images / s", log=False, xlabel="benchmark row"):
     """Grouped bars, one group per benchmark shape, one bar per implementation, as a PNG.
 
     ``rows``: a list of dicts, each ``{"label": "S1 forward", "nbconv": 1520.0, "torch":
     1310.0, "im2col": 640.0}``: the ``label`` names the group (x axis), every other key is a
     series (its bars share a colour, named in the legend; series in the order they first
     appear; a missing or ``None`` value leaves a gap). Values are whatever ``ylabel`` says
-    (rates, or ratios to torch: then a dashed line marks 1). ``log=True`` uses a log y axis."""
+    (rates, or ratios to torch: then a dashed line marks 1). ``log=True`` uses a log y axis.
+    ``xlabel`` names the x axis (what the labels are)."""
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
     names = []
@@ -186,6 +187,7 @@ def save_speed_chart(path, rows, title, ylabel="images / s", log=False):
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xticks(xs)
     ax.set_xticklabels([str(r["label"]) for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")

@@ -1,8 +1,11 @@
-"""scripts/train_cifar.py as a user meets it (issue 11): resume that cannot drift, run folders
-that are never overwritten, Ctrl-C, the result line, --help; and Trainer stop requests."""
-import importlib.util
+"""The training command (nbconv/cli.py, run as scripts/train_cifar.py) as a user meets it:
+resume that cannot drift, run folders that are never overwritten, one-line errors with argparse's
+exit statuses, Ctrl-C (once, twice), honest totals, --help; and Trainer stop requests.
+
+Subprocess tests run the real script on 80 tiny training images, one epoch or a Ctrl-C."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,15 +14,12 @@ import time
 import numpy as np
 import pytest
 
+from nbconv import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train_cifar.py")
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_cifar", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+ENV = dict(os.environ, PYTHONUNBUFFERED="1",
+           PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
 
 
 @pytest.fixture(scope="module")
@@ -38,91 +38,263 @@ def common(d, out):
             "--out", str(out), "--no-progress"]
 
 
+def script(args, cwd=ROOT, **kw):
+    """Run ``python scripts/train_cifar.py args`` to the end: the CompletedProcess."""
+    return subprocess.run([sys.executable, SCRIPT] + [str(a) for a in args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def one_line_error(r, status, *words):
+    """``r`` ended with ``status`` and exactly one line on stderr holding ``words``."""
+    assert r.returncode == status, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+# ---- the command in one process ----------------------------------------------------------------
+
 def test_resume_takes_saved_arguments_and_refuses_contradictions(tiny_dir, tmp_path, capsys):
-    script = _script()
     out = tmp_path / "run"
-    script.main(common(tiny_dir, out) + ["--epochs", "1", "--lr", "0.002"])
+    assert cli.main(common(tiny_dir, out) + ["--epochs", "1", "--lr", "0.002"]) == 0
     text = capsys.readouterr().out
     assert "kernels" in text and text.count("test accuracy") == 1
     # everything from the checkpoint: --out DIR --resume alone
-    script.main(["--out", str(out), "--resume", "--epochs", "2"])
+    assert cli.main(["--out", str(out), "--resume", "--epochs", "2"]) == 0
     text = capsys.readouterr().out
     assert "resume: --epochs 2 (the run was started with 1)" in text
     assert "lr 0.002" in text and "from " + str(tiny_dir) in text
-    # a contradicting option is refused, naming both values
-    with pytest.raises(SystemExit, match=r"--data-dir /elsewhere \(the run used .*cifar-10"):
-        script.main(["--out", str(out), "--resume", "--epochs", "3", "--data-dir", "/elsewhere"])
-    with pytest.raises(SystemExit, match=r"--lr 0.1 \(the run used 0.002\)"):
-        script.main(["--out", str(out), "--resume", "--epochs", "3", "--lr", "0.1"])
-    with pytest.raises(SystemExit, match="nothing to do"):
-        script.main(["--out", str(out), "--resume"])
+    # a contradicting option is refused, naming both values: a bad argument, status 2
+    assert cli.main(["--out", str(out), "--resume", "--epochs", "3", "--data-dir",
+                     "/elsewhere"]) == 2
+    assert re.search(r"--data-dir /elsewhere \(the run used .*cifar-10", capsys.readouterr().err)
+    assert cli.main(["--out", str(out), "--resume", "--epochs", "3", "--lr", "0.1"]) == 2
+    assert "--lr 0.1 (the run used 0.002)" in capsys.readouterr().err
+    assert cli.main(["--out", str(out), "--resume"]) == 2
+    assert "nothing to do" in capsys.readouterr().err
+    (out / "checkpoint.npz").write_bytes(b"broken")   # a damaged file: a failure at run time
+    assert cli.main(["--out", str(out), "--resume", "--epochs", "3"]) == 1
+    assert re.search(r"cannot resume.*unreadable", capsys.readouterr().err)
 
 
-def test_cosine_run_cannot_be_extended_silently(tiny_dir, tmp_path):
-    script = _script()
+def test_cosine_run_cannot_be_extended_silently(tiny_dir, tmp_path, capsys):
     out = tmp_path / "cos"
-    script.main(common(tiny_dir, out) + ["--epochs", "1", "--schedule", "cosine"])
-    with pytest.raises(SystemExit, match="cosine learning-rate schedule was planned for 1"):
-        script.main(["--out", str(out), "--resume", "--epochs", "2"])
+    assert cli.main(common(tiny_dir, out) + ["--epochs", "1", "--schedule", "cosine"]) == 0
+    assert cli.main(["--out", str(out), "--resume", "--epochs", "2"]) == 2
+    assert "cosine learning-rate schedule was planned for 1" in capsys.readouterr().err
 
 
-def test_runs_never_overwrite_each_other(tiny_dir, tmp_path, monkeypatch):
-    script = _script()
+def test_runs_never_overwrite_each_other(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    a = script.new_out_dir(script.parse_args([]))
-    b = script.new_out_dir(script.parse_args([]))
+    a = cli.new_out_dir(cli.parse_args([]))
+    b = cli.new_out_dir(cli.parse_args([]))
     assert a != b and a.startswith("runs" + os.sep) and os.path.isdir(b)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "metrics.json").write_text("{}")
-    with pytest.raises(SystemExit, match="exists and is not empty"):
-        script.main(common(tiny_dir, tmp_path / "full") + ["--epochs", "1"])
+    assert cli.main(common(tiny_dir, tmp_path / "full") + ["--epochs", "1"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "full" / "metrics.json").read_text() == "{}"
-    args = script.parse_args(["--out", "full", "--force"])
-    assert script.new_out_dir(args) == "full"
+    args = cli.parse_args(["--out", "full", "--force"])
+    assert cli.new_out_dir(args) == "full"
 
 
 def test_help_shows_every_default():
-    text = _script().build_parser().format_help()
+    text = " ".join(cli.build_parser().format_help().split())
     for s in ("(default: three-layer 10, deep 20)", "(default: three-layer 50, deep 64)",
               "(default: three-layer adam, deep adamw)", "(default: 0.9)", "(default: 0.1)",
-              "(default: float32)", "(default: a new runs/<YYYYmmdd-"):
-        assert s in " ".join(text.split()), s
+              "(default: float32)", "(default: a new runs/<YYYYmmdd-", "(default: three-layer)",
+              "(default: 100)", "(default: 0)", "exit status: 0 done, 2 a bad argument"):
+        assert s in text, s
 
 
-def test_sigint_checkpoints_and_resume_continues(tiny_dir, tmp_path):
-    out = tmp_path / "int"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, SCRIPT] + common(tiny_dir, out) + ["--epochs", "30",
-                                                                "--batch-size", "4"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=env, cwd=ROOT)
-    lines = []
+def test_explicit_options_are_told_from_defaults():
+    args = cli.parse_args(["--lr", "0.001", "--momentum", "0.9", "--force"])
+    assert args.explicit == {"lr", "momentum", "force"}
+    assert args.lr == 0.001 and args.epochs == 10 and args.no_progress is False
+    assert cli.parse_args(["--model", "deep"]).epochs == 20
+
+
+def test_script_is_a_thin_shell_and_a_console_script():
+    text = open(SCRIPT).read()
+    assert "sys.path" not in text and "_actions" not in text and "argparse" not in text
+    assert "from nbconv.cli import main" in text and len(text.splitlines()) < 12
+    cli_text = open(os.path.join(ROOT, "nbconv", "cli.py")).read()
+    assert "_actions" not in cli_text and "sys.path" not in cli_text
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        scripts = f.read().split("\n[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    assert 'nbconv-train = "nbconv.cli:main"' in scripts.splitlines()
+    r = script(["--help"])
+    assert r.returncode == 0 and "--resume" in r.stdout and r.stderr == ""
+
+
+def test_readme_training_commands_parse_and_need_nothing_outside_the_clone():
+    """Every train_cifar.py command in the README parses; none points outside a fresh clone."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    cmds = re.findall(r"^\s*(?:mpiexec .*?)?python scripts/train_cifar\.py(.*?)(?:#.*)?$", text,
+                      flags=re.M)
+    assert len(cmds) >= 8, cmds
+    for line in cmds:
+        argv = line.replace("`", "").split()
+        assert not any(a.startswith("../") for a in argv), line
+        args = cli.parse_args(argv)
+        assert args.data_dir is None or args.data_dir.startswith("data"), line
+
+
+# ---- one line, exit 2 (a bad argument) or 1 (a failure), and no folder ------------------------
+
+def test_bad_arguments_end_in_one_line_and_create_nothing(tiny_dir, tmp_path):
+    """Each mistake: exit status 2, one line on stderr naming the option and the value, and no
+    run folder (the default runs/<time> or --out) left behind. Run side by side."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["--data-dir", tmp_path / "nope"], "--data-dir", str(tmp_path / "nope"), "no such"),
+        (["--data-dir", tmp_path], "--data-dir", str(tmp_path), "no CIFAR-10"),
+        (["--data-dir", tiny_dir, "--val-size", "500"], "--val-size 500", "below 80"),
+        (["--data-dir", tiny_dir, "--val-size", "0.999"], "--val-size 0.999", "below 80"),
+        (["--data-dir", tiny_dir, "--out", afile / "run"], "--out", str(afile), "not a folder"),
+        (["--data-dir", tiny_dir, "--out", afile], "--out", str(afile), "not a folder"),
+        (["--data-dir", tiny_dir, "--epochs", "0"], "--epochs 0", "at least 1"),
+        (["--data-dir", tiny_dir, "--lr", "-1"], "--lr -1", "above 0"),
+        (["--resume"], "--resume", "--out"),
+        (["--out", tmp_path / "none", "--resume"], "--resume", "no checkpoint"),
+    ]
+    if os.path.isdir("/proc"):
+        cases.append((["--data-dir", tiny_dir, "--out", "/proc/nbconv-run"],
+                      "--out /proc/nbconv-run", "cannot be created"))
+    if os.path.isfile("/etc/hostname"):
+        cases.append((["--out", "/etc/hostname/run"], "--out /etc/hostname/run", "is a file"))
+    procs = [subprocess.Popen([sys.executable, SCRIPT] + [str(a) for a in args] +
+                              ["--no-progress"], cwd=work, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for args, *_ in cases]
+    for p, (args, *words) in zip(procs, cases):
+        out, err = p.communicate(timeout=300)
+        one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err), 2, *words)
+    assert os.listdir(work) == [] and not (tmp_path / "none").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused(tiny_dir, tmp_path):
+    """A read-only folder (for root, which writes into any mode-0555 folder: /sys, where even
+    root cannot create a folder): status 2, one line, nothing created."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        out, words = ro / "run", ("not writable",)
+    elif os.path.isdir("/sys"):
+        out, words = "/sys/nbconv-run", ("cannot be created",)
+    else:
+        pytest.skip("running as root without /sys: no folder here that root cannot write")
+    try:
+        r = script(["--data-dir", tiny_dir, "--out", out, "--no-progress"], cwd=tmp_path)
+    finally:
+        if os.geteuid() != 0:
+            ro.chmod(0o755)
+    one_line_error(r, 2, f"--out {out}", *words)
+    assert not os.path.exists(out) and not (tmp_path / "runs").exists()
+
+
+def _limit_file_size(limit):
+    def apply():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_failing_checkpoint_write_ends_in_one_line_and_keeps_the_last(tiny_dir, tmp_path):
+    """A disk that refuses the checkpoint (here: a 200 kB file-size limit, a real OS error,
+    EFBIG) ends the run with status 1 and one line naming the file and the cause; the
+    checkpoint of the epoch before stays whole."""
+    from nbconv.checkpoint import read
+    out = tmp_path / "run"
+    r = script(common(tiny_dir, out) + ["--epochs", "1"])
+    assert r.returncode == 0, r.stderr
+    before = (out / "checkpoint.npz").read_bytes()
+    assert len(before) > 200_000
+    r = script(["--out", out, "--resume", "--epochs", "2"],
+               preexec_fn=_limit_file_size(200_000))
+    line = one_line_error(r, 1, f"cannot write {out / 'checkpoint.npz'}",
+                          os.strerror(27), "is intact")
+    assert "epoch 2/2" in r.stdout, line
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert read(out / "checkpoint.npz")[0]["epoch"] == 1
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_disk_full_during_a_checkpoint_names_the_file(tiny_dir, tmp_path, monkeypatch, capsys):
+    """ENOSPC itself (simulated in this process: fsync of the checkpoint's temp file fails)."""
+    import errno
+    real = os.fsync
+
+    def full(fd):
+        if "checkpoint.npz" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "full"
+    assert cli.main(common(tiny_dir, out) + ["--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err
+    assert f"cannot write {out / 'checkpoint.npz'}" in err and "intact" not in err
+    assert sorted(os.listdir(out)) == ["args.json"]
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------------
+
+def _start(args):
+    return subprocess.Popen([sys.executable, SCRIPT] + [str(a) for a in args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV, cwd=ROOT)
+
+
+def _wait_for(p, prefix, lines):
     for line in p.stdout:
         lines.append(line)
-        if line.startswith("epoch 1/30"):
-            break
+        if line.startswith(prefix):
+            return
+
+
+def test_sigint_checkpoints_and_resume_continues_with_one_numbering(tiny_dir, tmp_path):
+    """The interrupted position and the resumed one are the same words (1-based epochs, as the
+    progress bar), and the totals count what the resumed process trained."""
+    out = tmp_path / "int"
+    p = _start(common(tiny_dir, out) + ["--epochs", "30", "--batch-size", "4"])
+    lines = []
+    _wait_for(p, "epoch 1/30", lines)
     p.send_signal(signal.SIGINT)
     rest, _ = p.communicate(timeout=120)
     text = "".join(lines) + rest
     assert p.returncode == 130, text
     assert "Traceback" not in text
     last = text.strip().splitlines()[-1]
-    assert last.startswith("interrupted: checkpoint") and "--resume" in last, last
-    cont = last.split("continue with: ")[1].split()
+    m = re.fullmatch(r"interrupted at (end of epoch (\d+)|epoch (\d+), batch (\d+)/16): "
+                     r"checkpoint saved in (\S+); continue with: (.*--resume)", last)
+    assert m, last
+    where = m.group(1)
+    done = int(m.group(2)) * 16 if m.group(2) else (int(m.group(3)) - 1) * 16 + int(m.group(4))
+    cont = m.group(6).split()
     r = subprocess.run([sys.executable] + cont[1:] + ["--epochs", "3"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=300)
+                       text=True, cwd=ROOT, env=ENV, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "resumed from" in r.stdout and "test accuracy" in r.stdout
+    assert f"resumed from {m.group(5)} at {where}\n" in r.stdout
+    trained = 3 * 16 - done
+    epochs = f"{trained / 16:.0f}" if trained % 16 == 0 else f"{trained / 16:.1f}"
+    assert re.search(rf"trained {epochs} epochs? \({trained} batches\) in \d+ s \(\+ \d+ s "
+                     rf"kernels\) since the resume; the run has 3 epochs", r.stdout), r.stdout
+    assert "test accuracy" in r.stdout
 
 
 def test_second_sigint_stops_at_once(tiny_dir, tmp_path):
     out = tmp_path / "int2"
-    cmd = [sys.executable, SCRIPT] + common(tiny_dir, out) + ["--epochs", "30"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in p.stdout:
-        if line.startswith("epoch 1/30"):
-            break
+    p = _start(common(tiny_dir, out) + ["--epochs", "30"])
+    _wait_for(p, "epoch 1/30", [])
     p.send_signal(signal.SIGINT)
     time.sleep(0.01)
     p.send_signal(signal.SIGINT)
@@ -132,6 +304,26 @@ def test_second_sigint_stops_at_once(tiny_dir, tmp_path):
     from nbconv.checkpoint import read
     if (out / "checkpoint.npz").exists():  # whole if there: no half-written file
         read(out / "checkpoint.npz")
+
+
+@pytest.mark.parametrize("anchor,delay", [("first", 0.3), ("message", 0.0), ("message", 0.1)])
+def test_second_sigint_while_the_run_ends_exits_130(tiny_dir, tmp_path, anchor, delay):
+    """Two Ctrl-C: the second ``delay`` s after the first, or after the ``interrupted at``
+    line, lands while the interrupted run saves, prints and exits (it used to kill the process
+    with SIGINT: status -2). Several timings, to catch the race."""
+    p = _start(common(tiny_dir, tmp_path / "int3") + ["--epochs", "30", "--batch-size", "4"])
+    lines = []
+    _wait_for(p, "epoch 2/30", lines)
+    p.send_signal(signal.SIGINT)
+    if anchor == "message":
+        _wait_for(p, "interrupted at", lines)
+    time.sleep(delay)
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    rest, _ = p.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert p.returncode == 130, text
+    assert "Traceback" not in text and "continue with" in text
 
 
 def test_stop_request_mid_epoch_resumes_bitwise(tmp_path):
@@ -152,7 +344,7 @@ def test_stop_request_mid_epoch_resumes_bitwise(tmp_path):
         return loss(logits, labels)
     tr.loss = counting
     path = tmp_path / "ck.npz"
-    with pytest.raises(TrainingInterrupted) as e:
+    with pytest.raises(TrainingInterrupted, match=r"stopped at epoch 2, batch 2$") as e:
         tr.fit(data, 3, checkpoint=path)
     assert (e.value.epoch, e.value.batch) == (1, 2)
     again = tiny_trainer(seed=5)
@@ -164,14 +356,22 @@ def test_stop_request_mid_epoch_resumes_bitwise(tmp_path):
     assert [h["loss"] for h in again.history] == [h["loss"] for h in straight.history]
 
 
+def test_positions_and_totals_read_alike():
+    from nbconv._interrupt import position
+    assert position(5, 22, 40) == "epoch 6, batch 22/40"
+    assert position(5, 0, 40) == "end of epoch 5" and position(0) == "start"
+    assert cli.totals(400, 40, 14.2, 3.0) == "trained 10 epochs (400 batches) in 14 s (+ 3 s kernels)"
+    assert cli.totals(178, 40, 14, 2).startswith("trained 4.5 epochs (178 batches)")
+    assert cli.totals(40, 40, 1, 0, run_epochs=10).endswith(
+        "since the resume; the run has 10 epochs")
+
+
 def test_second_sigint_wrapped_in_another_exception_stops_at_once(tmp_path, capsys):
     """A second Ctrl-C that lands while a C extension is being imported (matplotlib's, for the
     pictures) surfaces as an ImportError whose cause is the KeyboardInterrupt: it must end the
     run like a plain second Ctrl-C (exit 130, no traceback), and other errors must not."""
-    mod = _script()
-
     class Args:
-        out, epochs = str(tmp_path), 1
+        out, epochs, batch_size = str(tmp_path), 1, 1
 
     class Wrapped:
         dp = None
@@ -189,13 +389,26 @@ def test_second_sigint_wrapped_in_another_exception_stops_at_once(tmp_path, caps
             except KeyboardInterrupt as e:
                 raise self.exc from e
 
+    run = cli._Run()
+    run.ckpt, run.cont = "ck", "python scripts/train_cifar.py --out x --resume"
     old = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit) as stop:
-            mod.train(Wrapped(ImportError("initialization failed")), {}, Args, "ck", None)
-        assert stop.value.code == 130 and "stopped at once" in capsys.readouterr().out
+        assert cli.train(Wrapped(ImportError("initialization failed")), {}, Args, run,
+                         None) == 130
+        assert "stopped at once" in capsys.readouterr().out
     finally:
         signal.signal(signal.SIGINT, old)
     with pytest.raises(ValueError):   # an error with no interrupt behind it is not swallowed
-        mod.train(type("Plain", (Wrapped,), {"fit": lambda self, *a, **k: (_ for _ in ()).throw(
-            ValueError("real"))})(None), {}, Args, "ck", None)
+        cli.train(type("Plain", (Wrapped,), {"fit": lambda self, *a, **k: (_ for _ in ()).throw(
+            ValueError("real"))})(None), {}, Args, run, None)
+
+
+def test_metrics_hold_the_result(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert cli.main(common(tiny_dir, out) + ["--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    with open(out / "metrics.json") as f:
+        m = json.load(f)
+    acc = m["result"]["test_accuracy"]
+    assert f"test accuracy {acc:.4f}" in text
+    assert "trained 1 epoch (4 batches) in" in text and "since the resume" not in text

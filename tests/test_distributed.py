@@ -94,6 +94,81 @@ def test_a_rank_that_raises_ends_the_job_within_seconds():
     assert seconds < 30, f"the job took {seconds:.1f} s to end"
 
 
+# ---- the training command under mpiexec ---------------------------------------------------------
+
+SCRIPT = os.path.join(ROOT, "scripts", "train_cifar.py")
+
+
+@pytest.fixture(scope="module")
+def two_data_dirs(tmp_path_factory):
+    """Two tiny CIFAR-10 folders whose training images differ by one."""
+    from nbconv import data as D
+    raw = D.load_cifar10()
+    dirs = []
+    for i in range(2):
+        d = tmp_path_factory.mktemp(f"data{i}") / "cifar-10-batches-py"
+        d.mkdir()
+        D.save_batch(d / "data_batch_1", raw["x_train"][i:80 + i], raw["y_train"][i:80 + i], "b")
+        D.save_batch(d / "test_batch", raw["x_test"][:30], raw["y_test"][:30], "t")
+        dirs.append(d)
+    return dirs
+
+
+def launch_script(*ranks, timeout=300):
+    """``mpiexec -n 1 python train_cifar.py ARGS0 : -n 1 ... ARGS1 ...``, one argument list per
+    rank: ``(returncode, stdout, stderr, seconds)``."""
+    env = dict(os.environ, NBCONV_THREADS_PER_RANK="1",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    cmd = [find_mpiexec()]
+    for i, args in enumerate(ranks):
+        cmd += ([":"] if i else []) + ["-n", "1", sys.executable, SCRIPT, "--distributed",
+                                       "--no-progress"] + [str(a) for a in args]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
+
+
+def tiny_run(d, out):
+    return ["--data-dir", d, "--val-size", "16", "--batch-size", "16", "--hidden", "8",
+            "--epochs", "1", "--out", out]
+
+
+@needs_mpi
+def test_train_command_on_two_ranks(two_data_dirs, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, stderr, _ = launch_script(*[tiny_run(two_data_dirs[0], out)] * 2)
+    assert rc == 0, stdout + stderr
+    assert stdout.count("test accuracy") == 1 and "(+ " not in stdout   # rank 0 alone prints
+    with open(out / "metrics.json") as f:
+        assert json.load(f)["result"]["epoch"] == 1
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["lr", "data-dir", "seed"])
+def test_ranks_started_differently_end_the_job_naming_the_option(two_data_dirs, tmp_path, case):
+    """``mpiexec -n 1 ... --lr 0.001 : -n 1 ... --lr 0.01`` (or another --data-dir, --seed):
+    every rank compares the arguments and the digest of its data before anything is written;
+    the job ends, naming the option and each rank's value, and creates no run folder."""
+    out = tmp_path / "run"
+    a, b = tiny_run(two_data_dirs[0], out), tiny_run(two_data_dirs[0], out)
+    if case == "lr":
+        a, b = a + ["--lr", "0.001"], b + ["--lr", "0.01"]
+        want = "--lr: rank 0 0.001, rank 1 0.01"
+    elif case == "data-dir":
+        b = tiny_run(two_data_dirs[1], out)
+        want = (f"--data-dir: the ranks loaded different data: rank 0 {two_data_dirs[0]} "
+                f"(sha256 ")
+    else:
+        b = b + ["--seed", "3"]
+        want = "--seed: rank 0 0, rank 1 3"
+    rc, stdout, stderr, seconds = launch_script(a, b, timeout=120)
+    assert rc != 0 and "test accuracy" not in stdout, stdout + stderr
+    assert "the MPI ranks were started differently: " + want in stderr, stderr
+    assert case == "data-dir" or "--data-dir" not in stderr, stderr   # explained by the option
+    assert "Traceback" not in stderr and not out.exists()
+    assert seconds < 60, f"the job took {seconds:.1f} s to end"
+
+
 # ---- without MPI -------------------------------------------------------------------------------
 
 def test_import_nbconv_does_not_import_mpi4py():

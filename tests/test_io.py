@@ -41,6 +41,27 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]
 
 
+def test_a_full_disk_names_the_target_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """The OSError of a failed write (ENOSPC at fsync, as a full disk gives) names the target,
+    not the temp file or nothing, keeps its errno and subclass, and leaves the old file."""
+    import errno
+    target = tmp_path / "f.bin"
+    atomic_write(target, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        atomic_write(target, b"new")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    monkeypatch.undo()
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(FileExistsError) as e:   # the errno's subclass survives
+        atomic_write(target / "under-a-file", b"x")
+    assert e.value.filename == str(target / "under-a-file")
+    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["f.bin", "ro"]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="pid liveness is checked on POSIX only")
 def test_stale_temp_of_dead_writer_removed(tmp_path):
     target = tmp_path / "ckpt.npz"

@@ -377,48 +377,37 @@ def test_importing_nbconv_does_not_import_matplotlib():
     assert out.stdout.strip() == "False", out.stderr
 
 
-# ---- scripts/train_cifar.py ---------------------------------------------------------------------------
+# ---- the training command (nbconv/cli.py, scripts/train_cifar.py) ---------------------------------
 
-def _script():
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                        "train_cifar.py")
-    spec = importlib.util.spec_from_file_location("train_cifar", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_train_script_outputs_and_resume(tmp_path, capsys):
+def test_train_command_outputs_and_resume(tmp_path, capsys):
+    from nbconv import cli
     from nbconv import data as D
     raw = D.load_cifar10()
     d = tmp_path / "cifar-10-batches-py"
     d.mkdir()
     D.save_batch(d / "data_batch_1", raw["x_train"][:80], raw["y_train"][:80], "b1")
     D.save_batch(d / "test_batch", raw["x_test"][:30], raw["y_test"][:30], "t")
-    script = _script()
     out = tmp_path / "run"
     common = ["--data-dir", str(d), "--val-size", "16", "--batch-size", "16", "--hidden", "8",
               "--out", str(out), "--no-progress"]
-    script.main(common + ["--epochs", "1"])
+    assert cli.main(common + ["--epochs", "1"]) == 0
     assert "test accuracy " in capsys.readouterr().out
     pictures = ("curves.png", "filters.png") if viz.have_matplotlib() else ()
-    for name in ("metrics.json", "checkpoint.npz") + pictures:
+    for name in ("metrics.json", "checkpoint.npz", "args.json") + pictures:
         assert (out / name).exists(), name
-    acc = script.main(common + ["--epochs", "2", "--resume"])
+    assert cli.main(common + ["--epochs", "2", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
     with open(out / "metrics.json") as f:
         m = json.load(f)
-    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["result"]["test_accuracy"] == acc
+    acc = m["result"]["test_accuracy"]
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]
     best = m["result"]["epoch"]
     assert m["result"]["params"] == "best-val" and m["epochs"][best - 1]["test_accuracy"] == acc
     assert set(m["epochs"][0]) == {"epoch", "loss", "train_accuracy", "val_accuracy",
                                    "test_accuracy", "seconds", "images_per_second"}
     # a straight 2-epoch run gives the same numbers
-    script.main(common[:-3] + ["--out", str(tmp_path / "straight"), "--no-progress", "--epochs", "2"])
+    assert cli.main(common[:-3] + ["--out", str(tmp_path / "straight"), "--no-progress",
+                                   "--epochs", "2"]) == 0
     with open(tmp_path / "straight" / "metrics.json") as f:
         s = json.load(f)
     assert [e["loss"] for e in s["epochs"]] == [e["loss"] for e in m["epochs"]]
-    (out / "checkpoint.npz").write_bytes(b"broken")
-    with pytest.raises(SystemExit, match="cannot resume.*unreadable"):
-        script.main(common + ["--epochs", "3", "--resume"])

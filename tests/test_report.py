@@ -1,0 +1,81 @@
+"""benchmarks/report.py as a user meets it: --help, tables that explain their row ids and
+ratios, charts with both axes labelled (no benchmark is run here)."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORT = os.path.join(ROOT, "benchmarks", "report.py")
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("report", REPORT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _data():
+    rows = [("S1", "N 64, C 3, H 32, W 32, F 32, kernel 7x7, stride 1, padding 3", 2.0),
+            ("R1", "N 128, C 16, H 32, W 32, F 16, kernel 3x3, stride 1, padding 1", 0.5)]
+    return {"benchmarks": [{"extra_info": {
+        "group": "conv2d forward float32", "row": row, "unit": "GFLOP/s", "legend": legend,
+        "rate": {"nbconv": 10.0 * ratio, "torch": 10.0}, "ratio": {"torch": ratio}}}
+        for row, legend, ratio in rows]}
+
+
+def test_help_prints_usage_and_options_and_exits_0():
+    logs = os.path.join(ROOT, ".benchmarks")
+    before = set(os.listdir(logs)) if os.path.isdir(logs) else set()
+    r = subprocess.run([sys.executable, REPORT, "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python benchmarks/report.py")
+    for word in ("--separate", "--runs", "--with", "pytest", "nbconv is faster", "S1"):
+        assert word in r.stdout, word
+    assert r.stderr == ""   # and no pytest run, no log
+    assert (set(os.listdir(logs)) if os.path.isdir(logs) else set()) == before
+
+
+def test_options_are_checked_and_the_rest_goes_to_pytest():
+    rep = _report()
+    a, rest = rep.parse(["benchmarks/bench_conv.py", "-k", "forward and S2"])
+    assert not a.separate and rest == ["benchmarks/bench_conv.py", "-k", "forward and S2"]
+    a, rest = rep.parse(["--separate", "b.py", "--runs", "5", "-x", "--with", "torch,im2col"])
+    assert (a.separate, a.runs, a.others, rest) == (True, 5, "torch,im2col", ["b.py", "-x"])
+    assert rep.parse(["--separate"])[0].runs == 3
+    with pytest.raises(SystemExit) as e:
+        rep.parse(["--runs", "5"])
+    assert e.value.code == 2
+
+
+def test_tables_explain_row_ids_and_ratios():
+    import io
+    out = io.StringIO()
+    _report().print_tables(_data(), out)
+    text = out.getvalue()
+    assert "above 1 means nbconv is faster" in text
+    assert "  S1  N 64, C 3, H 32, W 32, F 32, kernel 7x7, stride 1, padding 3" in text
+    assert "  R1  N 128, C 16" in text and "2.00x" in text and "0.50x" in text
+
+
+def test_speed_charts_label_both_axes(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from nbconv import viz
+    seen = []
+    real = viz._save
+
+    def keep(fig, path, **kw):
+        ax = fig.axes[0]
+        seen.append((ax.get_xlabel(), ax.get_ylabel()))
+        return real(fig, path, **kw)
+    monkeypatch.setattr(viz, "_save", keep)
+    paths = _report().write_charts(_data(), str(tmp_path / "run"), out=open(os.devnull, "w"))
+    assert len(paths) == 1 and os.path.exists(paths[0])
+    (xlabel, ylabel), = seen
+    assert "row" in xlabel and "GFLOP/s" in ylabel and "faster" in ylabel
+    viz.save_speed_chart(tmp_path / "s.png", [{"label": "a", "nbconv": 1.0}], "t")
+    assert seen[-1][0] == "benchmark row"
