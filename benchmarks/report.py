@@ -56,9 +56,44 @@ def geomean(xs):
 
 
 FIRST = {"nbconv": 0, "direct": 1, "winograd": 2}  # nbconv's own columns lead
+PEAK_IMPLS = ("nbconv", "torch")  # whose GFLOP/s are also given as a share of the peak
 
 
-def print_tables(data, out=sys.stdout):
+def measure_peak():
+    """The machine's FMA peak (``benchmarks/peak.py --json``, in a process of its own so that no
+    other thread pool competes): ``{"float32": {"per_core", "all_cores"}, "float64": ..., "cpu",
+    "threads"}``, or None if it could not run."""
+    res = subprocess.run([sys.executable, os.path.join(HERE, "peak.py"), "--json"], cwd=ROOT,
+                         capture_output=True, text=True)
+    try:
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"(no FMA peak: benchmarks/peak.py failed: {res.stderr.strip()[-300:]})",
+              file=sys.stderr)
+        return None
+
+
+def peak_of(group, unit, peak):
+    """The all-cores FMA peak (GFLOP/s) that a table's rates compare with: only for GFLOP/s
+    tables whose group names a float dtype; else None."""
+    if not peak or unit != "GFLOP/s":
+        return None
+    for dt in ("float32", "float64"):
+        if dt in group and dt in peak:
+            return peak[dt]["all_cores"]
+    return None
+
+
+def print_peak(peak, out=sys.stdout):
+    if peak:
+        print(f"FMA peak ({peak['cpu']}, {peak['simd_bytes'] * 8}-bit vectors; "
+              f"benchmarks/peak.py): float32 {peak['float32']['per_core']:.1f} GFLOP/s per core, "
+              f"{peak['float32']['all_cores']:.1f} on {peak['threads']} threads; float64 "
+              f"{peak['float64']['per_core']:.1f} / {peak['float64']['all_cores']:.1f}",
+              file=out)
+
+
+def print_tables(data, out=sys.stdout, peak=None):
     groups = OrderedDict()
     for b in data["benchmarks"]:
         info = b.get("extra_info") or {}
@@ -73,15 +108,21 @@ def print_tables(data, out=sys.stdout):
         sliced = {k: [r.get("fraction", {}).get(k, 1.0) for r in rows] for k in others}
         sliced = {k: fs for k, fs in sliced.items() if min(fs) < 1}
         mark = {k: "*" if k in sliced else "" for k in impls}
+        pk = peak_of(group, unit, peak)
+        pimpls = [k for k in PEAK_IMPLS if k in impls] if pk else []
         head = (["shape"] + [f"{k}{mark[k]} {unit}" for k in impls]
+                + [f"{k} %peak" for k in pimpls]
                 + [f"nbconv/{k}{mark[k]}" for k in others])
         lines = []
         cell = lambda d, k, fmt: fmt.format(d[k]) if k in d else "-"  # noqa: E731
+        pct = lambda v: f"{100 * v / pk:.0f}%"  # noqa: E731
         for r in rows:
             lines.append([str(r["row"])] + [cell(r["rate"], k, "{:.2f}") for k in impls]
+                         + [pct(r["rate"][k]) if k in r["rate"] else "-" for k in pimpls]
                          + [cell(r["ratio"], k, "{:.2f}x") for k in others])
         gm = lambda d, k: geomean([r[d][k] for r in rows if k in r[d]])  # noqa: E731
         lines.append(["geomean"] + [f"{gm('rate', k):.2f}" for k in impls]
+                     + [pct(gm("rate", k)) for k in pimpls]
                      + [f"{gm('ratio', k):.2f}x" for k in others])
         widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
         print(f"\n## {group}", file=out)
@@ -94,6 +135,10 @@ def print_tables(data, out=sys.stdout):
             print(f"* {k}: timed on a slice of the batch ({span} of the images per call), its "
                   f"times scaled up to the full batch", file=out)
         print_notes(rows, unit, others, out)
+        if pk:
+            print(f"%peak: a rate as a share of the machine's FMA peak on all cores, {pk:.1f} "
+                  f"GFLOP/s (a register-only FMA loop, benchmarks/peak.py); Winograd rows count "
+                  f"the direct algorithm's FLOPs", file=out)
 
 
 RATIO_NOTE = ("nbconv/X = nbconv's speed / X's speed (the median of per-round ratios): above "
@@ -115,7 +160,7 @@ def print_notes(rows, unit, others, out=sys.stdout):
 CHART_IMPLS = ("nbconv", "torch", "im2col")
 
 
-def write_charts(data, stem, out=sys.stdout):
+def write_charts(data, stem, out=sys.stdout, peak=None):
     """One PNG per table: grouped bars of the rates of ``CHART_IMPLS`` per row
     (:func:`nbconv.viz.save_speed_chart`), written to ``<stem>-<group>.png``. Skipped with a
     message when matplotlib is missing."""
@@ -134,8 +179,10 @@ def write_charts(data, stem, out=sys.stdout):
         bars = [dict({"label": str(r["row"])},
                      **{k: r["rate"][k] for k in CHART_IMPLS if k in r["rate"]}) for r in rows]
         path = f"{stem}-{re.sub(r'[^A-Za-z0-9]+', '-', group).strip('-')}.png"
+        pk = peak_of(group, rows[0]["unit"], peak)
         viz.save_speed_chart(path, bars, group, ylabel=f"{rows[0]['unit']} (higher is faster)",
-                             xlabel="benchmark row (shapes: the table's legend)")
+                             xlabel="benchmark row (shapes: the table's legend)",
+                             peak=(pk, f"FMA peak, all cores ({pk:.0f})") if pk else None)
         paths.append(path)
     if paths:
         print("\nspeed charts: " + ", ".join(os.path.relpath(p, ROOT) for p in paths), file=out)
@@ -164,6 +211,7 @@ def _stem():
 def main(argv):
     stem = _stem()
     out_json, log_path = stem + ".json", stem + ".log"
+    peak = measure_peak()
     rc = run_pytest(argv or [os.path.join("benchmarks")], out_json, log_path)
     if rc not in (0, 5):
         with open(log_path) as f:
@@ -174,8 +222,9 @@ def main(argv):
         return rc or 1
     with open(out_json) as f:
         data = json.load(f)
-    print_tables(data)
-    write_charts(data, stem)
+    print_peak(peak)
+    print_tables(data, peak=peak)
+    write_charts(data, stem, peak=peak)
     return rc
 
 
@@ -209,6 +258,8 @@ def separate(a, args):
     """``--separate``: ``a`` the parsed options, ``args`` the arguments for pytest."""
     others = [o for o in a.others.split(",") if o]
     nodes = _collect(args or [os.path.join("benchmarks")])
+    peak = measure_peak()
+    print_peak(peak)
     groups = OrderedDict()
     with tempfile.TemporaryDirectory() as tmp:
         for node in nodes:
@@ -229,17 +280,20 @@ def separate(a, args):
     for group, rows in groups.items():
         impls = ["nbconv"] + [o for o in others if any(o in m for _, m in rows)]
         unit = rows[0][0]["unit"]
-        head = (["shape"] + [f"{k} {unit}" for k in impls]
+        pk = peak_of(group, unit, peak)
+        pimpls = [k for k in PEAK_IMPLS if k in impls] if pk else []
+        head = (["shape"] + [f"{k} {unit}" for k in impls] + [f"{k} %peak" for k in pimpls]
                 + [f"nbconv/{k}" for k in impls[1:]])
         lines = []
         for info, med in rows:
             rate = {k: 1e-9 * info["work"] / t for k, t in med.items()}
             lines.append([str(info["row"])]
                          + [f"{rate[k]:.2f}" if k in rate else "-" for k in impls]
+                         + [f"{100 * rate[k] / pk:.0f}%" if k in rate else "-" for k in pimpls]
                          + [f"{med[k] / med['nbconv']:.2f}x" if k in med else "-"
                             for k in impls[1:]])
         ratios = {k: [m[k] / m["nbconv"] for _, m in rows if k in m] for k in impls[1:]}
-        lines.append(["geomean"] + [""] * len(impls)
+        lines.append(["geomean"] + [""] * (len(impls) + len(pimpls))
                      + [f"{geomean(ratios[k]):.2f}x" for k in impls[1:]])
         widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
         print(f"\n## {group} (each library alone in its own process, median of {a.runs} runs; "

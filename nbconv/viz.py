@@ -156,7 +156,8 @@ def save_curves(path, history, title=None):
 
 # ---- speed chart --------------------------------------------------------------------------------
 
-def save_speed_chart(path, rows, title, ylabel="images / s", log=False, xlabel="benchmark row"):
+def save_speed_chart(path, rows, title, ylabel="images / s", log=False, xlabel="benchmark row",
+                     peak=None):
     """Grouped bars, one group per benchmark shape, one bar per implementation, as a PNG.
 
     ``rows``: a list of dicts, each ``{"label": "S1 forward", "nbconv": 1520.0, "torch":
@@ -164,7 +165,8 @@ def save_speed_chart(path, rows, title, ylabel="images / s", log=False, xlabel="
     series (its bars share a colour, named in the legend; series in the order they first
     appear; a missing or ``None`` value leaves a gap). Values are whatever ``ylabel`` says
     (rates, or ratios to torch: then a dashed line marks 1). ``log=True`` uses a log y axis.
-    ``xlabel`` names the x axis (what the labels are)."""
+    ``xlabel`` names the x axis (what the labels are). ``peak``: ``(value, label)`` draws a
+    dotted horizontal line there (the machine's FMA peak under a chart of GFLOP/s)."""
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
     names = []
@@ -185,6 +187,8 @@ def save_speed_chart(path, rows, title, ylabel="images / s", log=False, xlabel="
                color=COLORS.get(name))
     if "ratio" in ylabel.lower() or "x torch" in ylabel.lower():
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    if peak is not None:
+        ax.axhline(peak[0], color="r", lw=1.0, ls=":", label=peak[1])
     ax.set_xticks(xs)
     ax.set_xticklabels([str(r["label"]) for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_xlabel(xlabel)

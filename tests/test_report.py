@@ -79,3 +79,48 @@ def test_speed_charts_label_both_axes(tmp_path, monkeypatch):
     assert "row" in xlabel and "GFLOP/s" in ylabel and "faster" in ylabel
     viz.save_speed_chart(tmp_path / "s.png", [{"label": "a", "nbconv": 1.0}], "t")
     assert seen[-1][0] == "benchmark row"
+
+
+PEAK = {"cpu": "test cpu", "simd_bytes": 32, "threads": 2,
+        "float32": {"per_core": 100.0, "all_cores": 200.0},
+        "float64": {"per_core": 50.0, "all_cores": 100.0}}
+
+
+def test_conv_tables_give_rates_as_a_share_of_the_fma_peak(tmp_path, monkeypatch):
+    """Every GFLOP/s row of a float32 table: nbconv's and torch's rate as a percentage of the
+    all-cores FMA peak, their ratio beside; the chart draws the peak as a line."""
+    import io
+    rep = _report()
+    out = io.StringIO()
+    rep.print_peak(PEAK, out)
+    rep.print_tables(_data(), out, peak=PEAK)
+    text = out.getvalue()
+    assert "nbconv %peak" in text and "torch %peak" in text
+    # S1: nbconv 20 GFLOP/s (10%), torch 10 (5%); R1: nbconv 5 (2%)
+    assert "10%" in text and "5%" in text and "2%" in text and "200.0 GFLOP/s" in text
+    assert "float32 100.0 GFLOP/s per core, 200.0 on 2 threads" in text
+    no_peak = io.StringIO()
+    rep.print_tables(_data(), no_peak)
+    assert "%peak" not in no_peak.getvalue()
+    pytest.importorskip("matplotlib")
+    from nbconv import viz
+    lines = []
+    real = viz._save
+
+    def keep(fig, path, **kw):
+        lines.extend(l.get_label() for l in fig.axes[0].get_lines())
+        return real(fig, path, **kw)
+    monkeypatch.setattr(viz, "_save", keep)
+    rep.write_charts(_data(), str(tmp_path / "run"), out=open(os.devnull, "w"), peak=PEAK)
+    assert any("FMA peak" in l for l in lines)
+
+
+def test_peak_script_measures_both_dtypes():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "peak.py"), "--json",
+                        "--repeat", "1"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    for dt in ("float32", "float64"):
+        assert res[dt]["per_core"] > 0 and res[dt]["all_cores"] > 0
