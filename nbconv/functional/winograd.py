@@ -119,7 +119,7 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     Ds = np.empty((nth, 36, Ts), dtype)
     wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
     Rs = np.empty((nth, wmax), dtype)
-    Qs = np.empty((nth, 2, 6, 6, Ts), dtype)
+    Qs = np.empty((nth, 16 * Ts), dtype)
     voff = np.arange(Cg, dtype=np.int64) * (36 * Ts)
     _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst, simd.WIDTH)
     return y

@@ -82,30 +82,6 @@ NE = ALPHA * ALPHA  # 36 transform points
 
 
 # ---------------------------------------------------------------- 1-d transforms
-@serial_kernel
-def _bt(d0, d1, d2, d3, d4, d5, k2, k4, k5):
-    """B^T d for one 6-vector (Lavin & Gray's points 0, +-1, +-2, inf)."""
-    return (k4 * d0 - k5 * d2 + d4,
-            (d3 + d4) - k4 * (d1 + d2),
-            (d4 - d3) + k4 * (d1 - d2),
-            (d4 - d2) + k2 * (d3 - d1),
-            (d4 - d2) - k2 * (d3 - d1),
-            k4 * d1 - k5 * d3 + d5)
-
-
-@serial_kernel
-def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
-    """A^T m for one 6-vector: 4 outputs."""
-    s12 = m1 + m2
-    d12 = m1 - m2
-    s34 = m3 + m4
-    d34 = m3 - m4
-    return (m0 + s12 + s34,
-            d12 + k2 * d34,
-            s12 + k4 * s34,
-            d12 + k8 * d34 + m5)
-
-
 # ---------------------------------------------------------------- weight transform
 @serial_kernel
 def _g3(g0, g1, g2, q4, q6, q12, q24):
@@ -175,7 +151,10 @@ def _row_len(T, lane):
 
 @serial_kernel
 def _bt_v(d0, d1, d2, d3, d4, d5, k2, k4, k5):
-    """:func:`_bt` on vectors (``k2, k4, k5`` the constants splatted)."""
+    """``B^T d`` for 6 vectors (each lane a tile; Lavin & Gray's points 0, +-1, +-2, inf):
+    ``4d0 - 5d2 + d4``, ``(d3 + d4) - 4(d1 + d2)``, ``(d4 - d3) + 4(d1 - d2)``,
+    ``(d4 - d2) + 2(d3 - d1)``, ``(d4 - d2) - 2(d3 - d1)``, ``4d1 - 5d3 + d5``
+    (``k2, k4, k5`` the constants splatted)."""
     return (simd.fma(k4, d0, simd.sub(d4, simd.mul(k5, d2))),
             simd.sub(simd.add(d3, d4), simd.mul(k4, simd.add(d1, d2))),
             simd.fma(k4, simd.sub(d1, d2), simd.sub(d4, d3)),
@@ -275,60 +254,76 @@ def _input_transform(D, Vf, vb, Ts, nv, VW, cst):
 
 
 @serial_kernel
-def _output_transform(M, y, bias, fy0, fn, n0, n1, th, tw0, nt, S, Y, cst):
-    """As :func:`_output_transform`, vectorised over the task's tiles: ``P = M A`` then
-    ``Y = A^T P + bias`` as unit-stride loops over the tiles ``j``, then
-    each image's output rows interleaved back from the tiles (S (6, 4, >= T) and Y (4, 4, >= T)
-    scratch)."""
+def _at_v(m0, m1, m2, m3, m4, m5, k2, k4, k8):
+    """``A^T m`` for 6 vectors (each lane a tile): ``m0 + (m1 + m2) + (m3 + m4)``,
+    ``(m1 - m2) + 2(m3 - m4)``, ``(m1 + m2) + 4(m3 + m4)``, ``(m1 - m2) + 8(m3 - m4) + m5``
+    (``k2, k4, k8`` the constants splatted)."""
+    s12 = simd.add(m1, m2)
+    d12 = simd.sub(m1, m2)
+    s34 = simd.add(m3, m4)
+    d34 = simd.sub(m3, m4)
+    return (simd.add(simd.add(m0, s12), s34),
+            simd.fma(k2, d34, d12),
+            simd.fma(k4, s34, s12),
+            simd.add(simd.fma(k8, d34, d12), m5))
+
+
+@serial_kernel
+def _output_transform(Mf, mb, Ts, y, bb, fy, n0, n1, th, tw0, nt, nv, Y, VW, cst):
+    """``y`` tiles of filter ``fy`` from its 36 product rows ``Mf[mb + e*Ts + j]``: per vector
+    of tiles, ``S = M A`` (each of the 6 rows), then ``Y = A^T S + bias`` (each of the 4
+    columns), on vectors of tiles into ``Y[(4*a + b)*Ts + j]``; then each image's output rows
+    interleaved back from the tiles (``Y`` (16*Ts,) scratch). ``nv`` whole vectors of tiles."""
     OH, OW = y.shape[2], y.shape[3]
-    k2, k4, k8 = cst[0], cst[1], cst[3]
-    T = (n1 - n0) * nt
+    L = simd.lanes(VW, y)
+    k2, k4, k8 = simd.splat(VW, cst[0]), simd.splat(VW, cst[1]), simd.splat(VW, cst[3])
+    bv = simd.splat(VW, bb)
+    S = np.empty(24 * L, y.dtype)   # the row transforms of one vector of tiles
+    for v in range(nv):
+        j = v * L
+        for i in range(6):
+            o = mb + 6 * i * Ts + j
+            p0, p1, p2, p3 = _at_v(simd.load(VW, Mf, o), simd.load(VW, Mf, o + Ts),
+                                   simd.load(VW, Mf, o + 2 * Ts), simd.load(VW, Mf, o + 3 * Ts),
+                                   simd.load(VW, Mf, o + 4 * Ts), simd.load(VW, Mf, o + 5 * Ts),
+                                   k2, k4, k8)
+            simd.store(S, (4 * i) * L, p0)
+            simd.store(S, (4 * i + 1) * L, p1)
+            simd.store(S, (4 * i + 2) * L, p2)
+            simd.store(S, (4 * i + 3) * L, p3)
+        for b in range(4):
+            r0, r1, r2, r3 = _at_v(simd.load(VW, S, b * L), simd.load(VW, S, (4 + b) * L),
+                                   simd.load(VW, S, (8 + b) * L), simd.load(VW, S, (12 + b) * L),
+                                   simd.load(VW, S, (16 + b) * L), simd.load(VW, S, (20 + b) * L),
+                                   k2, k4, k8)
+            simd.store(Y, b * Ts + j, simd.add(r0, bv))
+            simd.store(Y, (4 + b) * Ts + j, simd.add(r1, bv))
+            simd.store(Y, (8 + b) * Ts + j, simd.add(r2, bv))
+            simd.store(Y, (12 + b) * Ts + j, simd.add(r3, bv))
+    # Y back into y image by image, row by row (each output row written once, in order;
+    # flat unsigned indices, no slices: a slice per row cost more than the row on small maps)
+    yf = y.reshape(-1)
     ox0 = 4 * tw0
     ncol = min(4 * nt, OW - ox0)
     nrow = min(4, OH - 4 * th)
-    for k in range(fn):
-        bb = bias[fy0 + k]
-        for i in range(6):  # S[i, b] = sum_k' M[i, k'] A[k', b] (rows i of the 6x6 tile)
-            m0, m1, m2, m3, m4, m5 = M[k, 6 * i, :T], M[k, 6 * i + 1, :T], \
-                M[k, 6 * i + 2, :T], M[k, 6 * i + 3, :T], M[k, 6 * i + 4, :T], \
-                M[k, 6 * i + 5, :T]
-            p0, p1, p2, p3 = S[i, 0, :T], S[i, 1, :T], S[i, 2, :T], S[i, 3, :T]
-            for j in range(T):
-                p0[j], p1[j], p2[j], p3[j] = _at(m0[j], m1[j], m2[j], m3[j], m4[j], m5[j],
-                                                 k2, k4, k8)
-        for b in range(4):  # Y[a, b] = sum_i A^T[a, i] S[i, b] + bias, into Y[a, b]
-            t0, t1, t2, t3, t4, t5 = S[0, b, :T], S[1, b, :T], S[2, b, :T], S[3, b, :T], \
-                S[4, b, :T], S[5, b, :T]
-            o0, o1, o2, o3 = Y[0, b, :T], Y[1, b, :T], Y[2, b, :T], Y[3, b, :T]
-            for j in range(T):
-                r0, r1, r2, r3 = _at(t0[j], t1[j], t2[j], t3[j], t4[j], t5[j], k2, k4, k8)
-                o0[j] = r0 + bb
-                o1[j] = r1 + bb
-                o2[j] = r2 + bb
-                o3[j] = r3 + bb
-        # Y back into y image by image, row by row (each output row written once, in order;
-        # flat indices, no slices: a slice per row cost more than the row on small maps)
-        Yf = Y.reshape(-1)
-        yf = y.reshape(-1)
-        Tsy = Y.shape[2]
-        Yr = Y.shape[1] * Tsy
-        for n in range(n0, n1):
-            j0 = (n - n0) * nt
-            for a in range(nrow):
-                yb = (((n * y.shape[1]) + fy0 + k) * OH + 4 * th + a) * OW + ox0
-                s0 = a * Yr + j0
-                if ncol == 4 * nt:
-                    for tw in range(nt):
-                        d = np.uint64(yb + 4 * tw)
-                        s = np.uint64(s0 + tw)
-                        yf[d] = Yf[s]
-                        yf[d + np.uint64(1)] = Yf[s + np.uint64(Tsy)]
-                        yf[d + np.uint64(2)] = Yf[s + np.uint64(2 * Tsy)]
-                        yf[d + np.uint64(3)] = Yf[s + np.uint64(3 * Tsy)]
-                else:
-                    for tw in range(nt):
-                        for b in range(min(4, ncol - 4 * tw)):
-                            yf[np.uint64(yb + 4 * tw + b)] = Yf[np.uint64(s0 + b * Tsy + tw)]
+    uTs = np.uint64(Ts)
+    for n in range(n0, n1):
+        j0 = (n - n0) * nt
+        for a in range(nrow):
+            yb = np.uint64((((n * y.shape[1]) + fy) * OH + 4 * th + a) * OW + ox0)
+            s0 = np.uint64(4 * a * Ts + j0)
+            if ncol == 4 * nt:
+                for tw in range(nt):
+                    d = yb + np.uint64(4 * tw)
+                    s = s0 + np.uint64(tw)
+                    yf[d] = Y[s]
+                    yf[d + np.uint64(1)] = Y[s + uTs]
+                    yf[d + np.uint64(2)] = Y[s + np.uint64(2) * uTs]
+                    yf[d + np.uint64(3)] = Y[s + np.uint64(3) * uTs]
+            else:
+                for tw in range(nt):
+                    for b in range(min(4, ncol - 4 * tw)):
+                        yf[yb + np.uint64(4 * tw + b)] = Y[s0 + np.uint64(b * Ts + tw)]
 
 
 @kernel
@@ -341,7 +336,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst
     one task's tiles. Scratch per thread (``Ts`` >= the task's tiles rounded up to whole blocks
     of 3 vectors): Vs (threads, Cg, 36, Ts), Ms (threads, FBK, 36, Ts) (``FBK`` filters, a
     multiple of 4, share one pass over the transformed input), Ds (threads, 36, Ts), Rs
-    (threads, >= images * (4 * tile columns + 2)), Qs (threads, 2, 6, 6, Ts); voff (Cg,) int64
+    (threads, >= images * (4 * tile columns + 2)), Qs (threads, 16 * Ts); voff (Cg,) int64
     ``c * 36 * Ts``; ``VW`` the vector width.
 
     Per task: each channel's patches gathered (:func:`_gather_patches`) and transformed on
@@ -378,5 +373,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst
                         fb = f0 // 4 + kb
                         gemm.tile_4x3(VW, Vf, 0, voff, Ue[4 * Cg * fb:4 * Cg * (fb + 1)],
                                       True, Mf, 4 * kb, e * Ts + 3 * L * b)
-            _output_transform(M, y, bias, g * Fo + f0, min(fn, Fo - f0), n0, n1, th, tw0, nt,
-                              Qs[tid, 0], Qs[tid, 1], cst)
+            for k in range(min(fn, Fo - f0)):
+                fy = g * Fo + f0 + k
+                _output_transform(Mf.reshape(-1), k * 36 * Ts, Ts, y, bias[fy], fy, n0, n1, th,
+                                  tw0, nt, 3 * nv3, Qs[tid], VW, cst)
