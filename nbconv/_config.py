@@ -143,8 +143,9 @@ MIN_TASKS = 8  # split work into at least this many tasks when it can: keeps eve
 
 # conv (nbconv.kernels.conv, nbconv.functional._conv_plan)
 CONV_BLOCK_BYTES = 2048  # bytes of one run of output pixels per filter: FB of them stay in L1
-CONV_TASK_BYTES = 32 << 10  # output values one conv_rows task keeps (all its outputs x its
-#   run of pixels): in L1/L2 between the passes over the reduction
+CONV_TASK_BYTES = 128 << 10  # output values one conv_rows task keeps (all its outputs x its
+#   run of pixels): in L2 between the passes over the reduction. 32 KiB gave tasks of 1-3 rows
+#   of pixels with 256 filters (short runs, a third of them dropped columns): 0.5x torch
 CONV_KC = 128  # [kernel] reduction elements per pass of conv_rows: their x values for 3
 #   vectors of pixels (128 x 96 bytes with AVX2) and 4 outputs' weights stay in L1
 CONV_FW = 32  # [kernel] filters whose dy rows conv_weight_grad reuses from L2 per pass

@@ -142,14 +142,28 @@ def _pad4(n):
 
 # ---- tables -----------------------------------------------------------------------------------
 
+def _rows_per_task(most, Wx, lanes):
+    """Rows of ``Wx`` pixels per task, at most ``most``: ``conv_rows`` computes whole blocks of
+    3 vectors, so prefer a count whose pixels fill them (the extra columns are computed and
+    dropped): the largest with at most 5% extra, else the one with the least extra among the
+    upper half."""
+    block = 3 * lanes
+    extra = lambda r: (-(r * Wx) % block) / (r * Wx)  # noqa: E731
+    for r in range(most, 0, -1):
+        if extra(r) <= 0.05:
+            return r
+    return min(range(most, (most - 1) // 2, -1), key=extra)
+
+
 def tasks(rows_per_phase, G, Wx, itemsize, outputs, images=1):
     """Task table ``(T, 5)`` int64 of rows ``(p, g, n0, r0, r1)`` for
     :func:`nbconv.kernels.conv.conv_rows`: whole rows of ``Wx`` pixels, as many as keep the
-    task's ``outputs`` (per group) x pixels within ``CONV_TASK_BYTES``, at least ``MIN_TASKS``
-    tasks when there are enough rows; ``images > 1``: per-image tasks (``n0``) of one-image
-    planes."""
+    task's ``outputs`` (per group) x pixels within ``CONV_TASK_BYTES`` (and fill whole blocks of
+    3 vectors, :func:`_rows_per_task`), at least ``MIN_TASKS`` tasks when there are enough
+    rows; ``images > 1``: per-image tasks (``n0``) of one-image planes."""
     total = sum(rows_per_phase) * images
     rows = max(1, CONV_TASK_BYTES // (itemsize * Wx * _pad4(outputs)))
+    rows = _rows_per_task(min(rows, max(rows_per_phase)), Wx, simd.WIDTH.nbytes // itemsize)
     while rows > 1 and G * -(-total // rows) < MIN_TASKS:
         rows = (rows + 1) // 2
     out = [(p, g, n, r0, min(R, r0 + rows)) for p, R in enumerate(rows_per_phase)
