@@ -163,7 +163,8 @@ def tasks(rows_per_phase, G, Wx, itemsize, outputs, images=1):
     rows; ``images > 1``: per-image tasks (``n0``) of one-image planes."""
     total = sum(rows_per_phase) * images
     rows = max(1, CONV_TASK_BYTES // (itemsize * Wx * _pad4(outputs)))
-    rows = _rows_per_task(min(rows, max(rows_per_phase)), Wx, simd.WIDTH.nbytes // itemsize)
+    rows = _rows_per_task(max(1, min(rows, max(rows_per_phase, default=1))), Wx,
+                          simd.WIDTH.nbytes // itemsize)
     while rows > 1 and G * -(-total // rows) < MIN_TASKS:
         rows = (rows + 1) // 2
     out = [(p, g, n, r0, min(R, r0 + rows)) for p, R in enumerate(rows_per_phase)
