@@ -187,6 +187,10 @@ WINOGRAD_T_MAX = 128  # tiles per task at most (a run of the product's inner loo
 WINOGRAD_T_MIN = 16  # tiles per task at least, when splitting for more tasks
 WINOGRAD_MIN_TASKS = 4  # fewer tasks than this: smaller ones (two threads need work to share)
 WINOGRAD_FBK = 32  # filters per pass of the product (their 36 x FBK x T products stay in L2)
+WINOGRAD_WG_CHUNKS = 8  # the Winograd weight gradient sums its tiles in this many chunks (one
+#                         partial sum each, added in order): enough to keep 2-4 cores busy
+WINOGRAD_WG_BYTES = 64 << 20  # ... but fewer when their partial sums (36 x Cg x Fo each) would
+#                               take more memory than this
 # algorithm="auto" (nbconv.functional._algorithm, measured table there): Winograd only with at
 # least this many input channels and filters per group (C = 8 and Cg = 8 measured 0.85-0.97x
 # direct, 16 1.1-1.6x), output pixels per map (4x4 maps 0.8-0.9x, 8x8 1.0-1.07x) and tiles in a

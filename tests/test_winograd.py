@@ -1,14 +1,15 @@
-"""Winograd F(4x4,3x3) convolution (forward and input gradient) against the NumPy reference and
-PyTorch; reproducibility across thread counts; accuracy against the direct kernel."""
+"""Winograd F(4x4,3x3) convolution (forward, input gradient and weight gradient) against the
+NumPy reference and PyTorch; reproducibility across thread counts; accuracy against the direct
+kernel; scratch memory never reaches a result."""
 import numpy as np
 import pytest
 import torch
 
 from nbconv import reference as ref
-from nbconv.functional import conv2d
+from nbconv.functional import conv2d, conv2d_backward
 from nbconv.functional import winograd as wmod
 from nbconv.functional.winograd import (winograd_conv2d, winograd_conv2d_input_grad,
-                                        winograd_supported)
+                                        winograd_conv2d_weight_grad, winograd_supported)
 
 from helpers import DTYPES, assert_close, num_threads, torch_tensor, to_numpy
 
@@ -80,6 +81,59 @@ def test_input_grad_matches_reference_and_torch(case, dtype):
     assert_close(dx, to_numpy(xt.grad), scale=scale)
 
 
+@pytest.mark.parametrize("case", GRID, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grad_matches_reference_and_torch(case, dtype):
+    N, C, H, W, F, p, G = case
+    x, w, _ = _data(N, C, H, W, F, G, dtype)
+    ph, pw = (p, p) if np.ndim(p) == 0 else p
+    dy = np.random.default_rng(2).standard_normal((N, F, H + 2 * ph - 2, W + 2 * pw - 2))
+    dy = dy.astype(dtype)
+    dw = winograd_conv2d_weight_grad(x, dy, w.shape, p, groups=G)
+    assert dw.shape == w.shape and dw.dtype == dtype
+    expect = ref.conv2d_backward_im2col(*_f64(dy, x, w), padding=p, groups=G)[1]
+    scale = np.sqrt(N * (H + 2 * ph - 2) * (W + 2 * pw - 2))
+    assert_close(dw, expect.astype(dtype), scale=scale)
+    wt = torch_tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(torch_tensor(x), wt, padding=p, groups=G).backward(
+        torch_tensor(dy))
+    assert_close(dw, to_numpy(wt.grad), scale=scale)
+
+
+def _nan_empty(real):
+    """np.empty whose float arrays start as NaN: a scratch value that reaches a result shows."""
+    def empty(shape, dtype=float, **kw):
+        a = real(shape, dtype, **kw)
+        if np.dtype(dtype).kind == "f":
+            a.fill(np.nan)
+        return a
+    return empty
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scratch_memory_never_reaches_a_result(monkeypatch, dtype):
+    """Every scratch buffer (transformed tiles, patches, products, padded rows, partial sums)
+    starts as NaN here: the results are the same as with whatever np.empty gave. (A gather
+    took its zero from a scratch value and passed uninitialised memory through as padding.)"""
+    x, w, b = _data(3, 10, 7, 11, 6, 2, dtype)
+    dy = np.random.default_rng(5).standard_normal((3, 6, 7, 11)).astype(dtype)
+
+    def run():
+        return (winograd_conv2d(x, w, b, padding=1, groups=2),
+                winograd_conv2d_input_grad(dy, w, 1, x.shape, groups=2),
+                winograd_conv2d_weight_grad(x, dy, w.shape, 1, groups=2))
+    plain = run()
+
+    class NanNumpy:
+        empty = staticmethod(_nan_empty(np.empty))
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+    monkeypatch.setattr(wmod, "np", NanNumpy())
+    for a, e in zip(run(), plain):
+        assert not np.isnan(a).any() and np.array_equal(a, e)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_split_tile_columns_and_no_bias(monkeypatch, dtype):
     """Long tile rows are split over several tasks (forced here with a tiny tile budget)."""
@@ -100,7 +154,8 @@ def test_bitwise_identical_across_thread_counts(dtype):
     for n in (1, 2):
         with num_threads(n):
             out[n] = (winograd_conv2d(x, w, b, padding=1),
-                      winograd_conv2d_input_grad(dy, w, 1, x.shape))
+                      winograd_conv2d_input_grad(dy, w, 1, x.shape),
+                      winograd_conv2d_weight_grad(x, dy, w.shape, 1))
     for a, c in zip(out[1], out[2]):
         assert np.array_equal(a, c)
     again = winograd_conv2d(x, w, b, padding=1)
@@ -140,6 +195,24 @@ def _max_errors():
 
 def test_float32_error_within_10x_of_direct():
     wino, direct = _max_errors()
+    assert 0 < direct and wino <= 10 * direct, (wino, direct)
+
+
+def test_float32_weight_grad_error_within_10x_of_direct():
+    """The weight gradient sums over every pixel of the batch: both methods' errors grow with
+    it; Winograd's stays within 10x of the direct kernel's (unit-variance x and dy)."""
+    wino = direct = 0.0
+    for i, (N, C, H, W, F) in enumerate(ACC_GRID):
+        rng = np.random.default_rng(300 + i)
+        x32 = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        dy32 = rng.standard_normal((N, F, H, W)).astype(np.float32)
+        exact = ref.conv2d_backward_im2col(*_f64(dy32, x32, np.zeros((F, C, 3, 3))),
+                                           padding=1)[1]
+        wino = max(wino, float(np.abs(winograd_conv2d_weight_grad(x32, dy32, (F, C, 3, 3), 1)
+                                      - exact).max()))
+        dwd = conv2d_backward(dy32, x32, np.zeros((F, C, 3, 3), np.float32), padding=1,
+                              algorithm="direct")[1]
+        direct = max(direct, float(np.abs(dwd - exact).max()))
     assert 0 < direct and wino <= 10 * direct, (wino, direct)
 
 

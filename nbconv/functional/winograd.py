@@ -24,7 +24,8 @@ import numpy as np
 from ..kernels import simd
 from ..kernels import winograd as _k
 
-__all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad"]
+__all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad",
+           "winograd_conv2d_weight_grad"]
 
 # tuning constants, each with its reason in nbconv._config
 from .._config import WINOGRAD_FBK as _FBK  # noqa: E402
@@ -32,6 +33,8 @@ from .._config import WINOGRAD_MIN_TASKS as _MIN_TASKS  # noqa: E402
 from .._config import WINOGRAD_T_MAX as _T_MAX  # noqa: E402
 from .._config import WINOGRAD_T_MIN as _T_MIN  # noqa: E402
 from .._config import WINOGRAD_V_BYTES as _V_BYTES  # noqa: E402
+from .._config import WINOGRAD_WG_BYTES as _WG_BYTES  # noqa: E402
+from .._config import WINOGRAD_WG_CHUNKS as _WG_CHUNKS  # noqa: E402
 
 
 def winograd_supported(w_shape, stride=1, padding=0, dilation=1, groups=1, x_shape=None):
@@ -123,6 +126,52 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     voff = np.arange(Cg, dtype=np.int64) * (36 * Ts)
     _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst, simd.WIDTH)
     return y
+
+
+def winograd_conv2d_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
+    """The weight gradient ``dweight (F, C/groups, 3, 3)`` of :func:`winograd_conv2d` for
+    ``x (N, C, H, W)`` and ``dy (N, F, OH, OW)``, in the Winograd domain: ``dU[e] = sum over
+    tiles of V[:, e] dM[:, e]^T`` (``V`` the input transform of ``x``'s tiles, ``dM = A dY A^T``
+    that of ``dy``'s), then ``dw = G^T dU G``: 36 products per 4x4 tile and channel pair
+    instead of 144. The tiles are summed in chunks fixed by the shapes, added in a fixed
+    order: bitwise the same for any thread count."""
+    x = _float_array(x, "x")
+    dy = _float_array(dy, "dy", x.dtype)
+    why = winograd_supported(w_shape, 1, padding, 1, groups, x.shape)
+    if why is not None:
+        raise ValueError(f"winograd convolution not applicable: {why}")
+    ph, pw = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
+    N, C, H, W = x.shape
+    F, Cg = w_shape[:2]
+    OH, OW = H + 2 * ph - 2, W + 2 * pw - 2
+    if dy.shape != (N, F, OH, OW):
+        raise ValueError(f"dy must have shape {(N, F, OH, OW)}, got {dy.shape}")
+    dtype = x.dtype
+    Fo = F // groups
+    Cg4, F3 = -(-Cg // 4) * 4, -(-Fo // 3) * 3
+    tasks = _plan(N, OH, OW, groups, Cg, dtype.itemsize)
+    per_chunk = groups * 36 * Cg4 * F3 * dtype.itemsize
+    nchunks = int(max(1, min(len(tasks), _WG_CHUNKS, _WG_BYTES // per_chunk)))
+    cut = np.array([len(tasks) * k // nchunks for k in range(nchunks + 1)], np.int64)
+    nth = numba.get_num_threads()
+    Tmax = int(((tasks[:, 3] - tasks[:, 2]) * (tasks[:, 5] - tasks[:, 4])).max())
+    block = 3 * simd.WIDTH.lanes(dtype)
+    Ts = _k._row_len(-(-Tmax // block) * block, 64 // dtype.itemsize)
+    wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
+    Vs = np.empty((nth, Cg, 36, Ts), dtype)
+    Ms = np.empty((nth, min(_FBK // 3 * 3 or 3, F3), 36, Ts), dtype)
+    Ds = np.empty((nth, 36, Ts), dtype)
+    Rs = np.empty((nth, wmax), dtype)
+    voff = np.arange(Cg4, dtype=np.int64) % Cg * (36 * Ts)
+    P = np.empty((nchunks, groups, 36, Cg4, F3), dtype)
+    cst = _consts(dtype)
+    _k.winograd_weight_grad(x, dy, P, tasks, cut, ph, pw, Vs, Ms, Ds, Rs, voff, cst, simd.WIDTH)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k in range(1, nchunks):
+            P[0] += P[k]
+    dw = np.empty((F, Cg, 3, 3), dtype)
+    _k.weight_grad_transform(P[0], dw, cst)
+    return dw
 
 
 def _float_array(a, name, dtype=None):

@@ -174,7 +174,7 @@ def _gather_patches(x, D, rb, Ts, ch, n0, n1, th, tw0, nt, pt, pl):
     H, W = x.shape[2], x.shape[3]
     C = x.shape[1]
     T = (n1 - n0) * nt
-    zero = D[0] - D[0]
+    zero = D.dtype.type(0)
     x1 = x.reshape(-1)
     Wb = 4 * nt + 2
     cx0 = 4 * tw0 - pl                 # x column of rb's column 0
@@ -377,3 +377,157 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst
                 fy = g * Fo + f0 + k
                 _output_transform(Mf.reshape(-1), k * 36 * Ts, Ts, y, bias[fy], fy, n0, n1, th,
                                   tw0, nt, 3 * nv3, Qs[tid], VW, cst)
+
+
+# ---------------------------------------------------------------- weight gradient
+@serial_kernel
+def _a_v(v0, v1, v2, v3, k2, k4, k8):
+    """``A v`` for 4 vectors (the transpose of :func:`_at_v`, each lane a tile): ``v0``,
+    ``v0 + v1 + v2 + v3``, ``v0 - v1 + v2 - v3``, ``v0 + 2v1 + 4v2 + 8v3``, ``v0 - 2v1 + 4v2 -
+    8v3``, ``v3``."""
+    s = simd.add(v0, v2)
+    t = simd.add(v1, v3)
+    u = simd.fma(k4, v2, v0)
+    w = simd.fma(k8, v3, simd.mul(k2, v1))
+    return v0, simd.add(s, t), simd.sub(s, t), simd.add(u, w), simd.sub(u, w), v3
+
+
+@serial_kernel
+def _gather_dy_tiles(dy, D, Ts, f, n0, n1, th, tw0, nt):
+    """``D[(4*a + b)*Ts + j] = dy[n, f, 4*th + a, 4*(tw0 + tw) + b]`` (zero past the output's
+    last row or column) for the task's tiles ``j = (n - n0)*nt + tw``."""
+    OH, OW = dy.shape[2], dy.shape[3]
+    F = dy.shape[1]
+    zero = D.dtype.type(0)
+    d1 = dy.reshape(-1)
+    for a in range(4):
+        h = 4 * th + a
+        for n in range(n0, n1):
+            base = ((n * F + f) * OH + h) * OW
+            j0 = (n - n0) * nt
+            for tw in range(nt):
+                c0 = 4 * (tw0 + tw)
+                for b in range(4):
+                    D[(4 * a + b) * Ts + j0 + tw] = \
+                        d1[base + c0 + b] if h < OH and c0 + b < OW else zero
+
+
+@serial_kernel
+def _dy_transform(D, Mf, mb, Ts, nv, VW, cst):
+    """``dM = A dY A^T`` (4x4 -> 6x6, the transpose of the output transform) for the tiles'
+    ``dy`` values in ``D`` (see :func:`_gather_dy_tiles`), into ``Mf[mb + e*Ts + j]``, on
+    ``nv`` whole vectors of tiles."""
+    L = simd.lanes(VW, D)
+    k2, k4, k8 = simd.splat(VW, cst[0]), simd.splat(VW, cst[1]), simd.splat(VW, cst[3])
+    S = np.empty(24 * L, D.dtype)
+    for v in range(nv):
+        j = v * L
+        for b in range(4):
+            t0, t1, t2, t3, t4, t5 = _a_v(simd.load(VW, D, b * Ts + j),
+                                          simd.load(VW, D, (4 + b) * Ts + j),
+                                          simd.load(VW, D, (8 + b) * Ts + j),
+                                          simd.load(VW, D, (12 + b) * Ts + j), k2, k4, k8)
+            simd.store(S, b * L, t0)
+            simd.store(S, (4 + b) * L, t1)
+            simd.store(S, (8 + b) * L, t2)
+            simd.store(S, (12 + b) * L, t3)
+            simd.store(S, (16 + b) * L, t4)
+            simd.store(S, (20 + b) * L, t5)
+        for i in range(6):
+            r0, r1, r2, r3, r4, r5 = _a_v(simd.load(VW, S, 4 * i * L),
+                                          simd.load(VW, S, (4 * i + 1) * L),
+                                          simd.load(VW, S, (4 * i + 2) * L),
+                                          simd.load(VW, S, (4 * i + 3) * L), k2, k4, k8)
+            o = mb + 6 * i * Ts + j
+            simd.store(Mf, o, r0)
+            simd.store(Mf, o + Ts, r1)
+            simd.store(Mf, o + 2 * Ts, r2)
+            simd.store(Mf, o + 3 * Ts, r3)
+            simd.store(Mf, o + 4 * Ts, r4)
+            simd.store(Mf, o + 5 * Ts, r5)
+
+
+@kernel
+def winograd_weight_grad(x, dy, P, tasks, cut, pt, pl, Vs, Ms, Ds, Rs, voff, cst, VW):
+    """The weight gradient in the Winograd domain: ``P[k, g, e, c, f] = sum over the tiles of
+    chunk k of V[c, e, t] * dM[f, e, t]``, where ``V`` is the input transform of ``x``'s tiles
+    (as :func:`winograd_forward`) and ``dM = A dY A^T`` that of ``dy``'s (the output transform
+    transposed); :func:`weight_grad_transform` turns the reduced sums into ``dw = G^T dU G``.
+
+    x (N, G*Cg, H, W), dy (N, G*Fo, OH, OW); P (chunks, G, 36, Cg4, F3) (``Cg4``, ``F3``: ``Cg``
+    and ``Fo`` rounded up to multiples of 4 and 3, the micro-kernel's block; the extra rows and
+    columns are dropped) is overwritten; chunk ``k`` sums tasks ``cut[k] .. cut[k+1]-1`` of
+    ``tasks`` (rows as in :func:`winograd_forward`), in order, so the sums do not depend on
+    the thread count. Scratch per thread as :func:`winograd_forward` (Ms (threads, FBK, 36,
+    Ts): the transformed ``dy`` of ``FBK`` filters at a time); voff (Cg4,) int64 ``c * 36 *
+    Ts`` (rows past ``Cg`` repeat channel 0). Per task, per block of filters, per transform
+    point, per 4 channels x 3 filters: :func:`nbconv.kernels.gemm.dot_4x3` over the tiles."""
+    nchunks, G, _, Cg4, F3 = P.shape
+    Cg = x.shape[1] // G
+    Fo = dy.shape[1] // G
+    FBK = Ms.shape[1]
+    Ts = Vs.shape[3]
+    L = simd.lanes(VW, x)
+    zero = cst[0] - cst[0]
+    for k in prange(nchunks):
+        Pk = P[k]
+        for g in range(G):
+            for e in range(NE):
+                for c in range(Cg4):
+                    for f in range(F3):
+                        Pk[g, e, c, f] = zero
+        tid = get_thread_id()
+        Vf = Vs[tid].reshape(-1)
+        Mf = Ms[tid].reshape(-1)
+        D = Ds[tid].reshape(-1)
+        for task in range(cut[k], cut[k + 1]):
+            g, th, n0, n1, tw0, tw1 = tasks[task, 0], tasks[task, 1], tasks[task, 2], \
+                tasks[task, 3], tasks[task, 4], tasks[task, 5]
+            nt = tw1 - tw0
+            T = (n1 - n0) * nt
+            nv = (T + L - 1) // L
+            for c in range(Cg):
+                _gather_patches(x, D, Rs[tid], Ts, g * Cg + c, n0, n1, th, tw0, nt, pt, pl)
+                _input_transform(D, Vf, c * 36 * Ts, Ts, nv, VW, cst)
+            for f0 in range(0, F3, FBK):
+                fn = min(FBK, F3 - f0)
+                for kk in range(min(fn, Fo - f0)):
+                    _gather_dy_tiles(dy, D, Ts, g * Fo + f0 + kk, n0, n1, th, tw0, nt)
+                    _dy_transform(D, Mf, kk * 36 * Ts, Ts, nv, VW, cst)
+                last = min(fn, Fo - f0) - 1   # rows past Fo repeat the last filter's
+                for e in range(NE):
+                    Pe = Pk[g, e]
+                    for c in range(0, Cg4, 4):
+                        for f in range(0, fn, 3):
+                            d0 = min(f, last) * 36 * Ts + e * Ts
+                            d1 = min(f + 1, last) * 36 * Ts + e * Ts
+                            d2 = min(f + 2, last) * 36 * Ts + e * Ts
+                            gemm.dot_4x3(VW, Vf, e * Ts, voff, c, Mf, d0, d1, d2, T, Pe, f0 + f)
+
+
+@kernel
+def weight_grad_transform(dU, dw, cst):
+    """dU (G, 36, Cg4, F3) (the reduced sums of :func:`winograd_weight_grad`) -> dw (G*Fo, Cg,
+    3, 3): ``dw[g*Fo + f, c] = G^T dU[g, :, c, f] G`` (``G`` the 6x3 matrix of
+    :func:`weight_transform`; ``cst`` as there)."""
+    G = dU.shape[0]
+    Ft, Cg = dw.shape[0], dw.shape[1]
+    Fo = Ft // G
+    q4, q6, q12, q24 = cst[4], cst[5], cst[6], cst[7]
+    for gf in prange(G * Fo):
+        g = gf // Fo
+        f = gf - g * Fo
+        for c in range(Cg):
+            t = np.empty((6, 3), dw.dtype)
+            for a in range(6):   # t[a, :] = dU[a, :] G  (rows)
+                v0, v1, v2 = dU[g, 6 * a, c, f], dU[g, 6 * a + 1, c, f], dU[g, 6 * a + 2, c, f]
+                v3, v4, v5 = dU[g, 6 * a + 3, c, f], dU[g, 6 * a + 4, c, f], \
+                    dU[g, 6 * a + 5, c, f]
+                t[a, 0] = q4 * v0 - q6 * (v1 + v2) + q24 * (v3 + v4)
+                t[a, 1] = q6 * (v2 - v1) + q12 * (v3 - v4)
+                t[a, 2] = q6 * (v3 + v4 - v1 - v2) + v5
+            for j in range(3):   # dw[:, j] = G^T t[:, j]
+                v0, v1, v2, v3, v4, v5 = t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j]
+                dw[gf, c, 0, j] = q4 * v0 - q6 * (v1 + v2) + q24 * (v3 + v4)
+                dw[gf, c, 1, j] = q6 * (v2 - v1) + q12 * (v3 - v4)
+                dw[gf, c, 2, j] = q6 * (v3 + v4 - v1 - v2) + v5
