@@ -395,21 +395,38 @@ def _a_v(v0, v1, v2, v3, k2, k4, k8):
 @serial_kernel
 def _gather_dy_tiles(dy, D, Ts, f, n0, n1, th, tw0, nt):
     """``D[(4*a + b)*Ts + j] = dy[n, f, 4*th + a, 4*(tw0 + tw) + b]`` (zero past the output's
-    last row or column) for the task's tiles ``j = (n - n0)*nt + tw``."""
+    last row or column) for the task's tiles ``j = (n - n0)*nt + tw``. Tiles wholly inside
+    a row are copied without bounds checks (flat unsigned indices)."""
     OH, OW = dy.shape[2], dy.shape[3]
     F = dy.shape[1]
+    T = (n1 - n0) * nt
     zero = D.dtype.type(0)
     d1 = dy.reshape(-1)
+    full = min(nt, max(0, OW // 4 - tw0))   # tiles [0, full) have 4 columns inside dy
+    uTs = np.uint64(Ts)
     for a in range(4):
         h = 4 * th + a
+        da = np.uint64(4 * a * Ts)
+        if h >= OH:
+            for b in range(4):
+                for j in range(T):
+                    D[da + np.uint64(b * Ts + j)] = zero
+            continue
         for n in range(n0, n1):
-            base = ((n * F + f) * OH + h) * OW
-            j0 = (n - n0) * nt
-            for tw in range(nt):
-                c0 = 4 * (tw0 + tw)
+            src = np.uint64(((n * F + f) * OH + h) * OW + 4 * tw0)
+            dst = da + np.uint64((n - n0) * nt)
+            for tw in range(full):
+                s = src + np.uint64(4 * tw)
+                d = dst + np.uint64(tw)
+                D[d] = d1[s]
+                D[d + uTs] = d1[s + np.uint64(1)]
+                D[d + np.uint64(2) * uTs] = d1[s + np.uint64(2)]
+                D[d + np.uint64(3) * uTs] = d1[s + np.uint64(3)]
+            for tw in range(full, nt):
                 for b in range(4):
-                    D[(4 * a + b) * Ts + j0 + tw] = \
-                        d1[base + c0 + b] if h < OH and c0 + b < OW else zero
+                    col = 4 * (tw0 + tw) + b
+                    D[dst + np.uint64(b * Ts + tw)] = \
+                        d1[src + np.uint64(4 * tw + b)] if col < OW else zero
 
 
 @serial_kernel
