@@ -77,6 +77,42 @@ def test_winograd_really_runs(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_unbatched_input_every_algorithm(algorithm):
+    """An unbatched (C, H, W) input gives (F, OH, OW), and takes an unbatched dy for an
+    unbatched dx, under every algorithm as under direct and torch (issue 18: Winograd returned
+    (1, F, OH, OW), and the layer then refused the unbatched dy). (16, 4, 256) with a 16->16
+    3x3 padding-1 conv is a shape "auto" runs by Winograd."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 4, 256)).astype(np.float64)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float64)
+    b = rng.standard_normal(16).astype(np.float64)
+    args = dict(stride=1, padding=1, dilation=1, groups=1)
+    assert F.conv2d_prepare(x, w, padding=1).winograd
+    t_y = torch_ref(x, w, b, args)
+    dy = _dy(t_y)
+    t_dx, t_dw, t_db = torch_ref(x, w, b, args, dy)
+    assert t_y.shape == (16, 4, 256) and t_dx.shape == x.shape
+    y = F.conv2d(x, w, b, padding=1, algorithm=algorithm)
+    check(y, t_y, np.float64, "y")
+    prep = F.conv2d_prepare(x, w, padding=1, algorithm=algorithm)
+    check(F.conv2d(None, w, b, padding=1, prepared=prep, algorithm=algorithm), t_y,
+          np.float64, "y (prepared)")
+    for dx, dw, db in (F.conv2d_backward(dy, x, w, padding=1, algorithm=algorithm),
+                       F.conv2d_backward(dy, None, w, padding=1, prepared=prep,
+                                         algorithm=algorithm)):
+        check(dx, t_dx, np.float64, "dx")
+        check(dw, t_dw, np.float64, "dw")
+        check(db, t_db, np.float64, "db")
+    check(F.conv2d_input_grad(dy, w, x.shape, padding=1), t_dx, np.float64, "input_grad")
+    layer = Conv2d(16, 16, 3, padding=1, dtype=np.float64, algorithm=algorithm)
+    layer.params["weight"][...] = w
+    layer.params["bias"][...] = b
+    check(layer(x), t_y, np.float64, "layer y")
+    check(layer.backward(dy), t_dx, np.float64, "layer dx")
+    check(layer.grads["weight"], t_dw, np.float64, "layer dw")
+
+
 # ---- arguments and errors ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, reason", [

@@ -189,7 +189,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if prep.winograd:
         xw = prep.x if x is None else x
         if prep.use_winograd(xw, weight):
-            return _winograd.winograd_conv2d(xw, weight, bias, (geom.pt, geom.pl), geom.G)
+            y = _winograd.winograd_conv2d(xw, weight, bias, (geom.pt, geom.pl), geom.G)
+            return y[0] if unbatched else y
     if bias is None:
         bias = np.zeros(geom.n_filters, geom.dtype)
     y = _engine(geom).forward(geom, prep.xb, weight, bias)
