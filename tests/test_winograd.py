@@ -193,3 +193,19 @@ def test_wrappers_reject_what_they_cannot_do():
         winograd_conv2d(x, w.astype(np.float64))
     with pytest.raises(ValueError, match="dy must have shape"):
         winograd_conv2d_input_grad(np.zeros((1, 3, 5, 5), np.float32), w, 1, x.shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transform_matrices_are_the_kernels(dtype):
+    """The matrices BT, G, AT that the "auto" overflow bound is derived from are what the
+    kernels' 1-d transforms compute (column j of each: the transform of the j-th unit
+    vector)."""
+    from nbconv.kernels import winograd as K
+    k = wmod._consts(dtype)  # (2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)
+    for j in range(6):
+        e = np.eye(6, dtype=dtype)[j]
+        assert np.allclose(K._bt(*e, k[0], k[1], k[2]), K.BT[:, j], rtol=1e-6, atol=0)
+        assert np.allclose(K._at(*e, k[0], k[1], k[3]), K.AT[:, j], rtol=1e-6, atol=0)
+    for j in range(3):
+        e = np.eye(3, dtype=dtype)[j]
+        assert np.allclose(K._g3(*e, k[4], k[5], k[6], k[7]), K.G[:, j], rtol=1e-6, atol=0)
