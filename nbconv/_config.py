@@ -6,6 +6,10 @@ the kernels instead of compiling them.
 
 ``fastmath`` is the set of LLVM flags *without* ``nnan``/``ninf``: reductions may be
 re-associated and vectorised, but NaN and inf still propagate and ``x != x`` still works.
+``kernel(exact=True)`` / ``serial_kernel(exact=True)`` compile without it (LLVM neither
+contracts ``a * b + c`` into an FMA nor re-associates), for kernels whose results must equal
+the NumPy code they replace bit for bit (the fused optimizer updates of
+:mod:`nbconv.kernels.optim`).
 
 It also holds every tuning constant (block sizes, task counts, thresholds), each with the reason
 for its value. None changes a result beyond float rounding order, and the reduction chunks
@@ -21,24 +25,30 @@ from numba import njit
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-_FLAGS = dict(fastmath=set(FASTMATH), error_model="numpy", boundscheck=False, cache=True,
-              nogil=True)
+_EXACT_FLAGS = dict(error_model="numpy", boundscheck=False, cache=True, nogil=True)
+_FLAGS = dict(_EXACT_FLAGS, fastmath=set(FASTMATH))
 
 
-def kernel(fn):
-    """Compile ``fn`` as a parallel kernel (``prange`` loops run on Numba's thread pool).
+def kernel(fn=None, *, exact=False):
+    """Compile ``fn`` as a parallel kernel (``prange`` loops run on Numba's thread pool);
+    ``@kernel(exact=True)`` without fastmath (module doc).
 
     The result is a :class:`Kernel`: called from Python, it launches the compiled loops under
     the thread and fork rules below; its other attributes are the Numba dispatcher's. (Parallel
     kernels are only ever called from Python, never from other jitted code.)"""
-    k = Kernel(njit(parallel=True, **_FLAGS)(fn))
+    if fn is None:
+        return lambda f: kernel(f, exact=exact)
+    k = Kernel(njit(parallel=True, **(_EXACT_FLAGS if exact else _FLAGS))(fn))
     DISPATCHERS.append(k.dispatcher)
     return k
 
 
-def serial_kernel(fn):
-    """Compile ``fn`` as a single-threaded kernel (helpers called from inside kernels)."""
-    d = njit(parallel=False, **_FLAGS)(fn)
+def serial_kernel(fn=None, *, exact=False):
+    """Compile ``fn`` as a single-threaded kernel (helpers called from inside kernels);
+    ``@serial_kernel(exact=True)`` without fastmath (module doc)."""
+    if fn is None:
+        return lambda f: serial_kernel(f, exact=exact)
+    d = njit(parallel=False, **(_EXACT_FLAGS if exact else _FLAGS))(fn)
     DISPATCHERS.append(d)
     return d
 

@@ -260,7 +260,7 @@ class Trainer:
         if self.verbose:
             print(W.announce(x.dtype), end="", flush=True)
         sec, compiled = W.warm_up(self.model, x.shape[1:], train, sorted(evals), self.loss,
-                                  x.dtype)
+                                  x.dtype, optimizer=self.optimizer)
         if self.verbose:
             print(W.report(sec, compiled), flush=True)
         self.compile_seconds = sec
