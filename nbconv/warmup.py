@@ -129,6 +129,14 @@ def main(argv=None):
                     help="evaluation batch size to warm up")
     args = ap.parse_args(argv)
     total = time.perf_counter()
+    _config.compiling_announced()  # each line below says what compiles
+    _warm_all(args)
+    print(f"done in {time.perf_counter() - total:.1f} s; kernels cached in "
+          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels', '__pycache__')}")
+
+
+def _warm_all(args):
+    from . import models
     for dtype in args.dtype:
         for name in args.model:
             model = models.MODELS[name](seed=0, dtype=np.dtype(dtype))
@@ -138,8 +146,6 @@ def main(argv=None):
                     dtype=np.dtype(dtype))
             optimizer_kernels(np.dtype(dtype))
             print(report(time.perf_counter() - t0, compilations() - before), flush=True)
-    print(f"done in {time.perf_counter() - total:.1f} s; kernels cached in "
-          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels', '__pycache__')}")
 
 
 if __name__ == "__main__":
