@@ -7,8 +7,7 @@ import torch
 from nbconv import reference as ref
 from nbconv.functional import conv2d
 from nbconv.functional import winograd as wmod
-from nbconv.functional.winograd import (winograd_conv2d, winograd_conv2d_input_grad,
-                                        winograd_supported)
+from nbconv.functional.winograd import winograd_conv2d, winograd_conv2d_input_grad
 
 from helpers import DTYPES, assert_close, num_threads, torch_tensor, to_numpy
 
@@ -168,21 +167,27 @@ def test_nan_reaches_every_output_whose_window_holds_it():
 
 
 @pytest.mark.parametrize("w_shape, kw, reason", [
-    ((4, 2, 5, 5), {}, "not 3x3"),
-    ((4, 2, 3, 1), {}, "not 3x3"),
-    ((4, 2, 3, 3), dict(stride=2), "stride"),
-    ((4, 2, 3, 3), dict(dilation=(1, 2)), "dilation"),
+    ((4, 2, 5, 5), {}, r"not applicable: kernel size \(5, 5\) is not 3x3"),
+    ((4, 2, 3, 1), {}, r"not applicable: kernel size \(3, 1\) is not 3x3"),
     ((4, 2, 3, 3), dict(padding="same"), "padding"),
-    ((4, 2, 3, 3), dict(padding=-1), "negative"),
+    ((4, 2, 3, 3), dict(padding=-1), "padding"),
     ((4, 2, 3, 3), dict(groups=3), "groups"),
     ((4, 2, 3, 3), dict(x_shape=(1, 3, 8, 8)), "channels"),
-    ((4, 2, 3, 3), dict(x_shape=(1, 2, 1, 8)), "smaller than the kernel"),
+    ((4, 2, 3, 3), dict(x_shape=(1, 2, 1, 8), padding=0), "too small"),
 ])
-def test_supported_names_the_reason(w_shape, kw, reason):
-    why = winograd_supported(w_shape, **kw)
-    assert why is not None and reason in why
-    assert winograd_supported((4, 2, 3, 3), padding=(1, 2), groups=2, x_shape=(1, 4, 5, 5)) \
-        is None
+def test_wrappers_name_the_reason(w_shape, kw, reason):
+    """The wrappers apply the dispatcher's rule (one function, _algorithm.winograd_reason) and
+    the shared checks, forward and dx alike."""
+    kw = dict(dict(padding=1, groups=1), **kw)
+    x_shape = kw.pop("x_shape", (1, 2, 5, 5))
+    x, w = np.ones(x_shape, np.float32), np.ones(w_shape, np.float32)
+    with pytest.raises((ValueError, TypeError), match=reason):
+        winograd_conv2d(x, w, **kw)
+    with pytest.raises((ValueError, TypeError), match=reason):
+        winograd_conv2d_input_grad(np.ones((1, 4, 5, 5), np.float32), w, kw["padding"], x_shape,
+                                   kw["groups"])
+    assert winograd_conv2d(np.ones((1, 4, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32),
+                           padding=(1, 2), groups=2).shape == (1, 4, 5, 7)
 
 
 def test_wrappers_reject_what_they_cannot_do():

@@ -30,8 +30,8 @@ forward pass, at backward time after a Winograd one, never for Winograd inferenc
 """
 import numpy as np
 
-from .._checks import (add_batch, check_array, check_int, conv2d_padding, is_unbatched,
-                       is_unbatched_shape, to_pair)
+from .._checks import (add_batch, check_array, check_int, check_out_size, check_x_shape,
+                       conv2d_padding, is_unbatched, to_pair)
 from . import _algorithm as _algo
 from . import _conv_plan as _plan
 from . import depthwise as _depthwise
@@ -117,10 +117,9 @@ def _geometry(x_shape, weight, args, x_name="x"):
                          f"{tuple(x_shape)}")
     geom = _plan.ConvGeometry(x_shape, weight.shape, stride, pads, dilation, groups,
                               weight.dtype)
-    if geom.OH < 1 or geom.OW < 1:
-        raise ValueError(f"output size ({geom.OH}, {geom.OW}) is too small: {x_name} of shape "
-                         f"{tuple(x_shape)}, weight of shape {weight.shape}, stride {stride}, "
-                         f"padding (top, bottom, left, right) {pads}, dilation {dilation}")
+    check_out_size((geom.OH, geom.OW), (f"{x_name} of shape", tuple(x_shape)),
+                   ("weight of shape", weight.shape), ("stride", stride),
+                   ("padding (top, bottom, left, right)", pads), ("dilation", dilation))
     return geom
 
 
@@ -241,14 +240,11 @@ def conv2d_input_grad(dy, weight, x_shape, stride=1, padding=0, dilation=1, grou
     unbatched ``dy``. This is also the forward of the transposed convolution
     (:func:`nbconv.functional.conv_transpose2d`)."""
     _, weight, _, args = _check_args(None, weight, None, stride, padding, dilation, groups)
-    unbatched = is_unbatched_shape(x_shape)
+    x_shape = check_x_shape(x_shape)
+    unbatched = len(x_shape) == 3
     if unbatched:
         dy = add_batch(dy, "dy")
-        x_shape = (1,) + tuple(x_shape)
-    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
-        raise ValueError(f"x_shape must be a 4-tuple (N, C, H, W) or a 3-tuple (C, H, W), got "
-                         f"{x_shape!r}")
-    x_shape = tuple(check_int(v, "x_shape", 1) for v in x_shape)
+        x_shape = (1,) + x_shape
     geom = _geometry(x_shape, weight, args, "x_shape")
     dy = check_array(dy, "dy", ndim=4, dtype=weight.dtype)
     if dy.shape != geom.y_shape:
