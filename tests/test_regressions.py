@@ -63,7 +63,8 @@ def test_output_size_and_x_shape_errors_read_the_same_everywhere():
     from nbconv import textbook as T
     x = np.zeros((1, 2, 3, 3), np.float32)
     w = np.zeros((4, 2, 5, 5), np.float32)
-    small = r"^output size \(-?\d+, -?\d+\) is too small: (x|input|x_shape) of shape \(1, 2, 3, 3\), "
+    small = (r"^output size \(-?\d+, -?\d+\) is too small: (x|input|x_shape) of shape "
+             r"\(1, 2, 3, 3\), ")
     for call in (lambda: F.conv2d(x, w), lambda: T.conv2d(x, w),
                  lambda: F.conv2d_input_grad(np.zeros((1, 4, 1, 1), np.float32), w, x.shape),
                  lambda: F.conv_transpose2d(x, np.zeros((2, 2, 3, 3), np.float32), padding=3),
