@@ -49,6 +49,31 @@ def pool_out_size(size, kernel, stride=1, pad_lo=0, pad_hi=None, dilation=1, cei
     return out
 
 
+def check_out_size(out_hw, *context):
+    """``out_hw`` ``(OH, OW)``, the output size of a sliding-window op, as a tuple; if either is
+    below 1, ``ValueError("output size (OH, OW) is too small: <context>")``, ``context`` being
+    ``(label, value)`` pairs that name the input and the arguments, e.g. ``("x of shape",
+    x.shape), ("stride", stride)`` (formatted only when raising). The one home of this error
+    for conv, transposed conv and pool (and their textbook twins)."""
+    oh, ow = out_hw
+    if oh < 1 or ow < 1:
+        what = ", ".join(f"{label} {value}" for label, value in context)
+        raise ValueError(f"output size ({oh}, {ow}) is too small: {what}")
+    return (oh, ow)
+
+
+def check_x_shape(x_shape, name="x_shape", unbatched=True):
+    """An input shape passed as a tuple or list (to the gradients that take ``x_shape`` instead
+    of ``x``): ``(N, C, H, W)``, or with ``unbatched`` also ``(C, H, W)``, of ints >= 1,
+    returned as a tuple of Python ints (of the length given); ``ValueError`` / ``TypeError``
+    naming ``name`` otherwise."""
+    lengths = (3, 4) if unbatched else (4,)
+    if not isinstance(x_shape, (tuple, list)) or len(x_shape) not in lengths:
+        also = " or a 3-tuple (C, H, W)" if unbatched else ""
+        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W){also}, got {x_shape!r}")
+    return tuple(check_int(v, name, 1) for v in x_shape)
+
+
 def _is_int(v):
     return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
 

@@ -6,6 +6,18 @@ the kernels instead of compiling them.
 
 ``fastmath`` is the set of LLVM flags *without* ``nnan``/``ninf``: reductions may be
 re-associated and vectorised, but NaN and inf still propagate and ``x != x`` still works.
+``kernel(exact=True)`` / ``serial_kernel(exact=True)`` compile without it (LLVM neither
+contracts ``a * b + c`` into an FMA nor re-associates), for kernels whose results must equal
+the NumPy code they replace bit for bit (the fused optimizer updates of
+:mod:`nbconv.kernels.optim`).
+
+Compiling is announced: the first time in a process that a kernel's machine code is not in
+Numba's disk cache (so Numba compiles it, seconds to a minute for a model), nbconv says so once
+on stderr, as a warning on the ``logging`` logger ``"nbconv"`` (Python's default handler
+prints it; ``NBCONV_QUIET=1`` or ``logging.getLogger("nbconv").setLevel(logging.ERROR)``
+silences it). Code that announces compilation itself (the Trainer's warm-up line,
+``python -m nbconv.warmup``) calls :func:`compiling_announced` first: its line is the notice of
+that process. See "telling the user that kernels compile" below.
 
 It also holds every tuning constant (block sizes, task counts, thresholds), each with the reason
 for its value. None changes a result beyond float rounding order, and the reduction chunks
@@ -13,37 +25,101 @@ depend only on shapes, never on the thread count. Kernels read the ``[kernel]`` 
 compile-time constants: Numba's cache is keyed on the kernel module's file, not this one, so
 after changing one delete ``nbconv/kernels/__pycache__`` (or the kernels keep the old value).
 """
+import logging
 import os
 import threading
 
 import numba
+import numba.core.event
 from numba import njit
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-_FLAGS = dict(fastmath=set(FASTMATH), error_model="numpy", boundscheck=False, cache=True,
-              nogil=True)
+_EXACT_FLAGS = dict(error_model="numpy", boundscheck=False, cache=True, nogil=True)
+_FLAGS = dict(_EXACT_FLAGS, fastmath=set(FASTMATH))
 
 
-def kernel(fn):
-    """Compile ``fn`` as a parallel kernel (``prange`` loops run on Numba's thread pool).
+def kernel(fn=None, *, exact=False):
+    """Compile ``fn`` as a parallel kernel (``prange`` loops run on Numba's thread pool);
+    ``@kernel(exact=True)`` without fastmath (module doc).
 
     The result is a :class:`Kernel`: called from Python, it launches the compiled loops under
     the thread and fork rules below; its other attributes are the Numba dispatcher's. (Parallel
     kernels are only ever called from Python, never from other jitted code.)"""
-    k = Kernel(njit(parallel=True, **_FLAGS)(fn))
-    DISPATCHERS.append(k.dispatcher)
+    if fn is None:
+        return lambda f: kernel(f, exact=exact)
+    k = Kernel(njit(parallel=True, **(_EXACT_FLAGS if exact else _FLAGS))(fn))
+    _register(k.dispatcher)
     return k
 
 
-def serial_kernel(fn):
-    """Compile ``fn`` as a single-threaded kernel (helpers called from inside kernels)."""
-    d = njit(parallel=False, **_FLAGS)(fn)
-    DISPATCHERS.append(d)
+def serial_kernel(fn=None, *, exact=False):
+    """Compile ``fn`` as a single-threaded kernel (helpers called from inside kernels);
+    ``@serial_kernel(exact=True)`` without fastmath (module doc)."""
+    if fn is None:
+        return lambda f: serial_kernel(f, exact=exact)
+    d = njit(parallel=False, **(_EXACT_FLAGS if exact else _FLAGS))(fn)
+    _register(d)
     return d
 
 
 DISPATCHERS = []  # every kernel's Numba dispatcher (nbconv.warmup counts their compilations)
+_DISPATCHER_IDS = set()
+
+
+def _register(dispatcher):
+    DISPATCHERS.append(dispatcher)
+    _DISPATCHER_IDS.add(id(dispatcher))
+
+
+# ---- telling the user that kernels compile ---------------------------------------------------
+# Numba compiles a kernel on its first call with new argument types, unless its disk cache
+# (``__pycache__`` beside the kernel module, or NUMBA_CACHE_DIR) holds the machine code; it then
+# emits a "numba:compile" event (after the cache lookup failed, before compiling). A listener
+# turns the first such event for an nbconv kernel into one line on stderr per process.
+
+QUIET_ENV = "NBCONV_QUIET"  # set to anything but "" or "0": no compile notice
+LOGGER = logging.getLogger("nbconv")
+COMPILE_NOTICE = (
+    "nbconv: compiling Numba kernels on their first use (seconds to a minute); the machine "
+    "code is cached on disk, so later runs load it in about a second. `python -m "
+    "nbconv.warmup` compiles ahead of time; NBCONV_QUIET=1 or "
+    "logging.getLogger('nbconv').setLevel(logging.ERROR) silences this line.")
+_notice_given = False
+
+
+def _compile_notice():
+    """Say once per process that nbconv compiles (unless silenced or already said)."""
+    global _notice_given
+    if _notice_given:
+        return
+    _notice_given = True
+    if os.environ.get(QUIET_ENV, "").strip() not in ("", "0"):
+        return
+    LOGGER.warning(COMPILE_NOTICE)
+
+
+def compiling_announced():
+    """The caller tells the user itself that kernels compile (the Trainer's warm-up line,
+    ``python -m nbconv.warmup``): that is this process's notice, so nbconv's own stays
+    silent."""
+    global _notice_given
+    _notice_given = True
+
+
+class _CompileListener(numba.core.event.Listener):
+    """Numba's "numba:compile" events (cache misses) of nbconv's dispatchers -> the notice."""
+
+    def on_start(self, event):
+        data = event.data if isinstance(event.data, dict) else {}
+        if id(data.get("dispatcher")) in _DISPATCHER_IDS:
+            _compile_notice()
+
+    def on_end(self, event):
+        pass
+
+
+numba.core.event.register("numba:compile", _CompileListener())
 
 
 # ---- threads and processes ------------------------------------------------------------------

@@ -25,19 +25,14 @@ and ``reference.conv2d_naive``.
 import numpy as np
 
 from ._checks import (check_array, check_bool, check_float, check_groups, check_int,
-                      check_running_stats, conv2d_padding, conv_out_size, pool_args, pool_out_size, to_pair)
+                      check_out_size, check_running_stats, check_x_shape, conv2d_padding,
+                      conv_out_size, pool_args, pool_out_size, to_pair)
 from .kernels import textbook as _k
 
 __all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
            "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
            "group_norm", "group_norm_backward", "batch_norm2d", "batch_norm2d_backward"]
 
-
-
-def _x_shape(x_shape, name="x_shape"):
-    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
-        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W), got {x_shape!r}")
-    return tuple(check_int(v, name, 1) for v in x_shape)
 
 
 def _same_shape(a, name, shape):
@@ -64,10 +59,9 @@ def _conv_args(x_shape, weight, stride, padding, dilation, groups):
                          f"{Cg * groups} input channels, but x has shape {tuple(x_shape)}")
     oh = conv_out_size(x_shape[2], KH, stride[0], pads[0], pads[1], dilation[0])
     ow = conv_out_size(x_shape[3], KW, stride[1], pads[2], pads[3], dilation[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"output size ({oh}, {ow}) is too small: x of shape {tuple(x_shape)}, "
-                         f"weight of shape {weight.shape}, stride {stride}, padding "
-                         f"(top, bottom, left, right) {pads}, dilation {dilation}")
+    check_out_size((oh, ow), ("x of shape", tuple(x_shape)), ("weight of shape", weight.shape),
+                   ("stride", stride), ("padding (top, bottom, left, right)", pads),
+                   ("dilation", dilation))
     return stride, pads, dilation, groups, (oh, ow)
 
 
@@ -111,10 +105,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
 def _pool_out(x_shape, k, s, p, d, ceil_mode, name="x"):
     oh = pool_out_size(x_shape[2], k[0], s[0], p[0], p[0], d[0], ceil_mode)
     ow = pool_out_size(x_shape[3], k[1], s[1], p[1], p[1], d[1], ceil_mode)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"output size ({oh}, {ow}) is too small: {name} of shape "
-                         f"{tuple(x_shape)} with kernel_size {k}, stride {s}, padding {p}, "
-                         f"dilation {d}, ceil_mode={ceil_mode}")
+    check_out_size((oh, ow), (f"{name} of shape", tuple(x_shape)), ("kernel_size", k),
+                   ("stride", s), ("padding", p), ("dilation", d), ("ceil_mode", ceil_mode))
     return tuple(x_shape[:2]) + (oh, ow)
 
 
@@ -136,7 +128,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 def max_pool2d_backward(dy, indices, x_shape):
     """Gradient of :func:`max_pool2d`: ``dx`` ``x_shape`` from ``dy`` and the ``indices``
     ``(N, C, OH, OW)`` that ``max_pool2d(..., return_indices=True)`` returned."""
-    x_shape = _x_shape(x_shape)
+    x_shape = check_x_shape(x_shape, unbatched=False)
     dy = check_array(dy, "dy", ndim=4)
     if dy.shape[:2] != x_shape[:2]:
         raise ValueError(f"dy of shape {dy.shape} does not match x_shape {x_shape} in (N, C)")
@@ -173,7 +165,7 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     k, s, p, _ = pool_args(kernel_size, stride, padding, 1)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
-    x_shape = _x_shape(x_shape)
+    x_shape = check_x_shape(x_shape, unbatched=False)
     out = _pool_out(x_shape, k, s, p, (1, 1), ceil_mode, "x_shape")
     dy = _same_shape(check_array(dy, "dy", ndim=4), "dy", out)
     dx = np.zeros(x_shape, dy.dtype)
@@ -191,7 +183,7 @@ def global_avg_pool2d(x):
 
 def global_avg_pool2d_backward(dy, x_shape):
     """Gradient of :func:`global_avg_pool2d`: ``dy`` ``(N, C)`` -> ``dx`` ``x_shape``."""
-    x_shape = _x_shape(x_shape)
+    x_shape = check_x_shape(x_shape, unbatched=False)
     dy = _same_shape(check_array(dy, "dy", ndim=2), "dy", x_shape[:2])
     dx = np.empty(x_shape, dy.dtype)
     _k.global_avg_pool2d_backward(dy, dx)

@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt
+from ._config import compiling_announced
 from ._interrupt import TrainingInterrupted, sigint_requests_stop
 from ._io import atomic_write
 from .checkpoint import CheckpointError
@@ -258,9 +259,10 @@ class Trainer:
             if data.get(split) is not None and len(data[split]):
                 evals.update(W._sizes(len(data[split]), self.eval_batch_size))
         if self.verbose:
+            compiling_announced()  # the line below tells of compiling: no second notice
             print(W.announce(x.dtype), end="", flush=True)
         sec, compiled = W.warm_up(self.model, x.shape[1:], train, sorted(evals), self.loss,
-                                  x.dtype)
+                                  x.dtype, optimizer=self.optimizer)
         if self.verbose:
             print(W.report(sec, compiled), flush=True)
         self.compile_seconds = sec

@@ -10,12 +10,15 @@ cache for both dtypes ahead of time (optional, e.g. as an install step)::
     python -m nbconv.warmup                                  # every model, float32 and float64
     python -m nbconv.warmup --dtype float32 --model deep
 
+(with every optimizer's update kernels, :func:`optimizer_kernels`).
+
 Which kernels an op runs depends on its shapes, batch size included (e.g. products and copies
 below ``PARALLEL_ELEMENTS``/``SMALL_COPY_BYTES`` run on one thread, the conv planner picks its
 layout from the shapes), so the warm-up runs the model at the batch sizes training will use:
-a training step (train mode, forward and backward) at each training batch size and an
-evaluation pass (eval mode) at each evaluation batch size. It runs on a deep copy of the model:
-the model's parameters, buffers and random generators are not touched.
+a training step (train mode, forward, backward and, given the run's optimizer, its ``step``:
+the fused update kernels of :mod:`nbconv.kernels.optim`) at each training batch size and an
+evaluation pass (eval mode) at each evaluation batch size. It runs on a deep copy of the model
+and the optimizer: their parameters, buffers, state and random generators are not touched.
 """
 import argparse
 import copy
@@ -26,7 +29,7 @@ import numpy as np
 
 from . import _config
 
-__all__ = ["warm_up", "kernels_cached", "compilations", "main"]
+__all__ = ["warm_up", "optimizer_kernels", "kernels_cached", "compilations", "main"]
 
 # rough compile times on 2 cores (seconds), for the "about N s" message
 ESTIMATE_SECONDS = {"three-layer": 30, "deep": 60}
@@ -56,16 +59,19 @@ def _sizes(n, batch):
     return sorted(sizes)
 
 
-def warm_up(model, input_shape, train_sizes=(), eval_sizes=(), loss=None, dtype=np.float32):
-    """Run ``model`` (a deep copy) once per batch size: a training step (``train()``, forward
-    and ``backward``) for each of ``train_sizes`` and an eval-mode forward for each of
-    ``eval_sizes``, on zero-mean random inputs ``(n, *input_shape)`` of ``dtype``, so that every
-    kernel those passes use is compiled or loaded from cache. Returns ``(seconds,
-    compiled)``: the wall time and the number of kernels compiled (0: all came from cache)."""
+def warm_up(model, input_shape, train_sizes=(), eval_sizes=(), loss=None, dtype=np.float32,
+            optimizer=None):
+    """Run ``model`` (a deep copy) once per batch size: a training step (``train()``, forward,
+    ``backward`` and, if ``optimizer`` (the one training will use, on ``model``'s parameters)
+    is given, its ``step()`` on a deep copy taken together with the model's) for each of
+    ``train_sizes`` and an eval-mode forward for each of ``eval_sizes``, on zero-mean random
+    inputs ``(n, *input_shape)`` of ``dtype``, so that every kernel those passes use is compiled
+    or loaded from cache. Returns ``(seconds, compiled)``: the wall time and the number of
+    kernels compiled (0: all came from cache)."""
     if loss is None:
         from .layers import SoftmaxCrossEntropy
         loss = SoftmaxCrossEntropy()
-    m = copy.deepcopy(model)
+    m, opt = copy.deepcopy((model, optimizer))  # together: opt's arrays are m's
     g = np.random.default_rng(0)
     before, t0 = compilations(), time.perf_counter()
     for train, sizes in ((True, train_sizes), (False, eval_sizes)):
@@ -76,7 +82,19 @@ def warm_up(model, input_shape, train_sizes=(), eval_sizes=(), loss=None, dtype=
             if train:
                 _, dlogits = loss(logits, np.arange(n) % logits.shape[1])
                 m.backward(dlogits)
+                if opt is not None:
+                    opt.step()
     return time.perf_counter() - t0, compilations() - before
+
+
+def optimizer_kernels(dtype):
+    """One step of each optimizer family (SGD with momentum, Adam/AdamW, RMSprop) on a small
+    parameter of ``dtype``: compiles (or loads) their fused update kernels, whichever one a
+    run picks (the command line does this; :func:`warm_up` steps the run's own optimizer)."""
+    from . import optim
+    for cls, kw in ((optim.SGD, dict(momentum=0.9)), (optim.Adam, {}), (optim.RMSprop, {})):
+        params = {"p": np.zeros(4, dtype)}
+        cls(params, {"p": np.zeros(4, dtype)}, lr=0.1, **kw).step()
 
 
 def announce(dtype, estimate=None):
@@ -111,15 +129,23 @@ def main(argv=None):
                     help="evaluation batch size to warm up")
     args = ap.parse_args(argv)
     total = time.perf_counter()
+    _config.compiling_announced()  # each line below says what compiles
+    _warm_all(args)
+    print(f"done in {time.perf_counter() - total:.1f} s; kernels cached in "
+          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels', '__pycache__')}")
+
+
+def _warm_all(args):
+    from . import models
     for dtype in args.dtype:
         for name in args.model:
             model = models.MODELS[name](seed=0, dtype=np.dtype(dtype))
             print(f"{name}: " + announce(dtype, ESTIMATE_SECONDS.get(name)), end="", flush=True)
-            sec, n = warm_up(model, (3, 32, 32), args.batch_size,
-                             [args.eval_batch_size, 1], dtype=np.dtype(dtype))
-            print(report(sec, n), flush=True)
-    print(f"done in {time.perf_counter() - total:.1f} s; kernels cached in "
-          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels', '__pycache__')}")
+            t0, before = time.perf_counter(), compilations()
+            warm_up(model, (3, 32, 32), args.batch_size, [args.eval_batch_size, 1],
+                    dtype=np.dtype(dtype))
+            optimizer_kernels(np.dtype(dtype))
+            print(report(time.perf_counter() - t0, compilations() - before), flush=True)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,27 @@ def test_relu_non_contiguous_and_nan(rng):
     np.testing.assert_array_equal(y[1:], np.maximum(x[1:], 0))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_gradient_at_nan_passes_dy_like_torch(dtype, rng, monkeypatch):
+    """PyTorch's ReLU backward (threshold_backward) zeroes dy where the output is <= 0 and
+    passes it elsewhere, NaN included (NaN <= 0 is false): the layer, the functional op (serial
+    and thread-pool kernels) and the reference follow it (issue 18; dx was 0 at a NaN)."""
+    x = rng.normal(size=(3, 9)).astype(dtype)
+    x[0, :6] = [np.nan, 0.0, -0.0, np.inf, -np.inf, -np.nan]
+    dy = rng.normal(size=x.shape).astype(dtype)
+    ty, tdx = torch_run(nn.ReLU(), x, dy)
+    assert np.isnan(tdx[0, 0]) == np.isnan(dy[0, 0]) and tdx[0, 0] == dy[0, 0]
+    y, dx = run_layer(ReLU(), x, dy)
+    np.testing.assert_array_equal(y, ty)
+    np.testing.assert_array_equal(dx, tdx)
+    for threshold in (1 << 23, 1):  # the serial kernel, then the thread-pool one
+        monkeypatch.setattr(F.basic, "PARALLEL_ELEMENTS", threshold)
+        np.testing.assert_array_equal(F.relu(x), ty)
+        np.testing.assert_array_equal(F.relu_backward(dy, F.relu(x)), tdx)
+    np.testing.assert_array_equal(R.relu(x), ty)
+    np.testing.assert_array_equal(R.relu_backward(dy, x), tdx)
+
+
 # ---- Linear ---------------------------------------------------------------------------------
 
 def torch_linear(layer):

@@ -543,3 +543,22 @@ def test_layer_bad_arguments(kwargs, err):
     args.update(kwargs)
     with pytest.raises(err):
         Conv2d(**args)
+
+
+@pytest.mark.parametrize("n_filters", [31, 32, 33, 35, 64, 67])
+def test_weight_grad_with_more_filters_than_a_slab(n_filters):
+    """The weight gradient walks its filters in slabs (CONV_FW) of 3-filter blocks: a slab that
+    was not a whole number of blocks wrote past the partial sums' rows (more than 30 filters:
+    wrong sums, or a corrupted heap) and made dw differ between thread counts."""
+    rng = np.random.default_rng(n_filters)
+    x = rng.standard_normal((3, 3, 11, 10))
+    w = rng.standard_normal((n_filters, 3, 3, 3))
+    dy = rng.standard_normal((3, n_filters, 11, 10))
+    expect = R.conv2d_backward_im2col(dy, x, w, padding=1)[1]
+    runs = []
+    for n in (1, 2):
+        with num_threads(n):
+            runs.append(F.conv2d_backward(dy, x, w, padding=1, need_dx=False,
+                                          algorithm="direct")[1])
+    assert_close(runs[0], expect, np.float64, scale=np.abs(expect).max())
+    assert np.array_equal(runs[0], runs[1])

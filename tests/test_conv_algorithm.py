@@ -58,13 +58,19 @@ def test_every_algorithm_matches_torch(cfg, dtype, algorithm):
         check(a, t, dtype, f"{name} vs torch ({algorithm})")
 
 
-def test_winograd_really_runs(monkeypatch):
-    """"winograd" (and "auto" on its shapes) goes through the Winograd wrappers, "direct" not."""
+def _winograd_calls(monkeypatch):
+    """A list that records each call of the Winograd wrappers (forward, dx) from now on."""
     calls = []
     for name in ("winograd_conv2d", "winograd_conv2d_input_grad"):
         fn = getattr(F.conv.__dict__["_winograd"], name)
         monkeypatch.setattr(F.conv.__dict__["_winograd"], name,
                             lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
+    return calls
+
+
+def test_winograd_really_runs(monkeypatch):
+    """"winograd" (and "auto" on its shapes) goes through the Winograd wrappers, "direct" not."""
+    calls = _winograd_calls(monkeypatch)
     x, w, b, args = make(GRID3[6], np.float32)
     for algorithm, expect in [("direct", []), ("winograd", 2), ("auto", 2)]:
         calls.clear()
@@ -75,6 +81,42 @@ def test_winograd_really_runs(monkeypatch):
     calls.clear()  # need_dx=False: the weight gradient is direct, nothing Winograd runs
     F.conv2d_backward(_dy(y), x, w, **args, algorithm="winograd", need_dx=False)
     assert calls == []
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_unbatched_input_every_algorithm(algorithm):
+    """An unbatched (C, H, W) input gives (F, OH, OW), and takes an unbatched dy for an
+    unbatched dx, under every algorithm as under direct and torch (issue 18: Winograd returned
+    (1, F, OH, OW), and the layer then refused the unbatched dy). (16, 4, 256) with a 16->16
+    3x3 padding-1 conv is a shape "auto" runs by Winograd."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 4, 256)).astype(np.float64)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float64)
+    b = rng.standard_normal(16).astype(np.float64)
+    args = dict(stride=1, padding=1, dilation=1, groups=1)
+    assert F.conv2d_prepare(x, w, padding=1).winograd
+    t_y = torch_ref(x, w, b, args)
+    dy = _dy(t_y)
+    t_dx, t_dw, t_db = torch_ref(x, w, b, args, dy)
+    assert t_y.shape == (16, 4, 256) and t_dx.shape == x.shape
+    y = F.conv2d(x, w, b, padding=1, algorithm=algorithm)
+    check(y, t_y, np.float64, "y")
+    prep = F.conv2d_prepare(x, w, padding=1, algorithm=algorithm)
+    check(F.conv2d(None, w, b, padding=1, prepared=prep, algorithm=algorithm), t_y,
+          np.float64, "y (prepared)")
+    for dx, dw, db in (F.conv2d_backward(dy, x, w, padding=1, algorithm=algorithm),
+                       F.conv2d_backward(dy, None, w, padding=1, prepared=prep,
+                                         algorithm=algorithm)):
+        check(dx, t_dx, np.float64, "dx")
+        check(dw, t_dw, np.float64, "dw")
+        check(db, t_db, np.float64, "db")
+    check(F.conv2d_input_grad(dy, w, x.shape, padding=1), t_dx, np.float64, "input_grad")
+    layer = Conv2d(16, 16, 3, padding=1, dtype=np.float64, algorithm=algorithm)
+    layer.params["weight"][...] = w
+    layer.params["bias"][...] = b
+    check(layer(x), t_y, np.float64, "layer y")
+    check(layer.backward(dy), t_dx, np.float64, "layer dx")
+    check(layer.grads["weight"], t_dw, np.float64, "layer dw")
 
 
 # ---- arguments and errors ----------------------------------------------------------------------
@@ -214,18 +256,98 @@ def test_auto_rule_as_documented():
 # ---- non-finite values --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_all_finite(dtype):
-    n = 2 * ALGO._FINITE_CHUNK + 5
+def test_winograd_fits(dtype):
+    """The one chunked pass finds a NaN, an inf or a value past the overflow bound in the
+    first chunk, a later one and the short tail, of the input and of the weight."""
+    n = 2 * ALGO._CHUNK + 5
     a = np.random.default_rng(0).standard_normal(n).astype(dtype)
-    a[7] = a[8] = np.finfo(dtype).max  # huge values are finite
     w = np.ones((2, 2), dtype)
-    assert ALGO.all_finite(a, w) and ALGO.all_finite(a[:0]) and ALGO.all_finite(a[:1])
-    for i in (0, ALGO._FINITE_CHUNK, n - 1):  # first chunk, a later one, the short tail
-        for v in (np.nan, np.inf, -np.inf):
+    bound = ALGO.winograd_bound(dtype, 7, 1.0)
+    a[7] = 0.999 * bound  # inside the bound
+    assert ALGO.winograd_fits(a, w, 7) and ALGO.winograd_fits(a[:0], w[:0], 7)
+    assert ALGO.winograd_fits(a[:1], w, 7)
+    for i in (0, ALGO._CHUNK, n - 1):  # first chunk, a later one, the short tail
+        for v in (np.nan, np.inf, -np.inf, 1.01 * bound, -1.01 * bound):
             b = a.copy()
             b[i] = v
-            assert not ALGO.all_finite(b[None, :, None]), (i, v)
-            assert not ALGO.all_finite(w, b), (i, v)
+            assert not ALGO.winograd_fits(b[None, :, None], w, 7), (i, v)
+            if not np.isfinite(v):
+                assert not ALGO.winograd_fits(a, b.reshape(1, -1), 7), (i, v)
+    assert not ALGO.winograd_fits(a, 2 * w, 7)   # a larger weight lowers the bound on a
+    assert not ALGO.winograd_fits(a, w, 8)       # so do more channels
+    huge = np.full(3, np.finfo(dtype).max, dtype)
+    assert not ALGO.winograd_fits(np.zeros(3, dtype), huge, 7)
+    assert not ALGO.winograd_fits(huge / 50, 0 * w, 7)  # overflows in the input transform
+
+
+def _gains():
+    """The overflow bound's factors, recomputed here from the kernels' transform matrices."""
+    from nbconv.kernels import winograd as WK
+    return tuple(float(np.abs(m).sum(axis=1).max()) ** 2 for m in (WK.BT, WK.G, WK.AT))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_auto_never_overflows_finite_inputs(dtype, monkeypatch):
+    """Finite inputs with |x| ~ 1e37 (float32; 1e308 float64) and |w| ~ 1e-3, whose true
+    outputs are finite, gave all-NaN under "auto" (issue 18): the Winograd transforms
+    overflowed. "auto" now sees the magnitudes and runs direct: finite, as torch."""
+    big = 1e37 if dtype == np.float32 else 1e308
+    calls = _winograd_calls(monkeypatch)
+    x, w, b, args = make(GRID3[5], dtype)  # a shape "auto" runs by Winograd
+    x = (x / np.abs(x).max() * big).astype(dtype)
+    w = (w / np.abs(w).max() * 1e-3).astype(dtype)
+    assert F.conv2d_prepare(x, w, **args).winograd
+    expect = torch_ref(x, w, b, args)
+    assert np.isfinite(expect).all()
+    assert not np.isfinite(F.conv2d(x, w, b, **args, algorithm="winograd")).all()
+    calls.clear()
+    y = F.conv2d(x, w, b, **args)
+    assert calls == [] and np.isfinite(y).all()
+    check(y, expect, dtype, "y vs torch")
+    assert np.array_equal(y, F.conv2d(x, w, b, **args, algorithm="direct"))
+    dy = _dy(y)
+    dy = (dy / np.abs(dy).max() * big).astype(dtype)
+    t_dx = torch_ref(x, w, b, args, dy)[0]
+    assert np.isfinite(t_dx).all()
+    assert not np.isfinite(F.conv2d_backward(dy, x, w, **args, algorithm="winograd")[0]).all()
+    calls.clear()
+    dx = F.conv2d_backward(dy, x, w, **args)[0]
+    assert calls == [] and np.isfinite(dx).all()
+    check(dx, t_dx, dtype, "dx vs torch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_auto_keeps_winograd_inside_the_bound(dtype, monkeypatch):
+    """Just inside the documented bound ("auto" runs Winograd: half the dtype's largest value
+    over gain(BT)^2 * gain(G)^2 * gain(AT)^2 * channels * max|w|, the matrices' gains
+    recomputed here) the output is finite and matches direct; just outside, direct runs. The
+    same for dx with max|dy| and filters per group. Normal float32 data (|x| up to 1e30)
+    keeps Winograd."""
+    gi, gw, go = _gains()
+    assert (gi, gw, go) == (100.0, 1.0, 361.0)
+    half = float(np.finfo(dtype).max) / 2
+    calls = _winograd_calls(monkeypatch)
+    x, w, b, args = make(GRID3[6], dtype)  # groups 4: 16 channels and 16 filters per group
+    K = x.shape[1] // args["groups"]
+    bound = min(half / gi, half / (go * K * gi * gw * float(np.abs(w).max())))
+    direct = F.conv2d(x, w, b, **args, algorithm="direct")
+    dy = _dy(direct)
+    for scale in (0.99, 1.01):
+        xs = (x / np.abs(x).max() * (scale * bound)).astype(dtype)
+        dys = (dy / np.abs(dy).max() * (scale * bound)).astype(dtype)
+        calls.clear()
+        y = F.conv2d(xs, w, b, **args)
+        dx = F.conv2d_backward(dys, xs, w, **args)[0]
+        assert calls == (["winograd_conv2d", "winograd_conv2d_input_grad"] if scale < 1
+                         else []), scale
+        assert np.isfinite(y).all() and np.isfinite(dx).all()
+        check(y, F.conv2d(xs, w, b, **args, algorithm="direct"), dtype, "y vs direct")
+        check(dx, F.conv2d_backward(dys, xs, w, **args, algorithm="direct")[0], dtype,
+              "dx vs direct")
+    if dtype == np.float32:
+        calls.clear()
+        F.conv2d((x / np.abs(x).max() * 1e30).astype(dtype), w, b, **args)
+        assert calls == ["winograd_conv2d"]
 
 
 def _nonfinite_data(dtype):

@@ -160,3 +160,56 @@ def test_errors():
         CT.conv_transpose2d_backward(np.zeros((2, 3, 6, 7), np.float32), x, w)
     with pytest.raises(ValueError, match="dy must be 4-d"):
         CT.conv_transpose2d_backward(np.zeros((3, 7, 7), np.float32), x, w)
+
+
+def _python_lines(fn, budget=200_000):
+    """``fn()``'s result and the number of Python lines it ran (the kernels run as machine
+    code, uncounted); stops with an AssertionError past ``budget`` lines."""
+    import sys
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] > budget:
+                raise AssertionError(f"more than {budget} Python lines")
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        out = fn()
+    finally:
+        sys.settrace(None)
+    return out, count[0]
+
+
+def test_huge_stride_plans_only_the_phases_a_tap_reads(rng):
+    """A transposed conv (and a conv's input gradient) with a huge stride plans only the
+    stride phases some kernel tap reaches (at most KH * KW), so Python's work does not grow
+    with the stride (issue 18: stride 30,000 spent 16 s and 100,000 over 90 s planning
+    stride_h x stride_w phases before failing). Counted in Python lines run, not timed."""
+    from nbconv import ConvTranspose2d
+    import nbconv.functional as F
+    x = rng.standard_normal((1, 2, 2, 3)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    xt, wt = torch_tensor(x, True), torch_tensor(w, True)
+    counts = {}
+    for s in (3, 100_000):
+        yt = torch.nn.functional.conv_transpose2d(xt, wt, stride=(s, 2))
+        dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+        t_dx, t_dw = torch.autograd.grad(yt, (xt, wt), torch_tensor(dy))
+        layer = ConvTranspose2d(2, 3, 3, stride=(s, 2), bias=False)
+        layer.params["weight"][...] = w
+        # a conv whose input gradient has 100,000 row phases (the conv of the transpose)
+        xc = rng.standard_normal((1, 3) + yt.shape[2:]).astype(np.float32)
+        def run():
+            return (layer(x), layer.backward(dy),
+                    F.conv2d_backward(np.ones((1, 2, 2, 3), np.float32), xc, w, stride=(s, 2))[0])
+        if s == 3:
+            run()  # compiles or loads the kernels (Numba's compiler is Python): not counted
+        (y, dx, dxc), counts[s] = _python_lines(run)
+        assert_close(y, yt.detach().numpy(), np.float32, scale=10, err_msg=f"y, stride {s}")
+        assert_close(dx, t_dx.numpy(), np.float32, scale=10, err_msg=f"dx, stride {s}")
+        assert_close(layer.grads["weight"], t_dw.numpy(), np.float32, scale=10)
+        assert dxc.shape == xc.shape
+    assert counts[100_000] <= counts[3] + 200, counts

@@ -393,3 +393,54 @@ def test_non_contiguous_param_takes_numpy_path_and_updates_in_place():
     before = base.copy()
     optim.Adam(params, grads, lr=0.1).step()
     assert np.all(base[:, ::2] < before[:, ::2]) and np.array_equal(base[:, 1::2], before[:, 1::2])
+
+
+# ---- the fused kernels are built like every other kernel ------------------------------------
+
+def test_fused_kernels_built_by_config():
+    """The optimizer kernels come from _config's decorators (issue 18: they had their own njit
+    flags): registered for nbconv.warmup, the parallel ones under the launch lock and the fork
+    guard, all without fastmath."""
+    from nbconv import _config
+    from nbconv.kernels import optim as K
+    for name in ("sgd", "adam", "rmsprop"):
+        par, ser = getattr(K, name), getattr(K, name + "_serial")
+        assert isinstance(par, _config.Kernel), name
+        assert par.dispatcher in _config.DISPATCHERS and ser in _config.DISPATCHERS, name
+        for d in (par.dispatcher, ser):
+            assert not d.targetoptions.get("fastmath"), name
+
+
+def test_warm_up_compiles_the_runs_optimizer(tmp_path):
+    """The Trainer's warm-up steps the run's optimizer on copies, so its update kernel is
+    compiled (or loaded) before the first epoch, and only that one; the model and optimizer
+    are untouched. ``python -m nbconv.warmup``'s helper compiles every optimizer family. In a
+    fresh process, where no kernel has run yet."""
+    import os
+    import subprocess
+    import sys
+    code = """if True:
+        import numpy as np, nbconv
+        from nbconv import optim
+        from nbconv.kernels import optim as K
+        model = nbconv.Sequential(nbconv.Flatten(), nbconv.Linear(12, 3, seed=0))
+        opt = optim.Adam(model.params, model.grads, lr=0.1)
+        before = {k: v.copy() for k, v in model.params.items()}
+        assert not K.adam_serial.signatures
+        x = np.random.default_rng(0).standard_normal((10, 3, 2, 2)).astype(np.float32)
+        t = nbconv.Trainer(model, opt, batch_size=4, progress=False)
+        t.warm_up({"x_train": x, "y_train": np.arange(10) % 3})
+        assert [s[0].dtype.name for s in K.adam_serial.signatures] == ["float32"]
+        assert not K.sgd_serial.signatures and not K.rmsprop_serial.signatures
+        assert opt.step_count == 0 and not any(opt.state.values())
+        assert all(np.array_equal(before[k], v) for k, v in model.params.items())
+        from nbconv.warmup import optimizer_kernels  # python -m nbconv.warmup: every family
+        optimizer_kernels(np.float64)
+        for k in (K.adam_serial, K.sgd_serial, K.rmsprop_serial):
+            assert "float64" in [s[0].dtype.name for s in k.signatures]
+        print("ok")
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=root, NBCONV_QUIET="1"))
+    assert out.stdout.strip() == "ok", out.stderr

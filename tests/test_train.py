@@ -377,6 +377,72 @@ def test_importing_nbconv_does_not_import_matplotlib():
     assert out.stdout.strip() == "False", out.stderr
 
 
+# ---- the compile notice (nbconv._config) ---------------------------------------------------------
+
+_NOTICE = "nbconv: compiling Numba kernels"
+
+
+def _run_cold(code, cache_dir, quiet=None):
+    """Run ``code`` in a fresh process whose Numba cache is ``cache_dir`` (and NBCONV_QUIET
+    ``quiet``, unset for None); (stdout, stderr)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, NUMBA_CACHE_DIR=str(cache_dir))
+    env.pop("NBCONV_QUIET", None)
+    if quiet is not None:
+        env["NBCONV_QUIET"] = quiet
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout, out.stderr
+
+
+def test_compile_notice_once_and_silenced(tmp_path):
+    """Outside the Trainer, the first kernel compiled in a process (not in Numba's disk cache)
+    says so once on stderr (issue 19: the README's snippet sat 39 s silent); not again in the
+    process, not for a kernel loaded from the cache, and not with NBCONV_QUIET=1 or with the
+    "nbconv" logger raised above WARNING."""
+    code = """if True:
+        import numpy as np, nbconv.functional as F
+        F.relu(np.ones(3, np.float64))               # compiles: the notice
+        y = F.relu(np.ones(3, np.float32))           # compiles again: no second notice
+        F.relu_backward(y, y)
+        print("done")
+    """
+    cold = tmp_path / "cold"
+    out, err = _run_cold(code, cold)
+    assert out.strip() == "done" and err.count(_NOTICE) == 1, err
+    assert "NBCONV_QUIET=1" in err and "python -m nbconv.warmup" in err
+    out, err = _run_cold(code, cold, quiet="0")  # all three now load from the cache
+    assert out.strip() == "done" and _NOTICE not in err, err
+    out, err = _run_cold(code, tmp_path / "quiet", quiet="1")
+    assert out.strip() == "done" and _NOTICE not in err, err
+    out, err = _run_cold("import logging; logging.getLogger('nbconv').setLevel(logging.ERROR)\n"
+                         + code, tmp_path / "logging")
+    assert out.strip() == "done" and _NOTICE not in err, err
+
+
+def test_compile_notice_not_doubled_by_trainer(tmp_path):
+    """The Trainer's warm-up prints its own "compiling kernels" line: no notice beside it, nor
+    for a kernel that compiles later in the process."""
+    code = """if True:
+        import numpy as np, nbconv
+
+        class NoStep:
+            def step(self):
+                pass
+
+        model = nbconv.Sequential(nbconv.Flatten())
+        t = nbconv.Trainer(model, NoStep(), batch_size=4, progress=False, verbose=True)
+        t.warm_up({"x_train": np.ones((6, 3), np.float32), "y_train": np.arange(6) % 3})
+        nbconv.functional.relu(np.ones(3, np.float64))
+    """
+    out, err = _run_cold(code, tmp_path / "cold")
+    assert "compiling kernels for float32" in out and "compiled in" in out, out
+    assert _NOTICE not in err, err
+
+
 # ---- the training command (nbconv/cli.py, scripts/train_cifar.py) ---------------------------------
 
 def test_train_command_outputs_and_resume(tmp_path, capsys):

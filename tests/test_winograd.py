@@ -9,7 +9,7 @@ from nbconv import reference as ref
 from nbconv.functional import conv2d, conv2d_backward
 from nbconv.functional import winograd as wmod
 from nbconv.functional.winograd import (winograd_conv2d, winograd_conv2d_input_grad,
-                                        winograd_conv2d_weight_grad, winograd_supported)
+                                        winograd_conv2d_weight_grad)
 
 from helpers import DTYPES, assert_close, num_threads, torch_tensor, to_numpy
 
@@ -241,21 +241,27 @@ def test_nan_reaches_every_output_whose_window_holds_it():
 
 
 @pytest.mark.parametrize("w_shape, kw, reason", [
-    ((4, 2, 5, 5), {}, "not 3x3"),
-    ((4, 2, 3, 1), {}, "not 3x3"),
-    ((4, 2, 3, 3), dict(stride=2), "stride"),
-    ((4, 2, 3, 3), dict(dilation=(1, 2)), "dilation"),
+    ((4, 2, 5, 5), {}, r"not applicable: kernel size \(5, 5\) is not 3x3"),
+    ((4, 2, 3, 1), {}, r"not applicable: kernel size \(3, 1\) is not 3x3"),
     ((4, 2, 3, 3), dict(padding="same"), "padding"),
-    ((4, 2, 3, 3), dict(padding=-1), "negative"),
+    ((4, 2, 3, 3), dict(padding=-1), "padding"),
     ((4, 2, 3, 3), dict(groups=3), "groups"),
     ((4, 2, 3, 3), dict(x_shape=(1, 3, 8, 8)), "channels"),
-    ((4, 2, 3, 3), dict(x_shape=(1, 2, 1, 8)), "smaller than the kernel"),
+    ((4, 2, 3, 3), dict(x_shape=(1, 2, 1, 8), padding=0), "too small"),
 ])
-def test_supported_names_the_reason(w_shape, kw, reason):
-    why = winograd_supported(w_shape, **kw)
-    assert why is not None and reason in why
-    assert winograd_supported((4, 2, 3, 3), padding=(1, 2), groups=2, x_shape=(1, 4, 5, 5)) \
-        is None
+def test_wrappers_name_the_reason(w_shape, kw, reason):
+    """The wrappers apply the dispatcher's rule (one function, _algorithm.winograd_reason) and
+    the shared checks, forward and dx alike."""
+    kw = dict(dict(padding=1, groups=1), **kw)
+    x_shape = kw.pop("x_shape", (1, 2, 5, 5))
+    x, w = np.ones(x_shape, np.float32), np.ones(w_shape, np.float32)
+    with pytest.raises((ValueError, TypeError), match=reason):
+        winograd_conv2d(x, w, **kw)
+    with pytest.raises((ValueError, TypeError), match=reason):
+        winograd_conv2d_input_grad(np.ones((1, 4, 5, 5), np.float32), w, kw["padding"], x_shape,
+                                   kw["groups"])
+    assert winograd_conv2d(np.ones((1, 4, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32),
+                           padding=(1, 2), groups=2).shape == (1, 4, 5, 7)
 
 
 def test_wrappers_reject_what_they_cannot_do():
@@ -266,3 +272,49 @@ def test_wrappers_reject_what_they_cannot_do():
         winograd_conv2d(x, w.astype(np.float64))
     with pytest.raises(ValueError, match="dy must have shape"):
         winograd_conv2d_input_grad(np.zeros((1, 3, 5, 5), np.float32), w, 1, x.shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transform_matrices_are_the_kernels(dtype):
+    """The matrices BT, G, AT that the "auto" overflow bound is derived from are what the
+    kernels' 1-d transforms compute (column j of each: the transform of the j-th unit
+    vector; the vector transforms are run on one vector whose lanes hold the columns)."""
+    from numba import njit
+    from nbconv.kernels import simd
+    from nbconv.kernels import winograd as K
+
+    @njit
+    def vec6(w, d, out, k2, k4, k5, which):   # d (6, L) rows -> out (6, L) rows
+        L = d.shape[1]
+        r0, r1, r2 = simd.load(w, d, 0), simd.load(w, d, L), simd.load(w, d, 2 * L)
+        r3, r4, r5 = simd.load(w, d, 3 * L), simd.load(w, d, 4 * L), simd.load(w, d, 5 * L)
+        a, b, c = simd.splat(w, k2), simd.splat(w, k4), simd.splat(w, k5)
+        if which == 0:
+            o0, o1, o2, o3, o4, o5 = K._bt_v(r0, r1, r2, r3, r4, r5, a, b, c)
+            simd.store(out, 4 * L, o4)
+            simd.store(out, 5 * L, o5)
+        else:
+            o0, o1, o2, o3 = K._at_v(r0, r1, r2, r3, r4, r5, a, b, c)
+        simd.store(out, 0, o0)
+        simd.store(out, L, o1)
+        simd.store(out, 2 * L, o2)
+        simd.store(out, 3 * L, o3)
+
+    k = wmod._consts(dtype)  # (2, 4, 5, 8, 1/4, 1/6, 1/12, 1/24)
+    w = simd.WIDTH
+    L = w.lanes(dtype)
+    for j0 in range(0, 6, L):   # the unit vectors, L per call
+        d = np.zeros((6, L), dtype)
+        for lane in range(min(L, 6 - j0)):
+            d[j0 + lane, lane] = 1
+        out = np.zeros((6, L), dtype)
+        vec6(w, d, out, k[0], k[1], k[2], 0)
+        for lane in range(min(L, 6 - j0)):
+            assert np.allclose(out[:, lane], K.BT[:, j0 + lane], rtol=1e-6, atol=0)
+        out = np.zeros((6, L), dtype)
+        vec6(w, d, out, k[0], k[1], k[3], 1)
+        for lane in range(min(L, 6 - j0)):
+            assert np.allclose(out[:4, lane], K.AT[:, j0 + lane], rtol=1e-6, atol=0)
+    for j in range(3):
+        e = np.eye(3, dtype=dtype)[j]
+        assert np.allclose(K._g3(*e, k[4], k[5], k[6], k[7]), K.G[:, j], rtol=1e-6, atol=0)

@@ -11,20 +11,40 @@
   padding the same on both sides of each axis; anything else raises ``ValueError`` naming the
   reason (:func:`winograd_reason`). A NaN or inf in ``x`` (or ``dy``, for ``dx``) reaches every
   output of the 4x4 tiles whose input tile holds it (as NaN), not only the outputs whose 3x3
-  window holds it as in PyTorch.
+  window holds it as in PyTorch, and values past the overflow bound below may overflow
+  (``"winograd"`` does what it is asked; ``"auto"`` checks).
 - ``"auto"`` (the default): Winograd where :func:`prefers_winograd` says it measured faster,
   direct elsewhere, and direct whenever the input (``x`` for the forward pass, ``dy`` for
-  ``dx``) or the weight holds a NaN or inf, so results follow PyTorch's non-finite semantics.
-  The check (:func:`all_finite`) is NumPy's ``isfinite`` over chunks of the array: 0.2-0.5 ms
-  for 2-8 MB inputs here, 0.3% of a Winograd forward pass. A Numba kernel doing the same pass
+  ``dx``) or the weight holds a NaN or inf, so results follow PyTorch's non-finite semantics,
+  or values so large that a Winograd intermediate could overflow (below), so finite inputs
+  never give a non-finite output that direct would not. Both are one check,
+  :func:`winograd_fits`: the largest ``|value|`` of each array (NumPy's ``max`` and ``min``
+  over chunks, so a NaN or inf shows too), stopping at the first chunk past its bound:
+  0.09-0.35 ms for 2-8 MB float32 inputs (AMD EPYC Zen 3, 2 busy cores), 1.1-1.5x the
+  finiteness-only check it replaced (NumPy's ``isfinite`` over the same chunks; 0.2-0.5 ms, 0.3%
+  of a Winograd forward pass, on the Zen 5 of the table below). A Numba kernel doing the pass
   (multiply by zero, sum, compare) measured 64 ms per call on this busy machine, whatever the
   size: waking its thread pool cost more than the pass.
+
+  The overflow bound, derived from the transform matrices of :mod:`nbconv.kernels.winograd`
+  (``BT``, ``G``, ``AT``; the gain of a matrix is its largest row sum of ``|entries|``, the
+  most by which it can multiply the largest ``|value|`` it is applied to, every partial sum
+  included): with ``a = max|x|`` (or ``max|dy|``), ``w = max|weight|`` and ``K`` the channels
+  one output sums (``C/groups`` forward, ``n_filters/groups`` for ``dx``), the input transform
+  ``BT d BT^T`` is at most ``gain(BT)^2 a = 100 a``, the weight transform ``G g G^T`` at most
+  ``gain(G)^2 w = w``, their products summed over the channels at most ``K * 100 a * w``, and
+  the output transform ``AT m AT^T`` at most ``gain(AT)^2 = 361`` times that. Winograd runs
+  only when ``100 a``, ``w`` and ``36100 K a w`` are all at most half the dtype's largest value
+  (the other half is headroom for rounding). The true output is at most ``9 K a w``, so the
+  bound gives away a factor of about 4000 (12 bits): for float32 with ``|weight| <= 1`` and
+  ``K = 512`` Winograd still runs up to ``|x|`` of about ``9e30``.
 
 The environment variable ``NBCONV_CONV_ALGORITHM`` (``auto``, ``direct`` or ``winograd``),
 read at every call, overrides the argument everywhere (for debugging and benchmarks):
 ``direct`` runs the direct kernels everywhere, ``auto`` applies the rule everywhere, and
-``winograd`` runs Winograd on every convolution it can do (without the non-finite fallback)
-and direct on the others, instead of raising. An unknown value raises ``ValueError``.
+``winograd`` runs Winograd on every convolution it can do (without the non-finite and
+overflow fallback, as an explicit ``"winograd"``) and direct on the others, instead of
+raising. An unknown value raises ``ValueError``.
 
 The ``"auto"`` rule, measured (float32, 2 threads of a busy 2-core Zen 5, AVX-512;
 ``benchmarks/winograd_probe.py``, 3x3 padding 1, medians of 5 interleaved rounds; speed of
@@ -65,10 +85,21 @@ import numpy as np
 from .._checks import ALGORITHMS, check_algorithm  # noqa: F401  (re-exported)
 from .._config import (WINOGRAD_MIN_CG, WINOGRAD_MIN_FG, WINOGRAD_MIN_PIXELS,
                        WINOGRAD_MIN_ROW_TILES)
+from ..kernels import winograd as _wk
 
 AUTO, DIRECT, WINOGRAD = ALGORITHMS
 ENV = "NBCONV_CONV_ALGORITHM"
-_FINITE_CHUNK = 1 << 18  # elements per np.isfinite call: its boolean temporary stays in L2
+_CHUNK = 1 << 18  # elements per max/min call: a chunk (1-2 MB) stays in L2 for the second pass
+
+
+def _gain(m):
+    """The most by which ``m @ v`` can exceed ``max|v|``, every partial sum included: the
+    largest row sum of ``|m|``."""
+    return float(np.abs(m).sum(axis=1).max())
+
+
+# 2-d transforms apply each matrix on both sides: BT d BT^T, G g G^T, AT m AT^T
+INPUT_GAIN, WEIGHT_GAIN, OUTPUT_GAIN = (_gain(m) ** 2 for m in (_wk.BT, _wk.G, _wk.AT))
 
 
 def requested(algorithm):
@@ -121,12 +152,38 @@ def resolve(geom, algorithm):
     return algorithm, why is None
 
 
-def all_finite(*arrays):
-    """True if no array holds a NaN or inf: one pass over each, in chunks (stops at the first
-    chunk with one)."""
-    for a in arrays:
-        flat = a.reshape(-1)
-        for i in range(0, flat.size, _FINITE_CHUNK):
-            if not np.isfinite(flat[i:i + _FINITE_CHUNK]).all():
-                return False
-    return True
+def _max_abs_within(a, bound):
+    """``max|a|`` (0 for an empty array) if every element is finite and at most ``bound`` in
+    magnitude, else None: one pass of ``max`` and ``min`` per chunk (a NaN makes both NaN),
+    stopping at the first chunk that fails."""
+    flat = a.reshape(-1)
+    m = 0.0
+    for i in range(0, flat.size, _CHUNK):
+        c = flat[i:i + _CHUNK]
+        hi, lo = float(c.max()), -float(c.min())
+        if not (hi <= bound and lo <= bound):  # False for a NaN
+            return None
+        m = max(m, hi, lo)
+    return m
+
+
+def winograd_bound(dtype, channels, w_max):
+    """The largest ``max|a|`` for which Winograd on ``a`` (``x``, or ``dy`` for ``dx``), with
+    weights of largest magnitude ``w_max`` summed over ``channels`` channels, cannot overflow
+    ``dtype`` (module docstring): half the dtype's largest value over the gains."""
+    half = float(np.finfo(dtype).max) / 2
+    bound = half / INPUT_GAIN
+    if w_max > 0:
+        bound = min(bound, half / (OUTPUT_GAIN * channels * INPUT_GAIN * WEIGHT_GAIN * w_max))
+    return bound
+
+
+def winograd_fits(a, weight, channels):
+    """True if Winograd can run on ``a`` (``x``, or ``dy`` for ``dx``) with ``weight``, one
+    output summing ``channels`` channels: both arrays finite, and no intermediate able to
+    overflow (:func:`winograd_bound`). One chunked pass over each array, ``weight`` first."""
+    half = float(np.finfo(a.dtype).max) / 2
+    w_max = _max_abs_within(weight, half / WEIGHT_GAIN)
+    if w_max is None:
+        return False
+    return _max_abs_within(a, winograd_bound(a.dtype, channels, w_max)) is not None

@@ -199,10 +199,12 @@ def _fwd_weights(weight, geom):
 
 
 def _phase_taps(size, s, d, k, p_lo):
-    """Per stride phase ``r`` of the input axis: ``(r, Q, taps, rel)``: input positions
-    ``r + s*q`` (``q < Q``) get kernel taps ``taps`` reading ``dy[q + rel]``."""
+    """Per stride phase ``r`` of the input axis that some kernel tap reaches (at most ``k`` of
+    the ``min(s, size)`` phases, whatever the stride; the others get no gradient), in
+    increasing ``r``: ``(r, Q, taps, rel)``: input positions ``r + s*q`` (``q < Q``) get kernel
+    taps ``taps`` reading ``dy[q + rel]``."""
     out = []
-    for r in range(min(s, size)):
+    for r in sorted(r for r in {(i * d - p_lo) % s for i in range(k)} if r < size):
         taps = [i for i in range(k) if (r + p_lo - i * d) % s == 0]
         rel = [(r + p_lo - i * d) // s for i in taps]
         out.append((r, (size - r + s - 1) // s, taps, rel))
@@ -225,7 +227,7 @@ def _dx_plan(weight, geom):
     # image's left zero padding (L columns)
     Wd = max([L + geom.OW] + [Q for _, Q, t, _ in ph_w if t]
              + [Q + max(rel) + 1 for _, Q, _, rel in ph_w if rel])
-    phases = [(a, b) for a in ph_h for b in ph_w if a[2] and b[2]]
+    phases = [(a, b) for a in ph_h for b in ph_w]
     E4 = max([4] + [_pad4(geom.Fg * len(a[2]) * len(b[2])) for a, b in phases])
     wt = np.zeros((len(phases), geom.G, E4, _pad4(geom.Cg)), geom.dtype)
     off = np.zeros((len(phases), E4), np.int64)
@@ -242,7 +244,7 @@ def _dx_plan(weight, geom):
         ph_out[p] = (Qw, rh, rw, o.size)
     table = tasks([a[1] * geom.N for a, _ in phases], geom.G, Wd, geom.dtype.itemsize, geom.Cg)
     wt = _blocks_of_4(wt)
-    missing = len(phases) < len(ph_h) * len(ph_w)
+    missing = len(phases) < min(geom.sh, geom.H) * min(geom.sw, geom.W)
     return (T, L, Hd, Wd), (wt, off, table, ph_out, missing)
 
 

@@ -15,7 +15,7 @@ row. Average pooling divides by the bin's area; max pooling returns, with
 """
 import numpy as np
 
-from .._checks import check_array, check_bool, check_int
+from .._checks import check_array, check_bool, check_int, check_x_shape
 from ..kernels import adaptive as _k
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
@@ -69,9 +69,7 @@ def _div(hs, he, ws, we, dtype):
 
 
 def _check_x_shape(x_shape):
-    if not isinstance(x_shape, (tuple, list)) or len(x_shape) not in (3, 4):
-        raise ValueError(f"x_shape must be (N, C, H, W) or (C, H, W), got {x_shape!r}")
-    shape = tuple(check_int(v, "x_shape", 1) for v in x_shape)
+    shape = check_x_shape(x_shape)
     return ((1,) + shape, True) if len(shape) == 3 else (shape, False)
 
 

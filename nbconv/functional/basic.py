@@ -38,7 +38,8 @@ def relu(input):
 
 
 def relu_backward(dy, y):
-    """``dx = dy * (y > 0)`` where ``y = relu(x)`` (PyTorch's convention: no gradient at 0)."""
+    """``dx = 0`` where ``y <= 0``, else ``dy``, for ``y = relu(x)``: PyTorch's
+    ``threshold_backward`` (no gradient at 0; a NaN ``y``, from a NaN ``x``, passes ``dy``)."""
     dy = _any_ndim(dy, "dy")
     y = _any_ndim(y, "y")
     if dy.shape != y.shape:

@@ -30,8 +30,8 @@ forward pass, at backward time after a Winograd one, never for Winograd inferenc
 """
 import numpy as np
 
-from .._checks import (add_batch, check_array, check_int, conv2d_padding, is_unbatched,
-                       is_unbatched_shape, to_pair)
+from .._checks import (add_batch, check_array, check_int, check_out_size, check_x_shape,
+                       conv2d_padding, is_unbatched, to_pair)
 from . import _algorithm as _algo
 from . import _conv_plan as _plan
 from . import depthwise as _depthwise
@@ -72,9 +72,12 @@ class Prepared:
             self._xb = _engine(self.geom).layout(self.x, self.geom)
         return self._xb
 
-    def use_winograd(self, *arrays):
-        """Whether this call runs Winograd: chosen, and (for ``"auto"``) ``arrays`` finite."""
-        return self.winograd and (self.algorithm != _algo.AUTO or _algo.all_finite(*arrays))
+    def use_winograd(self, a, weight, channels):
+        """Whether this call runs Winograd on ``a`` (``x`` or ``dy``): chosen, and for
+        ``"auto"`` :func:`~nbconv.functional._algorithm.winograd_fits` (finite, no overflow
+        with ``channels`` channels summed per output)."""
+        return self.winograd and (self.algorithm != _algo.AUTO
+                                  or _algo.winograd_fits(a, weight, channels))
 
 
 def _check_args(x, weight, bias, stride, padding, dilation, groups):
@@ -114,10 +117,9 @@ def _geometry(x_shape, weight, args, x_name="x"):
                          f"{tuple(x_shape)}")
     geom = _plan.ConvGeometry(x_shape, weight.shape, stride, pads, dilation, groups,
                               weight.dtype)
-    if geom.OH < 1 or geom.OW < 1:
-        raise ValueError(f"output size ({geom.OH}, {geom.OW}) is too small: {x_name} of shape "
-                         f"{tuple(x_shape)}, weight of shape {weight.shape}, stride {stride}, "
-                         f"padding (top, bottom, left, right) {pads}, dilation {dilation}")
+    check_out_size((geom.OH, geom.OW), (f"{x_name} of shape", tuple(x_shape)),
+                   ("weight of shape", weight.shape), ("stride", stride),
+                   ("padding (top, bottom, left, right)", pads), ("dilation", dilation))
     return geom
 
 
@@ -178,18 +180,21 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     ``algorithm``: ``"auto"`` (Winograd F(4x4,3x3) for 3x3, stride-1, dilation-1 convolutions
     with at least 16 input channels and filters per group, 64 output pixels per map and
     ``N * ceil(OW / 4) >= 64``, where it measured faster, unless ``x`` or ``weight`` holds a NaN
-    or inf; direct otherwise),
+    or inf or values large enough that a Winograd intermediate could overflow (``36100 *
+    C/groups * max|x| * max|weight|`` or ``100 * max|x|`` above half the dtype's largest value:
+    finite inputs never give a non-finite output that direct would not); direct otherwise),
     ``"direct"`` or ``"winograd"`` (``ValueError`` with the reason where it cannot run; a NaN or
-    inf spreads over its 4x4 output tiles). ``NBCONV_CONV_ALGORITHM`` overrides it; see
-    :mod:`nbconv.functional._algorithm`."""
+    inf spreads over its 4x4 output tiles, and values beyond that bound may overflow).
+    ``NBCONV_CONV_ALGORITHM`` overrides it; see :mod:`nbconv.functional._algorithm`."""
     unbatched, x = _unbatched_call(input, prepared)
     x, weight, bias, args = _check_args(x, weight, bias, stride, padding, dilation, groups)
     prep = _resolve(x, weight, args, algorithm, prepared)
     geom = prep.geom
     if prep.winograd:
         xw = prep.x if x is None else x
-        if prep.use_winograd(xw, weight):
-            return _winograd.winograd_conv2d(xw, weight, bias, (geom.pt, geom.pl), geom.G)
+        if prep.use_winograd(xw, weight, geom.Cg):
+            y = _winograd.winograd_conv2d(xw, weight, bias, (geom.pt, geom.pl), geom.G)
+            return y[0] if unbatched else y
     if bias is None:
         bias = np.zeros(geom.n_filters, geom.dtype)
     y = _engine(geom).forward(geom, prep.xb, weight, bias)
@@ -203,9 +208,10 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
     ``need_dx=False`` skips the input gradient (about half the work), ``need_bias=False`` the
     bias gradient. ``x`` may be None when ``prepared`` (from :func:`conv2d_prepare`, made with
     the same ``algorithm``) is given. ``algorithm`` as in :func:`conv2d`: Winograd computes
-    ``dx`` (``"auto"``: unless ``dy`` or ``weight`` holds a NaN or inf), the direct kernels the
-    weight and bias gradients. An unbatched ``x`` (or ``prepared``) takes an unbatched ``dy
-    (n_filters, OH, OW)`` and gives an unbatched ``dx``."""
+    ``dx`` (``"auto"``: unless ``dy`` or ``weight`` holds a NaN or inf, or fails the overflow
+    bound of :func:`conv2d` with ``max|dy|`` and ``n_filters/groups`` channels), the direct
+    kernels the weight and bias gradients. An unbatched ``x`` (or ``prepared``) takes an
+    unbatched ``dy (n_filters, OH, OW)`` and gives an unbatched ``dx``."""
     unbatched, x = _unbatched_call(x, prepared)
     if unbatched:
         dy = add_batch(dy, "dy")
@@ -217,7 +223,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
         raise ValueError(f"dy must have the output shape {geom.y_shape[unbatched:]}, got "
                          f"{dy.shape[unbatched:]}")
     need_dx, need_bias = bool(need_dx), bool(need_bias)
-    if need_dx and prep.use_winograd(dy, weight):
+    if need_dx and prep.use_winograd(dy, weight, geom.Fg):
         dx = _winograd.winograd_conv2d_input_grad(dy, weight, (geom.pt, geom.pl),
                                                   geom.x_shape, geom.G)
         _, dw, db = _engine(geom).backward(geom, prep.xb, dy, weight, False, need_bias)
@@ -234,14 +240,11 @@ def conv2d_input_grad(dy, weight, x_shape, stride=1, padding=0, dilation=1, grou
     unbatched ``dy``. This is also the forward of the transposed convolution
     (:func:`nbconv.functional.conv_transpose2d`)."""
     _, weight, _, args = _check_args(None, weight, None, stride, padding, dilation, groups)
-    unbatched = is_unbatched_shape(x_shape)
+    x_shape = check_x_shape(x_shape)
+    unbatched = len(x_shape) == 3
     if unbatched:
         dy = add_batch(dy, "dy")
-        x_shape = (1,) + tuple(x_shape)
-    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
-        raise ValueError(f"x_shape must be a 4-tuple (N, C, H, W) or a 3-tuple (C, H, W), got "
-                         f"{x_shape!r}")
-    x_shape = tuple(check_int(v, "x_shape", 1) for v in x_shape)
+        x_shape = (1,) + x_shape
     geom = _geometry(x_shape, weight, args, "x_shape")
     dy = check_array(dy, "dy", ndim=4, dtype=weight.dtype)
     if dy.shape != geom.y_shape:

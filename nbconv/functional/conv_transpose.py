@@ -31,7 +31,7 @@ channel per filter of the conv) serves this module unchanged.
 """
 import numpy as np
 
-from .._checks import check_array, check_int, conv_out_size, to_pair
+from .._checks import check_array, check_int, check_out_size, conv_out_size, to_pair
 from .conv import conv2d, conv2d_backward, conv2d_input_grad, conv2d_prepare
 
 __all__ = ["conv_transpose2d", "conv_transpose2d_backward", "conv_transpose2d_out_size",
@@ -95,11 +95,9 @@ def _out_shape(x_shape, weight, stride, padding, output_padding, dilation, group
                                    output_padding[0], dilation[0])
     ow = conv_transpose2d_out_size(w, weight.shape[3], stride[1], padding[1],
                                    output_padding[1], dilation[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"output size ({oh}, {ow}) is too small: input of shape "
-                         f"{tuple(x_shape)}, weight of shape {weight.shape}, stride {stride}, "
-                         f"padding {padding}, output_padding {output_padding}, dilation "
-                         f"{dilation}")
+    check_out_size((oh, ow), ("input of shape", tuple(x_shape)),
+                   ("weight of shape", weight.shape), ("stride", stride), ("padding", padding),
+                   ("output_padding", output_padding), ("dilation", dilation))
     return (n, weight.shape[1] * groups, oh, ow)
 
 

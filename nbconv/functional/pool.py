@@ -21,8 +21,9 @@ results.
 """
 import numpy as np
 
-from .._checks import (add_batch, check_array, check_bool, check_dy, check_int, is_unbatched,
-                       is_unbatched_shape, pool_args, pool_out_size)
+from .._checks import (add_batch, check_array, check_bool, check_dy, check_out_size,
+                       check_x_shape, is_unbatched, is_unbatched_shape, pool_args,
+                       pool_out_size)
 from .._config import POOL_MAX_CHUNKS as MAX_CHUNKS
 from .._config import UNROLL_MAX_AREA, UNROLL_MAX_STRIDE
 from .._config import VEC as _VEC
@@ -36,18 +37,9 @@ def _out_shape(x_shape, k, s, p, d, ceil_mode, name="x"):
     n, c, h, w = x_shape
     oh = pool_out_size(h, k[0], s[0], p[0], p[0], d[0], ceil_mode)
     ow = pool_out_size(w, k[1], s[1], p[1], p[1], d[1], ceil_mode)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"output size ({oh}, {ow}) is too small: {name} of shape {tuple(x_shape)} "
-                         f"with kernel_size {k}, stride {s}, padding {p}, dilation {d}, "
-                         f"ceil_mode={ceil_mode}")
+    check_out_size((oh, ow), (f"{name} of shape", tuple(x_shape)), ("kernel_size", k),
+                   ("stride", s), ("padding", p), ("dilation", d), ("ceil_mode", ceil_mode))
     return (n, c, oh, ow)
-
-
-def _check_shape(x_shape, name="x_shape"):
-    if not isinstance(x_shape, (tuple, list)) or len(x_shape) != 4:
-        raise ValueError(f"{name} must be a 4-tuple (N, C, H, W) or a 3-tuple (C, H, W), "
-                         f"got {x_shape!r}")
-    return tuple(check_int(v, name, 1) for v in x_shape)
 
 
 def _ranges(size, out, k, s, p, d):
@@ -184,7 +176,7 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
                                    dilation, ceil_mode)[0]
     k, s, p, d = pool_args(kernel_size, stride, padding, dilation)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
-    x_shape = _check_shape(x_shape)
+    x_shape = check_x_shape(x_shape)
     out_shape = _out_shape(x_shape, k, s, p, d, ceil_mode, "x_shape")
     dy = check_dy(dy, out_shape)
     if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
@@ -266,7 +258,7 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     k, s, p, _ = pool_args(kernel_size, stride, padding)
     ceil_mode = check_bool(ceil_mode, "ceil_mode")
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
-    x_shape = _check_shape(x_shape)
+    x_shape = check_x_shape(x_shape)
     out_shape = _out_shape(x_shape, k, s, p, (1, 1), ceil_mode, "x_shape")
     dy = check_dy(dy, out_shape)
     n, c, h, w = x_shape
@@ -307,7 +299,7 @@ def global_avg_pool2d_backward(dy, x_shape):
             raise ValueError(f"dy must be 1-d (C,) for an unbatched input, got shape {dy.shape}")
         return global_avg_pool2d_backward(dy[None] if isinstance(dy, np.ndarray) else dy,
                                           (1,) + tuple(x_shape))[0]
-    x_shape = _check_shape(x_shape)
+    x_shape = check_x_shape(x_shape)
     n, c, h, w = x_shape
     dy = check_dy(dy, (n, c))
     dx = np.empty(x_shape, dy.dtype)

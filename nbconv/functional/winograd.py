@@ -6,8 +6,8 @@ dilation 1, ``ph``/``pw`` >= 0 on both sides of an axis; any groups, each group 
 convolution). float32 and float64.
 
 These are meant to be called by the conv dispatcher, which validates fully; here only what the
-kernels rely on is checked (dtypes, shapes, :func:`winograd_supported`). Inputs are never
-modified.
+kernels rely on is checked (dtypes, shapes, and the one Winograd rule,
+:func:`nbconv.functional._algorithm.winograd_reason`). Inputs are never modified.
 
 - :func:`winograd_conv2d`: the forward pass (bias added in the output transform).
 - :func:`winograd_conv2d_input_grad`: ``dx``, the same kernel on ``dy`` shifted by ``2 - p``
@@ -21,11 +21,13 @@ across runs and thread counts. Accuracy and speed notes: :mod:`nbconv.kernels.wi
 import numba
 import numpy as np
 
+from .._checks import check_int, check_out_size, check_x_shape, to_pair
 from ..kernels import simd
 from ..kernels import winograd as _k
+from ._algorithm import winograd_reason
+from ._conv_plan import ConvGeometry
 
-__all__ = ["winograd_supported", "winograd_conv2d", "winograd_conv2d_input_grad",
-           "winograd_conv2d_weight_grad"]
+__all__ = ["winograd_conv2d", "winograd_conv2d_input_grad", "winograd_conv2d_weight_grad"]
 
 # tuning constants, each with its reason in nbconv._config
 from .._config import WINOGRAD_FBK as _FBK  # noqa: E402
@@ -37,29 +39,28 @@ from .._config import WINOGRAD_WG_BYTES as _WG_BYTES  # noqa: E402
 from .._config import WINOGRAD_WG_CHUNKS as _WG_CHUNKS  # noqa: E402
 
 
-def winograd_supported(w_shape, stride=1, padding=0, dilation=1, groups=1, x_shape=None):
-    """None if Winograd F(4x4,3x3) can run this convolution, else a string naming why not.
-    ``padding`` is an int or a pair ``(ph, pw)`` (symmetric per axis)."""
-    pair = lambda v: (v, v) if np.ndim(v) == 0 else tuple(v)  # noqa: E731
-    if isinstance(padding, str):
-        return f"padding {padding!r} is not an int or a pair"
-    if len(w_shape) != 4 or tuple(w_shape[2:]) != (3, 3):
-        return f"kernel size {tuple(w_shape[2:])} is not 3x3"
-    if pair(stride) != (1, 1):
-        return f"stride {pair(stride)} is not 1"
-    if pair(dilation) != (1, 1):
-        return f"dilation {pair(dilation)} is not 1"
-    ph, pw = pair(padding)
-    if min(ph, pw) < 0:
-        return f"padding {(ph, pw)} is negative"
-    if groups < 1 or w_shape[0] % groups:
-        return f"groups={groups} does not divide the {w_shape[0]} filters"
-    if x_shape is not None:
-        if x_shape[1] != w_shape[1] * groups:
-            return f"x has {x_shape[1]} channels, weight expects {w_shape[1] * groups}"
-        if x_shape[2] + 2 * ph < 3 or x_shape[3] + 2 * pw < 3:
-            return f"padded input {x_shape[2:]} + 2*{(ph, pw)} is smaller than the kernel"
-    return None
+def _geometry(x_shape, w_shape, padding, groups, dtype):
+    """``((ph, pw), geom)``: the padding and the
+    :class:`~nbconv.functional._conv_plan.ConvGeometry` of the stride-1 convolution of
+    ``x_shape (N, C, H, W)`` with ``w_shape``, ``padding`` ``(ph, pw)`` on both sides;
+    ``ValueError`` naming why Winograd cannot run it (the rule:
+    :func:`~nbconv.functional._algorithm.winograd_reason`) or why the shapes do not fit."""
+    if len(w_shape) != 4:
+        raise ValueError(f"weight must be (F, C/groups, 3, 3), got shape {w_shape}")
+    ph, pw = to_pair(padding, "padding", 0)
+    groups = check_int(groups, "groups", 1)
+    if w_shape[0] % groups:
+        raise ValueError(f"groups={groups} does not divide the {w_shape[0]} filters")
+    if x_shape[1] != w_shape[1] * groups:
+        raise ValueError(f"x has {x_shape[1]} channels, weight of shape {w_shape} with "
+                         f"groups={groups} expects {w_shape[1] * groups}")
+    geom = ConvGeometry(x_shape, w_shape, (1, 1), (ph, ph, pw, pw), (1, 1), groups, dtype)
+    why = winograd_reason(geom)
+    if why is not None:
+        raise ValueError(f"winograd convolution not applicable: {why}")
+    check_out_size((geom.OH, geom.OW), ("x of shape", x_shape), ("weight of shape", w_shape),
+                   ("padding", (ph, pw)))
+    return (ph, pw), geom
 
 
 def _consts(dtype):
@@ -137,15 +138,13 @@ def winograd_conv2d_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
     order: bitwise the same for any thread count."""
     x = _float_array(x, "x")
     dy = _float_array(dy, "dy", x.dtype)
-    why = winograd_supported(w_shape, 1, padding, 1, groups, x.shape)
-    if why is not None:
-        raise ValueError(f"winograd convolution not applicable: {why}")
-    ph, pw = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
-    N, C, H, W = x.shape
-    F, Cg = w_shape[:2]
-    OH, OW = H + 2 * ph - 2, W + 2 * pw - 2
-    if dy.shape != (N, F, OH, OW):
-        raise ValueError(f"dy must have shape {(N, F, OH, OW)}, got {dy.shape}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
+    (ph, pw), geom = _geometry(x.shape, tuple(w_shape), padding, groups, x.dtype)
+    N, F, OH, OW = geom.y_shape
+    Cg, groups = geom.Cg, geom.G
+    if dy.shape != geom.y_shape:
+        raise ValueError(f"dy must have shape {geom.y_shape}, got {dy.shape}")
     dtype = x.dtype
     Fo = F // groups
     Cg4, F3 = -(-Cg // 4) * 4, -(-Fo // 3) * 3
@@ -195,12 +194,8 @@ def winograd_conv2d(x, weight, bias=None, padding=(1, 1), groups=1):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
-    why = winograd_supported(weight.shape, 1, padding, 1, groups, x.shape)
-    if why is not None:
-        raise ValueError(f"winograd convolution not applicable: {why}")
-    ph, pw = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
-    N, C, H, W = x.shape
-    return _run(x, weight, bias, ph, pw, H + 2 * ph - 2, W + 2 * pw - 2, groups)
+    (ph, pw), geom = _geometry(x.shape, weight.shape, padding, groups, x.dtype)
+    return _run(x, weight, bias, ph, pw, geom.OH, geom.OW, geom.G)
 
 
 def winograd_conv2d_input_grad(dy, weight, padding, x_shape, groups=1):
@@ -210,16 +205,11 @@ def winograd_conv2d_input_grad(dy, weight, padding, x_shape, groups=1):
     2 - j]``."""
     dy = _float_array(dy, "dy")
     weight = _float_array(weight, "weight", dy.dtype)
-    why = winograd_supported(weight.shape, 1, padding, 1, groups, x_shape)
-    if why is not None:
-        raise ValueError(f"winograd convolution not applicable: {why}")
-    ph, pw = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
-    N, C, H, W = x_shape
-    F, Cg = weight.shape[:2]
-    Fo = F // groups
-    if dy.shape != (N, F, H + 2 * ph - 2, W + 2 * pw - 2):
-        raise ValueError(f"dy must have shape {(N, F, H + 2 * ph - 2, W + 2 * pw - 2)}, "
-                         f"got {dy.shape}")
+    x_shape = check_x_shape(x_shape, unbatched=False)
+    (ph, pw), geom = _geometry(x_shape, weight.shape, padding, groups, dy.dtype)
+    if dy.shape != geom.y_shape:
+        raise ValueError(f"dy must have shape {geom.y_shape}, got {dy.shape}")
+    groups, Cg, Fo, H, W = geom.G, geom.Cg, geom.Fg, geom.H, geom.W
     wt = np.ascontiguousarray(
         weight[:, :, ::-1, ::-1].reshape(groups, Fo, Cg, 3, 3).transpose(0, 2, 1, 3, 4)
     ).reshape(groups * Cg, Fo, 3, 3)

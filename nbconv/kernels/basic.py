@@ -272,15 +272,16 @@ def _relu_fwd_range(x, y, lo, hi):
 
 @serial_kernel
 def _relu_bwd_range(dy, y, dx, lo, hi):
-    """``dy`` is loaded unconditionally so the select vectorises (a conditional load made it
-    branchy: 20x slower)."""
+    """``dx = 0`` where ``y <= 0``, else ``dy`` (so a NaN ``y`` passes ``dy``, as PyTorch's
+    ``threshold_backward``). ``dy`` is loaded unconditionally so the select vectorises (a
+    conditional load made it branchy: 20x slower)."""
     zero = dy.dtype.type(0)
     ds = dy[lo:hi]
     ys = y[lo:hi]
     xs = dx[lo:hi]
     for i in range(hi - lo):
         d = ds[i]
-        xs[i] = d if ys[i] > zero else zero
+        xs[i] = zero if ys[i] <= zero else d
 
 
 @kernel
@@ -293,7 +294,7 @@ def relu_forward(x, y):
 
 @kernel
 def relu_backward(dy, y, dx):
-    """``dx = dy`` where ``y > 0``, else 0 (flat arrays)."""
+    """``dx = 0`` where ``y <= 0``, else ``dy`` (NaN passes ``dy``, as PyTorch; flat arrays)."""
     n = dy.shape[0]
     for t in prange((n + FLAT - 1) // FLAT):
         _relu_bwd_range(dy, y, dx, t * FLAT, min(t * FLAT + FLAT, n))

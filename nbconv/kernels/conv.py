@@ -210,7 +210,8 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, V):
     bitwise reproducible.
 
     Per block of pixels, per 4 reduction elements (their ``x`` rows stay in L1), per slab of
-    ``FW`` filters (their ``dy`` rows stay in L2): :func:`_grad_4x3` per 3 filters.
+    ``FW`` filters rounded down to whole 3-filter blocks (their ``dy`` rows stay in L2):
+    :func:`nbconv.kernels.gemm.dot_4x3` per 3 filters.
 
     Textbook twin: :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
     nchunks, G, E4, F3 = part.shape
@@ -220,6 +221,7 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, V):
     nbi = (Q + block - 1) // block
     nb = Ni * nbi
     dy1 = dy.reshape(-1)
+    FW3 = max(3, FW // 3 * 3)   # slabs of whole 3-filter blocks (F3 is a multiple of 3)
     zero = part.dtype.type(0)
     for task in prange(nchunks * G):
         c = task // G
@@ -244,8 +246,8 @@ def conv_weight_grad(x, xs, gstride, dy, off, part, pbias, block, V):
             nq = min(block, Q - q0)
             xb = i * xs + g * gstride + q0
             drow = (i * G * Fo + g * Fo) * Q + q0   # dy row of filter f: drow + f * Q
-            for f0 in range(0, F3, FW):  # a slab of dy rows that stays in L2
-                fend = min(F3, f0 + FW)
+            for f0 in range(0, F3, FW3):  # a slab of dy rows that stays in L2
+                fend = min(F3, f0 + FW3)
                 for e in range(0, E4, 4):
                     for f in range(f0, fend, 3):
                         gemm.dot_4x3(V, x, xb, off, e, dy1, drow + min(f, Fo - 1) * Q,

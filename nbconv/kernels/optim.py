@@ -7,26 +7,22 @@ already cast to that dtype, and updates ``p`` and the buffers in place, elementw
 element goes through exactly the operations, in the same order and rounding, of the NumPy code
 it replaces (see :mod:`nbconv.optim` for the rules): these kernels are compiled WITHOUT
 fastmath, so LLVM neither contracts ``a * b + c`` into an FMA nor re-associates, and the
-results are bitwise identical to the NumPy path (tested). Elementwise work needs no
-reduction, so results do not depend on the thread count.
+results are bitwise identical to the NumPy path (tested). They are built with
+:mod:`nbconv._config`'s ``kernel(exact=True)`` / ``serial_kernel(exact=True)`` like every other
+kernel, so the parallel ones run under the launch lock and the fork guard and
+:mod:`nbconv.warmup` compiles them. Elementwise work needs no reduction, so results do not
+depend on the thread count.
 
 ``*_range(..., lo, hi)`` updates elements ``lo:hi``; the public kernels run it over the whole
 array on the calling thread (``serial``) or in ``FLAT``-element tasks under ``prange``.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .._config import FLAT
+from .._config import FLAT, kernel, serial_kernel
 
-_FLAGS = dict(error_model="numpy", boundscheck=False, cache=True, nogil=True)  # no fastmath
-
-
-def _serial(fn):
-    return njit(parallel=False, **_FLAGS)(fn)
-
-
-def _parallel(fn):
-    return njit(parallel=True, **_FLAGS)(fn)
+_serial = serial_kernel(exact=True)  # no fastmath: bitwise NumPy's results
+_parallel = kernel(exact=True)
 
 
 @_serial

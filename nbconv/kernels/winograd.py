@@ -80,6 +80,25 @@ from . import gemm, simd
 ALPHA = 6  # transform tile side (m + r - 1 = 4 + 3 - 1)
 NE = ALPHA * ALPHA  # 36 transform points
 
+# The three transforms as matrices: _bt computes BT @ d, _g3 G @ g, _at AT @ m (tested against
+# them). nbconv.functional._algorithm derives its overflow bound from these.
+BT = np.array([[4, 0, -5, 0, 1, 0],
+               [0, -4, -4, 1, 1, 0],
+               [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0],
+               [0, 4, 0, -5, 0, 1]], np.float64)
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], np.float64)
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 2, -2, 0],
+               [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], np.float64)
+
 
 # ---------------------------------------------------------------- 1-d transforms
 # ---------------------------------------------------------------- weight transform

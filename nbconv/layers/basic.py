@@ -16,7 +16,8 @@ def _check_dy_dtype(dy, dtype):
 
 class ReLU(Layer):
     """``max(x, 0)`` elementwise, any shape ``(N, ...)`` -> same shape, float32 or float64.
-    Saves the output; the gradient passes where the output is > 0 (none at 0, as PyTorch)."""
+    Saves the output; the gradient is 0 where the output is <= 0 and passes elsewhere, NaN
+    included (none at 0, as PyTorch)."""
 
     def forward(self, x):
         y = F.relu(x)

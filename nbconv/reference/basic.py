@@ -7,12 +7,13 @@ import numpy as np
 # + bias; softmax cross-entropy logits (N, K), labels (N,) ints -> (mean loss, dlogits (N, K)).
 
 def relu(x):
-    return np.where(x > 0, x, np.zeros_like(x))
+    """``max(x, 0)``, NaN stays NaN (as PyTorch)."""
+    return np.where(x <= 0, np.zeros_like(x), x)
 
 
 def relu_backward(dy, x):
-    """``dx = dy`` where ``x > 0``, else 0."""
-    return np.where(x > 0, dy, np.zeros_like(dy))
+    """``dx = 0`` where ``x <= 0``, else ``dy`` (a NaN ``x`` passes ``dy``, as PyTorch)."""
+    return np.where(x <= 0, np.zeros_like(dy), dy)
 
 
 def linear_naive(x, weight, bias=None):
