@@ -562,3 +562,30 @@ def test_weight_grad_with_more_filters_than_a_slab(n_filters):
                                           algorithm="direct")[1])
     assert_close(runs[0], expect, np.float64, scale=np.abs(expect).max())
     assert np.array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("cfg", [
+    (2, 40, 7, 9, 36, 3, 1, 1, 1, 1),      # 360 reduction elements: three passes of CONV_KC
+    (3, 33, 6, 5, 70, 3, 2, 1, 1, 1),      # strided, 70 filters (many 4-output blocks)
+    (2, 150, 5, 6, 9, 1, 1, 0, 1, 1),      # 1x1 read in place, 150 channels (two passes)
+    (2, 64, 6, 6, 64, 3, 1, 1, 1, 2),      # groups of 32 channels, 288 elements each
+])
+def test_long_reductions_and_many_outputs(cfg):
+    """Shapes beyond the small grid: reductions longer than one KC pass of conv_rows, more
+    outputs than one task's blocks, in float64 against the reference and bitwise across thread
+    counts (both algorithms where Winograd applies)."""
+    x, w, b, args = make(cfg, np.float64)
+    expect_y = R.conv2d_im2col(x, w, b, **args)
+    dy = np.random.default_rng(3).standard_normal(expect_y.shape)
+    expect = R.conv2d_backward_im2col(dy, x, w, **args)
+    algos = ["direct", "winograd"] if cfg[5:9] == (3, 1, 1, 1) else ["direct"]
+    for algo in algos:
+        runs = []
+        for n in (1, 2):
+            with num_threads(n):
+                runs.append((F.conv2d(x, w, b, **args, algorithm=algo),)
+                            + F.conv2d_backward(dy, x, w, **args, algorithm=algo))
+        for got, exp, what in zip(runs[0], (expect_y,) + expect, "y dx dw db".split()):
+            check(got, exp, np.float64, f"{algo} {what}")
+        for a, e in zip(runs[0], runs[1]):
+            assert np.array_equal(a, e), algo
