@@ -13,7 +13,9 @@ Layout (format ``"nbconv-checkpoint"``, version 2):
   bytes (:func:`checksum`).
 
 :func:`read` raises :class:`CheckpointError` on an unreadable, truncated, altered or foreign
-file. Version 1 files (written before layers had ``state_dict``/``get_extra_state``: random
+file, and on metadata that is not a JSON object nested at most :data:`MAX_META_DEPTH` deep; it
+reads every array with bounds (the members' declared sizes within the file's, each ``.npy``
+header matching its member before the data is read, no object arrays). Version 1 files (written before layers had ``state_dict``/``get_extra_state``: random
 generators and batch counters were stored by attribute path) are read and converted to the
 version 2 layout in memory. The training loop that writes and restores checkpoints is
 :class:`nbconv.train.Trainer`.
@@ -21,6 +23,8 @@ version 2 layout in memory. The training loop that writes and restores checkpoin
 import hashlib
 import io
 import json
+import os
+import zipfile
 
 import numpy as np
 
@@ -129,30 +133,114 @@ def write(path, meta, arrays):
     atomic_write(path, buf.getvalue())
 
 
-def read(path):
-    """Read and verify a checkpoint file: ``(meta, arrays)`` in the version 2 layout;
-    ``CheckpointError`` if it is unreadable, truncated, altered (checksum) or of another
-    format/version."""
+#: how deep the metadata's JSON may nest (a version 2 checkpoint's is about 10 levels deep)
+MAX_META_DEPTH = 100
+
+
+def _depth(tree, limit):
+    """Whether the JSON tree ``tree`` nests at most ``limit`` deep (iterative)."""
+    todo = [(tree, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            if depth >= limit:
+                return False
+            todo.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict)
+                                                 else node))
+    return True
+
+
+def _read_arrays(path):
+    """The ``.npy`` members of the npz ``path`` as ``{name: array}``, read with bounds: the
+    members may declare no more bytes than the file has (nbconv writes them uncompressed),
+    each array's header must match its member's size before the data is read, and object
+    arrays are refused. Raises :class:`CheckpointError` naming the member."""
+    size = os.path.getsize(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # zip/CRC/format errors of a truncated or damaged file
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
         raise CheckpointError(f"checkpoint {path} is unreadable (corrupted or truncated?): "
                               f"{type(e).__name__}: {e}") from e
+    with z:
+        infos = z.infolist()
+        declared = sum(i.file_size for i in infos)
+        if declared > size:
+            raise CheckpointError(f"checkpoint {path}: its members declare {declared} bytes "
+                                  f"uncompressed, more than the file's {size} (nbconv writes "
+                                  f"checkpoints uncompressed; a deflate bomb?)")
+        arrays = {}
+        for info in infos:
+            name = info.filename[:-4]
+            if not info.filename.endswith(".npy") or name in arrays:
+                raise CheckpointError(f"{path} is not an nbconv checkpoint (member "
+                                      f"{info.filename!r:.80} is not one array)")
+            try:
+                arrays[name] = _read_npy(z, info)
+            except CheckpointError as e:
+                raise CheckpointError(f"checkpoint {path}: array {name!r}: {e}") from None
+            except Exception as e:  # zip/CRC/format errors of a truncated or damaged file
+                raise CheckpointError(f"checkpoint {path} is unreadable (corrupted or "
+                                      f"truncated?): array {name!r}: {type(e).__name__}: "
+                                      f"{e}") from e
+    return arrays
+
+
+def _read_npy(z, info):
+    fmt = np.lib.format
+    with z.open(info) as f:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise CheckpointError(f".npy format version {version} (1.0 and 2.0 are read)")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
+            fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            raise CheckpointError(f"dtype {dtype} holds Python objects (refused: loading them "
+                                  f"would unpickle)")
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need != info.file_size - f.tell():
+            raise CheckpointError(f"its header says {shape} {dtype} ({need} bytes), the "
+                                  f"member holds {info.file_size - f.tell()}")
+        data = bytearray(f.read(need))   # reading to the member's end checks its CRC
+        if len(data) != need:
+            raise CheckpointError(f"{len(data)} of its {need} bytes are in the file")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def read(path):
+    """Read and verify a checkpoint file: ``(meta, arrays)`` in the version 2 layout;
+    ``CheckpointError`` if it is unreadable, truncated, altered (checksum), of another
+    format/version, or its metadata is not a JSON object of the expected form (nested at most
+    :data:`MAX_META_DEPTH` deep). Memory stays within a small multiple of the file's size."""
+    arrays = _read_arrays(path)
     if "__meta__" not in arrays or "__checksum__" not in arrays:
         raise CheckpointError(f"{path} is not an nbconv checkpoint (no __meta__/__checksum__)")
     meta_bytes = arrays.pop("__meta__").tobytes()
     stored = arrays.pop("__checksum__").tobytes().decode("ascii", "replace")
     if checksum(meta_bytes, arrays) != stored:
         raise CheckpointError(f"checkpoint {path} is corrupted: checksum mismatch")
-    meta = json.loads(meta_bytes)
+    try:
+        meta = json.loads(meta_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: its metadata is not JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path}: its metadata is nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: its metadata is not a JSON object (a "
+                              f"{type(meta).__name__})")
+    if not _depth(meta, MAX_META_DEPTH):
+        raise CheckpointError(f"checkpoint {path}: its metadata is nested deeper than "
+                              f"{MAX_META_DEPTH} levels")
     if meta.get("format") != FORMAT or meta.get("version") not in (1, VERSION):
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} version "
-                              f"{meta.get('version')!r}, expected {FORMAT!r} 1 or {VERSION}")
+        raise CheckpointError(f"{path}: format {meta.get('format')!r:.40} version "
+                              f"{meta.get('version')!r:.40}, expected {FORMAT!r} 1 or "
+                              f"{VERSION}")
     if meta["version"] == 1:
-        meta = _upgrade_v1(meta, arrays)
+        try:
+            meta = _upgrade_v1(meta, arrays)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {path}: its version 1 metadata is malformed "
+                                  f"({type(e).__name__}: {e})") from None
     return meta, arrays
 
 

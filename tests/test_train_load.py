@@ -136,3 +136,89 @@ def test_resigned_inconsistent_checkpoint_is_refused_and_changes_nothing(good, t
 
     target.load(good)  # the untouched checkpoint still loads
     assert target.epoch == 2
+
+
+# ---- issue 18, item 9: malformed metadata and members raise CheckpointError -----------------
+
+def _write_raw(path, meta_bytes, arrays):
+    """A checkpoint with these exact metadata bytes and a valid checksum over them."""
+    import io
+    out = dict(arrays)
+    out["__meta__"] = np.frombuffer(meta_bytes, np.uint8)
+    out["__checksum__"] = np.frombuffer(ckpt.checksum(meta_bytes, arrays).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("meta_bytes, match", [
+    (b"{not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON|nested"),
+    (b'{"a": ' * 500 + b"1" + b"}" * 500, "nested"),
+    (b"[1, 2]", "not a JSON object"),
+    (b"null", "not a JSON object"),
+    (b'{"format": "nbconv-checkpoint", "version": 1}', "version 1 metadata"),
+], ids=["text", "utf8", "deep-list", "deep-dict", "list", "null", "v1-empty"])
+def test_malformed_metadata_is_a_checkpoint_error(good, tmp_path, meta_bytes, match):
+    _, arrays = ckpt.read(good)
+    bad = _write_raw(tmp_path / "bad.npz", meta_bytes, arrays)
+    with pytest.raises(CheckpointError, match=match):
+        ckpt.read(bad)
+    target = make_trainer(seed=3)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        target.load(bad)
+
+
+def test_deep_optimizer_tree_is_a_checkpoint_error(good, tmp_path):
+    meta, arrays = ckpt.read(good)
+    tree = 1
+    for _ in range(900):     # within json's nesting limit, not within decode's recursion
+        tree = [tree]
+    meta["optimizer"] = tree
+    bad = tmp_path / "bad.npz"
+    ckpt.write(bad, meta, arrays)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        make_trainer(seed=3).load(bad)
+
+
+def _member_bytes(arrays, name, payload):
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    import zipfile
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in src.infolist():
+            z.writestr(info, payload if info.filename == name else src.read(info))
+    return out.getvalue()
+
+
+def test_npy_members_claiming_more_than_they_hold(good, tmp_path):
+    import zipfile
+    meta, arrays = ckpt.read(good)
+    raw = good.read_bytes()
+    # an .npy header claiming 2**40 elements over a few bytes: refused before allocating
+    header = ("{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % 2 ** 40)
+    header = header + " " * (-(len(header) + 11) % 64) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8)
+    full = dict(arrays, __meta__=np.zeros(1, np.uint8), __checksum__=np.zeros(1, np.uint8))
+    (tmp_path / "huge.npz").write_bytes(_member_bytes(full, "param/4.bias.npy", npy))
+    with pytest.raises(CheckpointError, match="4.bias.*holds"):
+        ckpt.read(tmp_path / "huge.npz")
+    # a deflated member that inflates far past the file (a deflate bomb)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w") as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info))
+        z.writestr("pad.npy", bytes(50_000_000), compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < len(raw) + 200_000
+    with pytest.raises(CheckpointError, match="uncompressed"):
+        ckpt.read(bomb)
+    # an object array member (np.load would need allow_pickle)
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, **dict(full, x=np.array([None, 1], dtype=object)))
+    with pytest.raises(CheckpointError, match="x.*object"):
+        ckpt.read(obj)
