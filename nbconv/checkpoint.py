@@ -15,9 +15,11 @@ Layout (format ``"nbconv-checkpoint"``, version 2):
 :func:`read` raises :class:`CheckpointError` on an unreadable, truncated, altered or foreign
 file, and on metadata that is not a JSON object nested at most :data:`MAX_META_DEPTH` deep; it
 reads every array with bounds (the members' declared sizes within the file's, each ``.npy``
-header matching its member before the data is read, no object arrays). Version 1 files (written before layers had ``state_dict``/``get_extra_state``: random
-generators and batch counters were stored by attribute path) are read and converted to the
-version 2 layout in memory. The training loop that writes and restores checkpoints is
+header matching its member before the data is read, no object arrays). Version 1 files
+(written before layers had ``state_dict``/``get_extra_state``: random generators and batch
+counters were stored by attribute path) are read and converted to the version 2 layout in
+memory. :func:`model_state` (what ``nbconv.load`` returns for a checkpoint) is the model's
+``state_dict`` alone. The training loop that writes and restores checkpoints is
 :class:`nbconv.train.Trainer`.
 """
 import hashlib
@@ -31,7 +33,7 @@ import numpy as np
 from ._io import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "encode", "decode", "checksum", "signature",
-           "signature_diff", "write", "read", "check_entries"]
+           "signature_diff", "write", "read", "model_state", "check_entries"]
 
 FORMAT = "nbconv-checkpoint"
 VERSION = 2
@@ -275,6 +277,50 @@ def _upgrade_v1(meta, arrays):
     return meta
 
 
+# ---- the model's state_dict ---------------------------------------------------------------------
+
+def _take(arrays, name, shape, dtype):
+    """``arrays[name]``, checked against the shape and dtype string its metadata gives."""
+    if name not in arrays:
+        raise CheckpointError(f"array {name!r} is missing")
+    a = arrays[name]
+    if list(a.shape) != list(shape) or a.dtype.str != dtype:
+        raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
+                              f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
+    return a
+
+
+def model_state(path, best=False):
+    """The model's ``state_dict`` stored in the checkpoint ``path`` (verified as :func:`read`
+    does): its parameters then its buffers, PyTorch's keys, each checked against the
+    signature. ``best=True``: the best validation epoch's parameters and buffers instead (the
+    ones a run with a validation split reports its test accuracy for), with the last epoch's
+    entries for buffers the best copy does not keep (``num_batches_tracked``);
+    :class:`CheckpointError` if the run recorded no best epoch. ``nbconv.load(path)`` is
+    ``model_state(path)``; the rest (optimizer, scheduler, epoch, history) is restored by
+    :meth:`nbconv.Trainer.load` or read by :func:`read`."""
+    meta, arrays = read(path)
+    sig = meta.get("signature")
+    try:
+        if best and not isinstance(meta.get("best"), dict):
+            raise CheckpointError("it records no best epoch (the run had no validation "
+                                  "split): use best=False for the last epoch's state")
+        out, rank = {}, {name: i for i, name in enumerate(arrays)}  # the order written
+        for kind, prefix in (("params", "param"), ("buffers", "buffer")):
+            for k in sorted(sig[kind], key=lambda k: rank.get(f"{prefix}/{k}", len(rank))):
+                shape, dtype = sig[kind][k]
+                name = f"{prefix}/{k}"
+                if best and (kind == "params" or f"best_{kind}/{k}" in arrays):
+                    name = f"best_{kind}/{k}"
+                out[k] = _take(arrays, name, shape, dtype)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its signature is malformed "
+                              f"({type(e).__name__}: {e})") from None
+    return out
+
+
 # ---- the training entries of the metadata ----------------------------------------------------
 
 def check_entries(meta, arrays, mine, rng, buffers):
@@ -284,13 +330,7 @@ def check_entries(meta, arrays, mine, rng, buffers):
     stored states), ``buffers`` the model's buffers (the best copies kept). Raises
     :class:`CheckpointError` (or KeyError/TypeError/ValueError on malformed metadata)."""
     def take(name, shape, dtype):
-        if name not in arrays:
-            raise CheckpointError(f"array {name!r} is missing")
-        a = arrays[name]
-        if list(a.shape) != list(shape) or a.dtype.str != dtype:
-            raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
-                                  f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
-        return a
+        return _take(arrays, name, shape, dtype)
 
     state = {}
     for kind, prefix in (("params", "param"), ("buffers", "buffer")):
