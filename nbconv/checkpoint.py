@@ -26,11 +26,10 @@ import hashlib
 import io
 import json
 import os
-import zipfile
 
 import numpy as np
 
-from ._io import atomic_write
+from ._io import atomic_write, open_zip
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "encode", "decode", "checksum", "signature",
            "signature_diff", "write", "read", "model_state", "check_entries"]
@@ -158,12 +157,8 @@ def _read_arrays(path):
     each array's header must match its member's size before the data is read, and object
     arrays are refused. Raises :class:`CheckpointError` naming the member."""
     size = os.path.getsize(path)
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable (corrupted or truncated?): "
-                              f"{type(e).__name__}: {e}") from e
-    with z:
+    with open_zip(path, CheckpointError, "an unreadable checkpoint (corrupted or truncated?)") \
+            as z:
         infos = z.infolist()
         declared = sum(i.file_size for i in infos)
         if declared > size:
@@ -180,7 +175,7 @@ def _read_arrays(path):
                 arrays[name] = _read_npy(z, info)
             except CheckpointError as e:
                 raise CheckpointError(f"checkpoint {path}: array {name!r}: {e}") from None
-            except Exception as e:  # zip/CRC/format errors of a truncated or damaged file
+            except Exception as e:  # zip/CRC/.npy header errors of a damaged file
                 raise CheckpointError(f"checkpoint {path} is unreadable (corrupted or "
                                       f"truncated?): array {name!r}: {type(e).__name__}: "
                                       f"{e}") from e
@@ -302,6 +297,7 @@ def model_state(path, best=False):
     meta, arrays = read(path)
     sig = meta.get("signature")
     try:
+        _check_signature(sig)
         if best and not isinstance(meta.get("best"), dict):
             raise CheckpointError("it records no best epoch (the run had no validation "
                                   "split): use best=False for the last epoch's state")
@@ -315,10 +311,19 @@ def model_state(path, best=False):
                 out[k] = _take(arrays, name, shape, dtype)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path}: its signature is malformed "
-                              f"({type(e).__name__}: {e})") from None
     return out
+
+
+def _check_signature(sig):
+    """Raise :class:`CheckpointError` unless ``sig`` has the form :func:`signature` gives."""
+    ok = isinstance(sig, dict) and set(sig) == {"params", "buffers"} and all(
+        isinstance(sig[kind], dict) and all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], list)
+            and all(type(n) is int and n >= 0 for n in v[0]) and isinstance(v[1], str)
+            for v in sig[kind].values())
+        for kind in ("params", "buffers"))
+    if not ok:
+        raise CheckpointError(f"its signature is malformed: {json.dumps(sig)[:120]}")
 
 
 # ---- the training entries of the metadata ----------------------------------------------------
@@ -362,13 +367,13 @@ def check_entries(meta, arrays, mine, rng, buffers):
         got = rng_state.get("bit_generator") if isinstance(rng_state, dict) else rng_state
         raise CheckpointError(f"data generator state is for {got!r}, the trainer's "
                               f"generator is {want}")
-    probe.state = rng_state  # raises on a malformed state
+    _set_state(probe, rng_state, "data generator")
     partial = meta.get("partial")
     if partial is not None:
         keys = {"rng", "batch", "loss", "correct", "seen", "seconds"}
         if not isinstance(partial, dict) or set(partial) != keys:
             raise CheckpointError(f"partial-epoch entry must have keys {sorted(keys)}")
-        probe.state = partial["rng"]
+        _set_state(probe, partial["rng"], "partial-epoch generator")
         for k in ("batch", "correct", "seen"):
             if type(partial[k]) is not int or partial[k] < 0:
                 raise CheckpointError(f"partial-epoch {k!r} must be an integer >= 0")
@@ -376,3 +381,11 @@ def check_entries(meta, arrays, mine, rng, buffers):
     opt_state = decode(meta["optimizer"], arrays)
     sched_state = None if meta["scheduler"] is None else decode(meta["scheduler"], arrays)
     return state, extra, opt_state, sched_state, best_params
+
+
+def _set_state(bit_generator, state, what):
+    """``bit_generator.state = state``, a :class:`CheckpointError` if NumPy refuses it."""
+    try:
+        bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as e:
+        raise CheckpointError(f"{what} state is malformed ({type(e).__name__}: {e})") from None

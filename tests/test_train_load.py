@@ -114,9 +114,13 @@ def _optimizer_float64(m, a):
             a[k] = a[k].astype(np.float64)
 
 
+def _rng_negative(m, a):      # NumPy raises OverflowError setting this state
+    m["rng"]["data"]["state"]["inc"] = -1
+
+
 BAD = [_drop, _broadcast_bias, _float64, _float64_best, _drop_best, _rng_type, _rng_garbled,
        _epoch_text, _epoch_float, _history_short, _best_epoch, _optimizer_array_missing,
-       _optimizer_float64]
+       _optimizer_float64, _rng_negative]
 
 
 @pytest.mark.parametrize("edit", BAD, ids=[f.__name__.strip("_") for f in BAD])
@@ -222,3 +226,37 @@ def test_npy_members_claiming_more_than_they_hold(good, tmp_path):
     np.savez(obj, **dict(full, x=np.array([None, 1], dtype=object)))
     with pytest.raises(CheckpointError, match="x.*object"):
         ckpt.read(obj)
+
+
+def test_malformed_signature_is_a_checkpoint_error_for_nbconv_load(good, tmp_path):
+    import nbconv
+    meta, arrays = ckpt.read(good)
+    for sig in ([True], {"params": {}, "buffers": [True]},
+                {"params": {"0.weight": [[-1], "<f4"]}, "buffers": {}}):
+        meta["signature"] = sig
+        ckpt.write(tmp_path / "bad.npz", meta, arrays)
+        with pytest.raises(CheckpointError, match="bad.npz.*signature is malformed"):
+            nbconv.load(tmp_path / "bad.npz")
+
+
+def _unsupported_zip_version(raw):
+    """The archive with every central directory entry needing zip version 25.5."""
+    b = bytearray(raw)
+    pos = b.find(b"PK\x01\x02")
+    while pos >= 0:
+        b[pos + 6:pos + 8] = (255).to_bytes(2, "little")
+        pos = b.find(b"PK\x01\x02", pos + 4)
+    return bytes(b)
+
+
+def test_zip_of_an_unsupported_version_is_a_documented_error(good, tmp_path):
+    import nbconv
+    from nbconv.serialization import TorchFileError
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(_unsupported_zip_version(good.read_bytes()))
+    with pytest.raises(CheckpointError, match="bad.npz.*NotImplementedError"):
+        ckpt.read(bad)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        make_trainer().load(bad)
+    with pytest.raises(TorchFileError, match="bad.npz.*NotImplementedError"):
+        nbconv.load(bad)

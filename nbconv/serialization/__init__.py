@@ -37,9 +37,9 @@ pickle that asks for code), both :class:`FileFormatError`, and
 :func:`nbconv._io.atomic_write`: a reader sees the old file or the new one, never half of one.
 """
 import os
-import zipfile
 
 from .. import checkpoint as _checkpoint
+from .._io import open_zip
 from ._errors import FileFormatError, SafetensorsError, TorchFileError, UnsafeFileError
 from ._safetensors import load_safetensors, save_safetensors
 from ._torch_read import is_legacy, load_torch
@@ -81,12 +81,9 @@ def load(path):
     with open(path, "rb") as f:
         head = f.read(32)
     if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-            raise TorchFileError(f"{path} is a damaged zip archive, neither a torch .pt "
-                                 f"file nor an nbconv checkpoint that can be read ({e})") from None
+        with open_zip(path, TorchFileError, "neither a torch .pt file nor an nbconv "
+                                            "checkpoint that can be read") as z:
+            names = set(z.namelist())
         if {"__meta__.npy", "__checksum__.npy"} <= names:
             return _checkpoint.model_state(path)
         return load_torch(path)

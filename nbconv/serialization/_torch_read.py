@@ -42,11 +42,10 @@ _use_new_zipfile_serialization=False)``, a plain pickle stream) named as such.
 import collections
 import os
 import re
-import zipfile
-import zlib
 
 import numpy as np
 
+from .._io import ZIP_ERRORS, open_zip
 from .._unpickle import RestrictedUnpickler
 from . import _tree
 from ._errors import TorchFileError, UnsafeFileError
@@ -316,14 +315,10 @@ def _open(path):
         raise TorchFileError(f"{path} is not a torch zip archive (torch.save's format since "
                              f"PyTorch 1.6); plain pickles are refused because loading them "
                              f"could run code")
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        raise TorchFileError(f"{path} is a damaged zip archive ({e})") from None
+    return open_zip(path, TorchFileError, "not a torch .pt file that can be read")
 
 
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OverflowError, OSError,
-                NotImplementedError)
+_READ_ERRORS = ZIP_ERRORS + (OSError,)
 
 
 def load_torch(path):
