@@ -4,7 +4,8 @@ A pickle is a program: ``pickle.load`` calls whatever global a file names (``os.
 so opening a crafted "batch" would run code. :class:`RestrictedUnpickler` is the base of both
 of nbconv's pickle readers (the CIFAR-10 batches here, ``data.pkl`` of torch ``.pt`` files in
 :mod:`nbconv.serialization`): Python's pure-Python unpickler reading bytes already in memory
-(so a length in the stream can never ask for more than the file holds), with the opcodes that
+(so a length in the stream can never ask for more than the file holds; ``BYTEARRAY8``, which
+Python's version allocates before reading, is checked first), with the opcodes that
 instantiate classes (``INST``, ``OBJ``, ``NEWOBJ``, ``NEWOBJ_EX``) refused and ``BUILD`` (which
 sets an object's state) routed to :meth:`RestrictedUnpickler.build`, which refuses it unless a
 subclass admits that object. Globals come only from the subclass's ``find_class``.
@@ -62,6 +63,17 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def __init__(self, data, **kwargs):
         super().__init__(io.BytesIO(data), **kwargs)
+        self._size = len(data)
+
+    def _load_bytearray8(self):
+        # Python's version allocates the length the stream claims before reading it
+        n = int.from_bytes(self.read(8), "little")
+        if n > self._size:
+            raise self.error(f"it claims a bytearray of {n} bytes in a pickle of {self._size}")
+        b = self.read(n)
+        if len(b) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(b))
 
     def _refuse_opcode(self, name):
         raise self.error(f"it uses the pickle opcode {name}, which builds instances of "
@@ -83,6 +95,7 @@ for _op in ("INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"):
     RestrictedUnpickler.dispatch[getattr(pickle, _op)[0]] = \
         lambda self, _name=_op: self._refuse_opcode(_name)
 RestrictedUnpickler.dispatch[pickle.BUILD[0]] = RestrictedUnpickler._load_build
+RestrictedUnpickler.dispatch[pickle.BYTEARRAY8[0]] = RestrictedUnpickler._load_bytearray8
 
 
 def _numeric(dt):

@@ -258,3 +258,12 @@ def test_deep_nesting_is_a_value_error(tmp_path):
     p.write_bytes(b"\x80\x02" + b"]" * 100_000 + b"." )
     with pytest.raises(ValueError, match="data_batch_1"):
         D.load_batch(p)
+
+
+def test_bytearray_length_is_checked_before_allocating(tmp_path):
+    # protocol 5 BYTEARRAY8 claiming 2**40 bytes: Python's own pure unpickler allocates them
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(b"\x80\x05\x96" + (2 ** 40).to_bytes(8, "little") + b"xy.")
+    with pytest.raises(_unpickle.UnsafePickleError, match="data_batch_1.*bytearray of "
+                                                          "1099511627776 bytes"):
+        D.load_batch(p)

@@ -445,6 +445,7 @@ def test_legacy_torch_format_is_named(tmp_path):
     ("cycle", TorchFileError, "contains itself"),
     ("damaged-zip", TorchFileError, "damaged zip"),
     ("set", TorchFileError, "set"),
+    ("bytearray", UnsafeFileError, "bytearray of 1099511627776 bytes"),
 ])
 def test_malformed_pt_files_raise_documented_errors(tmp_path, case, error, match):
     p = tmp_path / "bad.pt"
@@ -483,6 +484,8 @@ def test_malformed_pt_files_raise_documented_errors(tmp_path, case, error, match
         p.write_bytes(p.read_bytes()[:-30])
     elif case == "set":
         _zip(p, {"data.pkl": b"\x80\x04\x8f(K\x01\x90."})
+    elif case == "bytearray":
+        _zip(p, {"data.pkl": b"\x80\x05\x96" + (2 ** 40).to_bytes(8, "little") + b"xy."})
     with pytest.raises(error, match=match) as e:
         load_torch(p)
     assert "bad.pt" in str(e.value) and isinstance(e.value, ValueError)
