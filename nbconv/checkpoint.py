@@ -280,8 +280,8 @@ def _take(arrays, name, shape, dtype):
         raise CheckpointError(f"array {name!r} is missing")
     a = arrays[name]
     if list(a.shape) != list(shape) or a.dtype.str != dtype:
-        raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype}, "
-                              f"its metadata says {tuple(shape)} {np.dtype(dtype)}")
+        raise CheckpointError(f"array {name!r} has shape {a.shape} dtype {a.dtype.str}, "
+                              f"its metadata says {tuple(shape)} {dtype!r:.20}")
     return a
 
 

@@ -237,6 +237,11 @@ def test_malformed_signature_is_a_checkpoint_error_for_nbconv_load(good, tmp_pat
         ckpt.write(tmp_path / "bad.npz", meta, arrays)
         with pytest.raises(CheckpointError, match="bad.npz.*signature is malformed"):
             nbconv.load(tmp_path / "bad.npz")
+    meta["signature"] = ckpt.read(good)[0]["signature"]
+    meta["signature"]["params"]["4.weight"][1] = ""      # not a dtype NumPy knows
+    ckpt.write(tmp_path / "bad.npz", meta, arrays)
+    with pytest.raises(CheckpointError, match="bad.npz.*4.weight.*metadata says"):
+        nbconv.load(tmp_path / "bad.npz")
 
 
 def _unsupported_zip_version(raw):
