@@ -474,7 +474,7 @@ def test_malformed_pt_files_raise_documented_errors(tmp_path, case, error, match
         _zip(p, {"data.pkl": _tensor_pkl()})
     elif case == "two-dtypes":
         pkl = _tensor_pkl()
-        second = _tensor_pkl(storage="IntStorage")[3:-2].replace(b"X\x01\x00\x00\x00w",
+        second = _tensor_pkl(storage="IntStorage")[4:-2].replace(b"X\x01\x00\x00\x00w",
                                                                   b"X\x01\x00\x00\x00v")
         _zip(p, {"data.pkl": pkl[:-2] + second + b"u.", **rec})
     elif case == "cycle":
@@ -519,3 +519,18 @@ def test_malformed_safetensors_headers_raise_safetensors_error(tmp_path, header,
     with pytest.raises(SafetensorsError, match=match) as e:
         nbconv.load(p)
     assert "bad.safetensors" in str(e.value)
+
+
+def test_big_endian_pt_files_are_read(tmp_path):
+    # what torch writes on a big-endian machine: byteorder "big", records big-endian
+    w = np.arange(6, dtype=np.float32) - 2.5
+    bf = torch.tensor([1.5, -2.0]).to(torch.bfloat16).view(torch.int16).numpy()
+    pkl = _tensor_pkl(numel=6, size=(2, 3), stride=(3, 1))[:-2] + _tensor_pkl(
+        numel=2, size=(2,), stride=(1,), storage="BFloat16Storage", key="1")[4:-2].replace(
+        b"X\x01\x00\x00\x00w", b"X\x01\x00\x00\x00b") + b"u."
+    p = _zip(tmp_path / "big.pt", {"data.pkl": pkl, "byteorder": b"big",
+                                    "data/0": w.astype(">f4").tobytes(),
+                                    "data/1": bf.astype(">i2").tobytes()})
+    got = load_torch(p)
+    assert same_bits(got["w"], w.reshape(2, 3))
+    assert got["b"].dtype == np.float32 and got["b"].tolist() == [1.5, -2.0]

@@ -5,8 +5,8 @@
 pickle (protocol 2) of ``obj`` in which each tensor is a call of
 ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`` and
 each storage a persistent id ``("storage", torch.FloatStorage, key, "cpu", numel)`` that names
-the raw little-endian record ``<root>/data/<key>``; beside them ``<root>/byteorder``
-(``little``), ``<root>/version``, ``<root>/.format_version`` and
+the raw record ``<root>/data/<key>``; beside them ``<root>/byteorder`` (``little``, or ``big``
+from a big-endian machine), ``<root>/version``, ``<root>/.format_version`` and
 ``<root>/.storage_alignment`` (records start at multiples of 64 bytes).
 
 **Reading** (:func:`load_torch`). A pickle can call any importable function while it loads, so
@@ -271,14 +271,15 @@ def _build(obj, memo):
     return memo[id(obj)]
 
 
-def _read_storage(archive, s):
-    """Read storage ``s`` as far as its tensors reach, as a 1-d array of the loaded dtype."""
+def _read_storage(archive, s, big):
+    """Read storage ``s`` as far as its tensors reach, as a 1-d array of the loaded dtype
+    (``big``: the records are big-endian)."""
     nbytes = s.reach * s.stype.file_dtype.itemsize
     with archive.open(s.info) as f:   # reading to the record's end checks its CRC
         raw = f.read(nbytes)
     if len(raw) != nbytes:
         raise TorchFileError(f"holds {len(raw)} of the {nbytes} bytes its tensors need")
-    a = np.frombuffer(raw, s.stype.file_dtype)
+    a = np.frombuffer(raw, s.stype.file_dtype.newbyteorder(">" if big else "<"))
     return widen_bf16(a) if s.stype.name == "BFloat16Storage" else a.astype(s.stype.dtype)
 
 
@@ -351,9 +352,8 @@ def load_torch(path):
             if f"{root}byteorder" in archive.namelist():
                 with archive.open(f"{root}byteorder") as f:
                     order = f.read(16).strip()
-            if order != b"little":
-                raise TorchFileError(f"{path}: byteorder {order!r:.20} (little-endian files "
-                                     f"are read)")
+            if order not in (b"little", b"big"):
+                raise TorchFileError(f"{path}: unknown byteorder {order!r:.20}")
             with archive.open(pkls[0]) as f:
                 pkl = f.read(MAX_PICKLE_BYTES)
         except _READ_ERRORS as e:
@@ -383,7 +383,7 @@ def load_torch(path):
                 continue
             s.tensors = used
             try:
-                s.data = _read_storage(archive, s)
+                s.data = _read_storage(archive, s, order == b"big")
             except (TorchFileError,) + _READ_ERRORS as e:
                 raise TorchFileError(f"{path}: storage record data/{s.key} (tensor "
                                      f"{used[0].name!r:.80}): {type(e).__name__}: {e}") from None
