@@ -225,8 +225,9 @@ def test_safetensors_save_errors_keep_old_file(tmp_path):
         save_safetensors({"a": np.ones(2), "b": [{1, 2}]}, p)
     with pytest.raises(TypeError, match="complex128"):
         save_safetensors({"c": np.ones(2, complex)}, p)
-    with pytest.raises(ValueError, match="reserved"):
-        save_safetensors({"__metadata__": np.ones(2)}, p)
+    for bad in ({"__metadata__": np.ones(2)}, {"__metadata__": np.ones(2), "n": {}}):
+        with pytest.raises(ValueError, match="reserved"):
+            save_safetensors(bad, p)
     with pytest.raises(TypeError, match="keys must be str or int"):
         save_safetensors({(1,): np.ones(2)}, p)
     with pytest.raises(ValueError, match="reserved"):

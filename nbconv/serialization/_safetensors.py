@@ -70,14 +70,14 @@ def save_safetensors(obj, path, metadata=None):
     tensor) and ``nbconv.tree`` (a metadata key), a cycle or too deep a nesting."""
     obj = _tree.walk(obj, _check_array)
     if _tree.is_flat(obj):
-        if "__metadata__" in obj:
-            raise ValueError("'__metadata__' is reserved by the safetensors format")
         tensors, tree = obj, None
-    elif isinstance(obj, dict) or isinstance(obj, (list, tuple)):
+    elif isinstance(obj, (dict, list, tuple)):
         tensors, tree = _tree.flatten(obj)
     else:
         raise TypeError(f"cannot save a {type(obj).__name__} as a safetensors file (save a "
                         f"dict, list or tuple)")
+    if "__metadata__" in tensors:
+        raise ValueError("'__metadata__' is reserved by the safetensors format")
     if metadata is not None:
         if not isinstance(metadata, dict) or not all(
                 isinstance(a, str) and isinstance(b, str) for a, b in metadata.items()):
