@@ -535,3 +535,19 @@ def test_big_endian_pt_files_are_read(tmp_path):
     got = load_torch(p)
     assert same_bits(got["w"], w.reshape(2, 3))
     assert got["b"].dtype == np.float32 and got["b"].tolist() == [1.5, -2.0]
+
+
+def test_shared_containers_are_walked_once(tmp_path):
+    # a "billion laughs" data.pkl: list i holds list i-1 twice, 60 levels (2**60 paths)
+    pkl = b"\x80\x02]q\x00"
+    for i in range(1, 61):
+        pkl += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i])
+    p = _zip(tmp_path / "laughs.pt", {"data.pkl": pkl + b"."})
+    got = load_torch(p)
+    assert got[0] is got[1] and len(got[0][0]) == 2
+    # saved again: the .pt writer keeps the sharing; safetensors cannot, and says so
+    nbconv.save(got, tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again[0] is again[1]
+    with pytest.raises(ValueError, match="more than 1000000 entries.*save it as .pt"):
+        nbconv.save({"x": got}, tmp_path / "again.safetensors")

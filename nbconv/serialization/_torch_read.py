@@ -69,7 +69,7 @@ STORAGES = {
     "ShortStorage": ("<i2", np.int16), "CharStorage": ("i1", np.int8),
     "ByteStorage": ("u1", np.uint8), "BoolStorage": ("?", np.bool_),
 }
-_REFUSEDSTORAGES = ("ComplexFloatStorage", "ComplexDoubleStorage", "QInt8Storage",
+_REFUSED_STORAGES = ("ComplexFloatStorage", "ComplexDoubleStorage", "QInt8Storage",
                      "QUInt8Storage", "QInt32Storage", "QUInt4x2Storage", "QUInt2x4Storage",
                      "UntypedStorage")
 _KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -81,8 +81,6 @@ def is_legacy(head):
     """Whether ``head`` (a file's first bytes) starts torch's legacy (pre-1.6) format."""
     return head[:1] == b"\x80" and _LEGACY_MAGIC in head[:32]
 
-
-# ---- reading ----------------------------------------------------------------------------------
 
 class _StorageType:
     """What ``torch.FloatStorage`` etc. resolve to: only a dtype, nothing callable."""
@@ -149,7 +147,7 @@ class _TensorUnpickler(RestrictedUnpickler):
             return _GLOBALS[(module, name)]
         if module == "torch" and name in STORAGES:
             return _StorageType(name)
-        if module == "torch" and name in _REFUSEDSTORAGES:
+        if module == "torch" and name in _REFUSED_STORAGES:
             raise TorchFileError(f"torch.{name} tensors are not supported (supported: "
                                  f"{', '.join(sorted(STORAGES))})")
         raise UnsafeFileError(f"refusing to load global {module}.{name}: a state_dict file "
@@ -221,8 +219,10 @@ def _check_tensor(t):
 
 def _walk(obj, tensors):
     """Check the unpickled ``obj``: dicts (keys plain values), lists, tuples, tensors and plain
-    values, at most MAX_DEPTH deep, no cycles; name each tensor by its key path."""
-    active = set()
+    values, at most MAX_DEPTH deep, no cycles; name each tensor by its (first) key path. A
+    container the pickle shares (memo) is walked once: 60 lists each holding the previous one
+    twice are 2**60 paths."""
+    active, done = set(), set()
 
     def rec(o, path):
         if isinstance(o, _Tensor):
@@ -230,7 +230,7 @@ def _walk(obj, tensors):
                 o.name = _tree.name_of(path)
                 tensors.append(o)
             return
-        if type(o) in _tree.PLAIN or type(o) is bytes:
+        if type(o) in _tree.PLAIN or type(o) is bytes or id(o) in done:
             return
         if type(o) not in (dict, collections.OrderedDict, list, tuple):
             raise TorchFileError(f"entry {_tree.name_of(path)!r:.80} is a {type(o).__name__}, "
@@ -249,6 +249,7 @@ def _walk(obj, tensors):
             for i, v in enumerate(o):
                 rec(v, path + [i])
         active.discard(id(o))
+        done.add(id(o))
 
     rec(obj, [])
 

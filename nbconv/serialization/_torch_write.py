@@ -43,6 +43,7 @@ class _PickleWriter:
     def __init__(self):
         self.out = bytearray(b"\x80\x02")
         self.records = {}   # id(array) -> (key, little-endian C-contiguous array)
+        self.memo = {}      # id(container) -> (pickle memo index, container)
 
     def str(self, s):
         b = s.encode("utf-8", "surrogatepass")
@@ -67,8 +68,10 @@ class _PickleWriter:
             self.str(v)
         elif isinstance(v, np.ndarray):
             self.tensor(v)
+        elif id(v) in self.memo:    # a container found before: a reference (LONG_BINGET)
+            out += b"j" + struct.pack("<I", self.memo[id(v)][0])
         elif isinstance(v, dict):
-            out += b"}"
+            out += b"}" + self.put(v)
             if v:
                 out += b"("
                 for k, x in v.items():
@@ -76,7 +79,7 @@ class _PickleWriter:
                     self.value(x)
                 out += b"u"
         elif isinstance(v, list):
-            out += b"]"
+            out += b"]" + self.put(v)
             if v:
                 out += b"("
                 for x in v:
@@ -86,7 +89,12 @@ class _PickleWriter:
             out += b"("
             for x in v:
                 self.value(x)
-            out += b"t"
+            out += b"t" + self.put(v)
+
+    def put(self, v):
+        """Memoise container ``v`` (LONG_BINPUT): written once however often it is found."""
+        self.memo[id(v)] = (len(self.memo), v)     # v kept alive: its id stays its own
+        return b"r" + struct.pack("<I", self.memo[id(v)][0])
 
     def tensor(self, a):
         if id(a) not in self.records:

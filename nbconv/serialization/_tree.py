@@ -14,6 +14,8 @@ __all__ = ["MAX_DEPTH", "PLAIN", "walk", "is_flat", "name_of", "flatten", "unfla
 MAX_DEPTH = 100
 #: the plain values saved as they are
 PLAIN = (type(None), bool, int, float, str)
+#: the most entries a safetensors tree holds (JSON cannot share a container found twice)
+MAX_TREE_NODES = 1_000_000
 #: the JSON tree's key in a safetensors file's ``__metadata__``
 TREE_KEY = "nbconv.tree"
 
@@ -27,9 +29,10 @@ def walk(obj, array_check=None):
     """``obj`` with every NumPy scalar made a Python number, after checking that it holds only
     dicts (keys ``str`` or ``int``), lists, tuples, ndarrays (passed to ``array_check(array,
     name)``, which raises for a dtype the format cannot hold) and ``None``/bool/int/float/str,
-    nested at most :data:`MAX_DEPTH` deep, without cycles. Raises ``TypeError`` (a value or
-    key of another type) or ``ValueError`` (a cycle, too deep), naming the entry."""
-    active = set()
+    nested at most :data:`MAX_DEPTH` deep, without cycles (a container found twice is checked
+    once and stays one object). Raises ``TypeError`` (a value or key of another type) or
+    ``ValueError`` (a cycle, too deep), naming the entry."""
+    active, done = set(), {}
 
     def rec(o, path):
         if isinstance(o, np.ndarray):
@@ -44,6 +47,8 @@ def walk(obj, array_check=None):
             raise TypeError(f"cannot save {name_of(path)!r}: a {type(o).__name__} (nbconv saves "
                             f"dicts, lists and tuples of numpy arrays and None, bool, int, "
                             f"float, str)")
+        if id(o) in done:
+            return done[id(o)][1]
         if len(path) >= MAX_DEPTH:
             raise ValueError(f"cannot save {name_of(path)!r}: nested deeper than {MAX_DEPTH}")
         if id(o) in active:
@@ -57,11 +62,13 @@ def walk(obj, array_check=None):
                         raise TypeError(f"cannot save {name_of(path)!r}: key {k!r:.40} is a "
                                         f"{type(k).__name__} (keys must be str or int)")
                     out[k] = rec(v, path + [k])
-                return out
-            items = [rec(v, path + [i]) for i, v in enumerate(o)]
-            return tuple(items) if isinstance(o, tuple) else items
+            else:
+                items = [rec(v, path + [i]) for i, v in enumerate(o)]
+                out = tuple(items) if isinstance(o, tuple) else items
         finally:
             active.discard(id(o))
+        done[id(o)] = (o, out)     # o kept alive: its id stays its own
+        return out
 
     return rec(obj, [])
 
@@ -81,10 +88,17 @@ def flatten(obj):
     (its key path, keys joined by ``/``, with ``~`` written ``~0`` and ``/`` written ``~1``)
     to the array, ``tree`` is the JSON text of the object with arrays replaced by
     ``{"tensor": name}``, dicts by ``{"dict": [[key, value], ...]}`` and tuples by
-    ``{"tuple": [...]}``. One array object found twice is stored once."""
+    ``{"tuple": [...]}``. One array object found twice is stored once; a container found twice
+    is written out twice, up to :data:`MAX_TREE_NODES` entries in all (``ValueError``)."""
     tensors, names = {}, {}
+    budget = [MAX_TREE_NODES]
 
     def rec(o, path):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"cannot save this object as safetensors: its tree has more than "
+                             f"{MAX_TREE_NODES} entries once the containers it shares are "
+                             f"written out (save it as .pt, which keeps them shared)")
         if isinstance(o, np.ndarray):
             if id(o) not in names:
                 name = "/".join(_escape(k) for k in path)
