@@ -7,9 +7,9 @@ from ._checks import conv_out_size  # noqa: F401
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d,  # noqa: F401
                      GroupNorm, Layer, Linear, MaxPool2d, ReLU, Sequential, SoftmaxCrossEntropy)
 from .layers import AdaptiveAvgPool2d, AdaptiveMaxPool2d, ConvTranspose2d  # noqa: F401
-from .serialization import (load, load_safetensors, load_torch, save, save_safetensors,  # noqa: F401
-                            save_torch, FileFormatError, SafetensorsError, TorchFileError,
-                            UnsafeFileError)
+from .serialization import (FileFormatError, SafetensorsError, TorchFileError,  # noqa: F401
+                            UnsafeFileError, load, load_safetensors, load_torch, save,
+                            save_safetensors, save_torch)
 from . import checkpoint, data, models, optim, train, viz  # noqa: F401,E402
 from .models import deep_convnet, three_layer_convnet  # noqa: F401
 from .checkpoint import CheckpointError  # noqa: F401

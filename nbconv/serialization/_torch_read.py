@@ -32,11 +32,10 @@ its CRC checked). Tensors come back as C-contiguous, writeable copies, except th
 whose elements overlap in its storage (a stride-0 ``expand``, an overlapping ``as_strided``),
 and all the tensors of a storage whose copies would hold more than :data:`SHARED_COPIES` times
 its elements, come back as read-only views of the storage instead (as ``np.broadcast_to``
-gives), never materialised.
-bfloat16 storages are widened to float32 (exactly); complex and quantized ones are refused.
-The loaded object keeps its nesting: dicts (``OrderedDict`` as ``dict``), lists, tuples,
-arrays and plain values (``None``, bool, int, float, str, bytes), nested at most :data:`~nbconv.serialization._tree.MAX_DEPTH` deep.
-A file that is not a zip archive is refused unread, with the legacy format (``torch.save(...,
+gives), never materialised. bfloat16 storages are widened to float32 (exactly); complex and
+quantized ones are refused. The loaded object keeps its nesting: dicts (``OrderedDict`` as
+``dict``), lists, tuples, arrays and plain values (``None``, bool, int, float, str, bytes),
+nested at most :data:`~nbconv.serialization._tree.MAX_DEPTH` deep. A file that is not a zip archive is refused unread, with the legacy format (``torch.save(...,
 _use_new_zipfile_serialization=False)``, a plain pickle stream) named as such.
 """
 import collections
