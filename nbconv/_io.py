@@ -32,6 +32,18 @@ ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, Val
 LEGACY_MAX_AGE_S = 3600.0
 
 
+def open_zip(path, error, what):
+    """``zipfile.ZipFile(path)``, or ``error(f"{path} is {what} ...")`` for a damaged archive
+    (an ``OSError`` that is not about the file's existence or access counts as damage)."""
+    try:
+        return zipfile.ZipFile(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except ZIP_ERRORS + (OSError,) as e:
+        raise error(f"{path} is {what}: a damaged zip archive ({type(e).__name__}: "
+                    f"{e})") from None
+
+
 def _temp_name(name, pid, token):
     return f".{name}.{pid}.{token}.tmp"
 
@@ -123,15 +135,3 @@ def atomic_write(path, payload):
             os.remove(stale)
         except OSError:  # removed by a concurrent writer, or not ours to remove
             pass
-
-
-def open_zip(path, error, what):
-    """``zipfile.ZipFile(path)``, or ``error(f"{path} is {what} ...")`` for a damaged archive
-    (an ``OSError`` that is not about the file's existence or access counts as damage)."""
-    try:
-        return zipfile.ZipFile(path)
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        raise
-    except ZIP_ERRORS + (OSError,) as e:
-        raise error(f"{path} is {what}: a damaged zip archive ({type(e).__name__}: "
-                    f"{e})") from None
