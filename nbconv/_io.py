@@ -1,4 +1,6 @@
-"""Atomic file writes: a temp file in the target's directory, flushed to disk, then renamed onto
+"""File helpers: atomic writes, and opening a zip archive that may be damaged.
+
+Atomic file writes: a temp file in the target's directory, flushed to disk, then renamed onto
 the target, so a reader sees the old file or the new one, never half of one.
 
 Temp files are named ``.<name>.<pid>.<random>.tmp`` (``<name>`` the target's file name,
@@ -13,12 +15,33 @@ no pid) are removed once older than :data:`LEGACY_MAX_AGE_S`.
 import os
 import re
 import secrets
+import struct
 import time
+import zipfile
+import zlib
 
-__all__ = ["atomic_write", "stale_temps"]
+__all__ = ["atomic_write", "stale_temps", "ZIP_ERRORS", "open_zip"]
+
+#: what Python's zipfile raises on a damaged or crafted archive, opening it or reading a member
+#: (a CRC or header mismatch, an unsupported "version needed", a bad seek or length, a deflate
+#: stream that is not one)
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError,
+              EOFError, OverflowError, struct.error, zlib.error)
 
 #: temp files of the old pid-less naming are treated as stale after this many seconds
 LEGACY_MAX_AGE_S = 3600.0
+
+
+def open_zip(path, error, what):
+    """``zipfile.ZipFile(path)``, or ``error(f"{path} is {what} ...")`` for a damaged archive
+    (an ``OSError`` that is not about the file's existence or access counts as damage)."""
+    try:
+        return zipfile.ZipFile(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except ZIP_ERRORS + (OSError,) as e:
+        raise error(f"{path} is {what}: a damaged zip archive ({type(e).__name__}: "
+                    f"{e})") from None
 
 
 def _temp_name(name, pid, token):

@@ -50,9 +50,11 @@ def load_batch(path):
     ``N`` is the number of rows of ``b'data'``; ``b'labels'`` must hold ``N`` integers in
     0..9 (a list of ints or an integer array; floats and bools are refused). The file is read
     with a restricted unpickler (:mod:`nbconv._unpickle`) that builds dicts, lists, strings,
-    numbers and numeric NumPy arrays only: a file naming any other global (a crafted pickle
-    that would run code) is refused before anything runs. A malformed or refused file raises
-    ``ValueError`` naming it.
+    numbers and numeric NumPy arrays only, each backed by bytes that are in the file: a file
+    naming any other global (a crafted pickle that would run code) is refused before anything
+    runs, and one whose arrays claim more data than it holds (a zero-stride view, an array
+    without its bytes) is refused before anything is allocated. A malformed or refused file
+    raises ``ValueError`` naming it.
     """
     d = _unpickle.load(path, "a CIFAR-10 python batch")
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:

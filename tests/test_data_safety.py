@@ -172,3 +172,98 @@ def test_good_meta_gives_class_names(tmp_path, rng):
     assert D.load_cifar10(d)["classes"] == tuple(n.decode() for n in names)
     (d / "batches.meta").write_bytes(pickle.dumps({b"num_vis": 3072}, protocol=2))
     assert D.load_cifar10(d)["classes"] == D.CLASSES
+
+
+# ---- issue 18, item 1: every array is backed by bytes in the file -----------------------------
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+
+
+class _Reduce:
+    """Pickles as ``fn(*args)`` (and ``BUILD state`` when ``state`` is given)."""
+
+    def __init__(self, fn, args, state=None):
+        self.fn, self.args, self.state = fn, args, state
+
+    def __reduce__(self):
+        return (self.fn, self.args) if self.state is None else (self.fn, self.args, self.state)
+
+
+def _crafted(path, data, labels, protocol=2):
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f, protocol=protocol)
+    return path
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_zero_stride_view_of_a_tiny_buffer_is_refused(tmp_path, protocol):
+    # numpy.ndarray(shape, dtype, buffer, offset, strides): 200,000 images over one byte
+    n = 200_000
+    p = _crafted(tmp_path / "data_batch_1",
+                 _Reduce(np.ndarray, ((n, 3072), np.dtype(np.uint8), b"\x07", 0, (0, 0))),
+                 _Reduce(np.ndarray, ((n,), np.dtype(np.int64), bytes(8), 0, (0,))), protocol)
+    assert os.path.getsize(p) < 400
+    with pytest.raises(_unpickle.UnsafePickleError, match="data_batch_1.*numpy.ndarray"):
+        D.load_batch(p)
+
+
+def test_reconstruct_without_its_build_state_is_refused(tmp_path):
+    # _reconstruct(ndarray, shape, dtype) with no BUILD: uninitialised memory as images
+    p = _crafted(tmp_path / "data_batch_1", _Reduce(_RECONSTRUCT, (np.ndarray, (64, 3072), b"B")),
+                 [0] * 64)
+    with pytest.raises(_unpickle.UnsafePickleError, match="data_batch_1.*_reconstruct"):
+        D.load_batch(p)
+    # ... nor with an empty shape and no BUILD (an array with no data)
+    p = _crafted(tmp_path / "data_batch_2", _Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"B")), [])
+    with pytest.raises(_unpickle.UnsafePickleError, match="data_batch_2.*without its data"):
+        D.load_batch(p)
+
+
+def test_array_state_must_hold_its_bytes(tmp_path):
+    # a BUILD state whose bytes are fewer than its shape needs, and one file whose arrays
+    # share one memoised byte string (more array bytes than the file holds)
+    raw = bytes(range(256)) * 12   # one 3072-byte image
+    short = _Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                    (1, (2, 3072), np.dtype(np.uint8), False, raw))
+    p = _crafted(tmp_path / "a", short, [0, 1])
+    with pytest.raises(_unpickle.UnsafePickleError, match="needs 6144 bytes"):
+        D.load_batch(p)
+    many = [_Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                    (1, (1, 3072), np.dtype(np.uint8), False, raw)) for _ in range(40)]
+    p = tmp_path / "b"
+    with open(p, "wb") as f:
+        pickle.dump({b"data": many[0], b"labels": [0], b"more": many}, f, protocol=2)
+    assert os.path.getsize(p) < 40 * 3072
+    with pytest.raises(_unpickle.UnsafePickleError, match="more bytes than the file holds"):
+        D.load_batch(p)
+    # _frombuffer (protocol 5) with a shape that does not match its buffer
+    from_buffer = np.empty(1).__reduce_ex__(5)[0]
+    p = _crafted(tmp_path / "c", _Reduce(from_buffer, (raw, np.dtype(np.uint8), (2, 3072), "C")),
+                 [0, 1], protocol=5)
+    with pytest.raises(_unpickle.UnsafePickleError, match="needs 6144 bytes"):
+        D.load_batch(p)
+
+
+def test_dtype_state_may_only_set_a_byte_order(tmp_path):
+    # numpy.dtype('u1') then BUILD with fields: a structured dtype
+    bad_state = (3, "|", None, ("a",), {"a": (np.dtype("u1"), 0)}, 1, 1, 0)
+    p = _crafted(tmp_path / "data_batch_1", _Reduce(np.dtype, ("u1", False, True), bad_state),
+                 [0])
+    with pytest.raises(_unpickle.UnsafePickleError, match="only a byte order"):
+        D.load_batch(p)
+
+
+def test_deep_nesting_is_a_value_error(tmp_path):
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(b"\x80\x02" + b"]" * 100_000 + b"." )
+    with pytest.raises(ValueError, match="data_batch_1"):
+        D.load_batch(p)
+
+
+def test_bytearray_length_is_checked_before_allocating(tmp_path):
+    # protocol 5 BYTEARRAY8 claiming 2**40 bytes: Python's own pure unpickler allocates them
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(b"\x80\x05\x96" + (2 ** 40).to_bytes(8, "little") + b"xy.")
+    with pytest.raises(_unpickle.UnsafePickleError, match="data_batch_1.*bytearray of "
+                                                          "1099511627776 bytes"):
+        D.load_batch(p)

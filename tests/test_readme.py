@@ -49,3 +49,25 @@ def test_readme_snippets(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert repr(_torch_twin()) in out
     assert "825,046" in out and "5,637,096" in out
+
+
+def test_readme_trained_model_snippet(tmp_path, monkeypatch, capsys):
+    """The "Use the trained model" snippet, on a checkpoint written as the training script
+    writes it (into runs/demo) by a trainer of the default three-layer net."""
+    text = open(README, encoding="utf-8").read()
+    section = text.split("## Train a convnet on CIFAR-10", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(snippets) == 1 and 'nbconv.load("runs/demo/checkpoint.npz")' in snippets[0]
+    monkeypatch.chdir(tmp_path)
+    trained = nbconv.three_layer_convnet(seed=11)
+    opt = nbconv.optim.Adam(trained.params, trained.grads, lr=1e-3)
+    nbconv.Trainer(trained, opt, progress=False, verbose=False, warmup=False).save(
+        "runs/demo/checkpoint.npz")
+    ns = {"nbconv": nbconv}
+    exec(snippets[0], ns)
+    for k, v in trained.state_dict().items():
+        np.testing.assert_array_equal(ns["model"].state_dict()[k], v)
+    data = nbconv.data.prepare()
+    want = trained.eval()(data["x_test"][:8]).argmax(axis=1)
+    np.testing.assert_array_equal(ns["pred"], want)
+    assert capsys.readouterr().out.strip() == str([data["classes"][i] for i in want])

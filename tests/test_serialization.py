@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from nbconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from nbconv.serialization import (SafetensorsError, UnsafeFileError, load_safetensors,
-                                  load_torch, save_safetensors)
+import nbconv
+from nbconv.serialization import (FileFormatError, SafetensorsError, TorchFileError,
+                                  UnsafeFileError, load_safetensors, load_torch,
+                                  save_safetensors, save_torch)
 
 st_numpy = pytest.importorskip("safetensors.numpy")
 st_torch = pytest.importorskip("safetensors.torch")
@@ -67,7 +69,7 @@ def test_load_torch_views_dtypes_and_parameters(tmp_path):
         assert same_bits(got[k], v.numpy()), k
     # two views of one storage come back as independent arrays
     got["t"][0, 0, 0] = -1
-    assert got["slice"].min() >= 0
+    assert got["slice"].min() >= 0 and got["t"].flags.writeable
     # state_dict(keep_vars=True) pickles nn.Parameter through _rebuild_parameter
     lin = torch.nn.Linear(3, 2)
     torch.save(lin.state_dict(keep_vars=True), tmp_path / "p.pt")
@@ -102,13 +104,11 @@ def test_load_torch_refuses_code_in_zip(tmp_path):
 def test_load_torch_refuses_plain_pickle(tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"x": _Evil(marker)}))
-    with pytest.raises(UnsafeFileError, match="not a torch zip archive"):
+    with pytest.raises(TorchFileError, match="not a torch zip archive"):
         load_torch(tmp_path / "evil.pkl")
+    with pytest.raises(FileFormatError, match="evil.pkl is a Python pickle"):
+        nbconv.load(tmp_path / "evil.pkl")
     assert not marker.exists()
-    # the legacy (pre-1.6) torch format is a plain pickle stream too
-    torch.save({"w": torch.zeros(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
-    with pytest.raises(UnsafeFileError, match="not a torch zip archive"):
-        load_torch(tmp_path / "old.pt")
 
 
 def _rezip(src, dst, pkl):
@@ -131,15 +131,11 @@ def test_load_torch_refuses_build_and_bad_views(tmp_path):
         pkl = [z.read(n) for n in z.namelist() if n.endswith("data.pkl")][0]
     assert b"K\x04\x85" in pkl  # size (4,)
     _rezip(tmp_path / "ok.pt", tmp_path / "big.pt", pkl.replace(b"K\x04\x85", b"K\x05\x85"))
-    with pytest.raises(UnsafeFileError, match="reaches element 4"):
+    with pytest.raises(TorchFileError, match="tensor 'w'.*reaches element 4"):
         load_torch(tmp_path / "big.pt")
-    # a checkpoint that is not a flat state_dict
-    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, tmp_path / "ckpt.pt")
-    with pytest.raises(ValueError, match="not a flat state_dict"):
-        load_torch(tmp_path / "ckpt.pt")
-    with pytest.raises(UnsafeFileError, match="BFloat16Storage"):
-        torch.save({"w": torch.zeros(2, dtype=torch.bfloat16)}, tmp_path / "bf.pt")
-        load_torch(tmp_path / "bf.pt")
+    with pytest.raises(TorchFileError, match="ComplexFloatStorage"):
+        torch.save({"w": torch.zeros(2, dtype=torch.complex64)}, tmp_path / "c.pt")
+        load_torch(tmp_path / "c.pt")
 
 
 def nbconv_twin(seed=0):
@@ -225,14 +221,17 @@ def test_safetensors_save_errors_keep_old_file(tmp_path):
     p = tmp_path / "a.safetensors"
     save_safetensors({"a": np.ones(2)}, p)
     before = p.read_bytes()
-    with pytest.raises(TypeError, match=r"state_dict\['b'\]"):
-        save_safetensors({"a": np.ones(2), "b": [1, 2]}, p)
+    with pytest.raises(TypeError, match=r"'b/0'.*a set"):
+        save_safetensors({"a": np.ones(2), "b": [{1, 2}]}, p)
     with pytest.raises(TypeError, match="complex128"):
         save_safetensors({"c": np.ones(2, complex)}, p)
+    for bad in ({"__metadata__": np.ones(2)}, {"__metadata__": np.ones(2), "n": {}}):
+        with pytest.raises(ValueError, match="reserved"):
+            save_safetensors(bad, p)
+    with pytest.raises(TypeError, match="keys must be str or int"):
+        save_safetensors({(1,): np.ones(2)}, p)
     with pytest.raises(ValueError, match="reserved"):
-        save_safetensors({"__metadata__": np.ones(2)}, p)
-    with pytest.raises(TypeError, match="keys must be str"):
-        save_safetensors({1: np.ones(2)}, p)
+        save_safetensors({"a": np.ones(2)}, p, metadata={"nbconv.tree": "[]"})
     assert p.read_bytes() == before
     assert os.listdir(tmp_path) == ["a.safetensors"]
 
@@ -254,7 +253,7 @@ def _write(path, header, data, length=None, raw_header=None):
     ("tail", "cover"),
     ("size", "needs 16 bytes"),
     ("dtype", "unknown dtype"),
-    ("bf16", "BF16"),
+    ("f8", "F8_E4M3.*NumPy cannot hold"),
     ("json", "not valid UTF-8 JSON"),
     ("duplicate", "duplicate"),
     ("shape", "bad shape"),
@@ -287,8 +286,8 @@ def test_safetensors_corrupt_files(tmp_path, case, match):
         _write(p, {"a": e((0, 24))}, d24)
     elif case == "dtype":
         _write(p, {"a": e((0, 24), dt="F24", shape=(1,))}, d24)
-    elif case == "bf16":
-        _write(p, {"a": e((0, 24), dt="BF16", shape=(12,))}, d24)
+    elif case == "f8":
+        _write(p, {"a": e((0, 24), dt="F8_E4M3", shape=(24,))}, d24)
     elif case == "json":
         _write(p, None, d24, raw_header=b"{\"a\": \xff}")
     elif case == "duplicate":
@@ -303,3 +302,252 @@ def test_safetensors_corrupt_files(tmp_path, case, match):
     with pytest.raises(SafetensorsError, match=match):
         load_safetensors(p)
     assert load_safetensors(good)["a"].tolist() == [1, 1, 1, 1]
+
+
+# ---- issue 18: bounded .pt loading, format by first bytes, documented errors ------------------
+
+def _tensor_pkl(numel=1, size=(1,), stride=(1,), storage="FloatStorage", key="0",
+                extra=b""):
+    """A torch ``data.pkl`` of ``{"w": tensor}`` written opcode by opcode."""
+    def s(text):
+        b = text.encode()
+        return b"X" + len(b).to_bytes(4, "little") + b
+
+    def i(v):
+        return b"J" + v.to_bytes(4, "little", signed=True) if -2**31 <= v < 2**31 else \
+            b"\x8a" + bytes([9]) + v.to_bytes(9, "little", signed=True)
+
+    def tup(vs):
+        return b"(" + b"".join(i(v) for v in vs) + b"t"
+
+    return (b"\x80\x02}(" + s("w") + b"ctorch._utils\n_rebuild_tensor_v2\n((" + s("storage")
+            + f"ctorch\n{storage}\n".encode() + s(key) + s("cpu") + i(numel) + b"tQ" + i(0)
+            + tup(size) + tup(stride) + b"\x89ccollections\nOrderedDict\n)RtR" + extra
+            + b"u.")
+
+
+def _zip(path, records, compress=None):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, payload in records.items():
+            if callable(payload):      # a writer of a large record, streamed
+                with z.open(zipfile.ZipInfo(f"archive/{name}"), "w", force_zip64=True) as f:
+                    payload(f)
+            else:
+                z.writestr(f"archive/{name}", payload,
+                           compress_type=(compress or {}).get(name, zipfile.ZIP_STORED))
+    return path
+
+
+def _peak(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _zeros_writer(nbytes, chunk=1 << 20):
+    def write(f):
+        block = bytes(chunk)
+        for _ in range(nbytes // chunk):
+            f.write(block)
+    return write
+
+
+def test_storage_record_is_read_only_as_far_as_its_tensors_reach(tmp_path):
+    # a deflated record of 256 MiB (about 256 KB in the file) for a 4-byte tensor
+    big = 256 << 20
+    p = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", _tensor_pkl(numel=big // 4))
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with z.open(info, "w", force_zip64=True) as f:
+            _zeros_writer(big)(f)
+    assert p.stat().st_size < 2 << 20
+    got, peak = _peak(lambda: load_torch(p))
+    assert same_bits(got["w"], np.zeros(1, np.float32))
+    assert peak < 4 << 20, peak
+    # a record that declares more (or fewer) bytes than its persistent id: refused unread
+    _zip(tmp_path / "liar.pt", {"data.pkl": _tensor_pkl(numel=1), "data/0": bytes(8)})
+    with pytest.raises(TorchFileError, match="data/0 declares 8 bytes.*= 4"):
+        load_torch(tmp_path / "liar.pt")
+
+
+def test_data_pkl_is_bounded(tmp_path):
+    # a deflated data.pkl holding a 128 MiB bytes literal: refused before it is inflated
+    n = 128 << 20
+    head = b"\x80\x03}(X\x01\x00\x00\x00xB" + n.to_bytes(4, "little")
+    p = tmp_path / "pkl.pt"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w", force_zip64=True) as f:
+            f.write(head)
+            _zeros_writer(n)(f)
+            f.write(b"u.")
+    with pytest.raises(TorchFileError, match="data.pkl declares"):
+        _, peak = _peak(lambda: load_torch(p))
+    _, peak = _peak(lambda: pytest.raises(TorchFileError, load_torch, p))
+    assert peak < 4 << 20, peak
+
+
+def test_expanded_tensor_is_a_read_only_view(tmp_path):
+    base = torch.arange(3, dtype=torch.float32)
+    sd = {"e": base.expand(200_000, 3), "w": torch.ones(2)}
+    torch.save(sd, tmp_path / "e.pt")
+    assert (tmp_path / "e.pt").stat().st_size < 4096
+    got, peak = _peak(lambda: nbconv.load(tmp_path / "e.pt"))
+    assert peak < 1 << 20, peak                 # not materialised: 2.4 MB would be
+    e = got["e"]
+    assert e.shape == (200_000, 3) and e.strides == (0, 4) and not e.flags.writeable
+    np.testing.assert_array_equal(e, sd["e"].numpy())
+    assert got["w"].flags.writeable
+    # tied weights (two tensors on one storage) are still copied apart
+    w = torch.randn(3, 2)
+    torch.save({"a": w, "b": w.view(3, 2)}, tmp_path / "tied.pt")
+    got = load_torch(tmp_path / "tied.pt")
+    assert got["a"].flags.writeable and got["b"].flags.writeable
+    got["a"][0, 0] = 5
+    assert got["b"][0, 0] == w[0, 0].item()
+
+
+def test_load_decides_by_first_bytes_not_zip_end_record(tmp_path):
+    w = np.zeros(6, np.float32)
+    w[0] = np.frombuffer(b"PK\x05\x06", np.float32)[0]       # 2.507e-35, then zeros
+    assert abs(float(w[0]) - 2.507e-35) < 1e-38
+    p = tmp_path / "m.safetensors"
+    nbconv.save({"w": w}, p)
+    assert zipfile.is_zipfile(p)           # what fooled the old rule
+    assert same_bits(nbconv.load(p)["w"], w)
+    (tmp_path / "junk.bin").write_bytes(b"hello world, not a model file")
+    with pytest.raises(FileFormatError, match="junk.bin.*no format nbconv reads"):
+        nbconv.load(tmp_path / "junk.bin")
+
+
+def test_legacy_torch_format_is_named(tmp_path):
+    p = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2)}, p, _use_new_zipfile_serialization=False)
+    for fn in (nbconv.load, load_torch):
+        with pytest.raises(TorchFileError, match="legacy.pt is a PyTorch file in the legacy "
+                                                 "format.*torch.save\\(torch.load"):
+            fn(p)
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("size-2**70", TorchFileError, "tensor 'w'.*size"),
+    ("dims-65", TorchFileError, "tensor 'w'.*at most 64"),
+    ("empty-huge", TorchFileError, "tensor 'w'.*too big"),
+    ("truncated-pkl", TorchFileError, "data.pkl is not a valid pickle.*EOFError"),
+    ("crc", TorchFileError, "data/0.*CRC"),
+    ("newobj", UnsafeFileError, "NEWOBJ"),
+    ("no-pkl", TorchFileError, "expected one <root>/data.pkl"),
+    ("missing-record", TorchFileError, "data/0 is missing"),
+    ("two-dtypes", TorchFileError, "read as"),
+    ("cycle", TorchFileError, "contains itself"),
+    ("damaged-zip", TorchFileError, "damaged zip"),
+    ("set", TorchFileError, "set"),
+    ("bytearray", UnsafeFileError, "bytearray of 1099511627776 bytes"),
+])
+def test_malformed_pt_files_raise_documented_errors(tmp_path, case, error, match):
+    p = tmp_path / "bad.pt"
+    rec = {"data/0": bytes(4)}
+    if case == "size-2**70":
+        _zip(p, {"data.pkl": _tensor_pkl(size=(2 ** 70,), stride=(1,)), **rec})
+    elif case == "dims-65":
+        _zip(p, {"data.pkl": _tensor_pkl(size=(1,) * 65, stride=(1,) * 65), **rec})
+    elif case == "empty-huge":
+        _zip(p, {"data.pkl": _tensor_pkl(size=(2 ** 62, 8, 0), stride=(0, 0, 1)), **rec})
+    elif case == "truncated-pkl":
+        _zip(p, {"data.pkl": _tensor_pkl()[:-5], **rec})
+    elif case == "crc":
+        _zip(p, {"data.pkl": _tensor_pkl(), **rec})
+        raw = bytearray(p.read_bytes())
+        with zipfile.ZipFile(p) as z:
+            info = z.getinfo("archive/data/0")
+        raw[info.header_offset + 30 + len(info.filename) + len(info.extra)] ^= 1
+        p.write_bytes(bytes(raw))
+    elif case == "newobj":
+        pkl = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n)\x81."
+        _zip(p, {"data.pkl": pkl})
+    elif case == "no-pkl":
+        _zip(p, rec)
+    elif case == "missing-record":
+        _zip(p, {"data.pkl": _tensor_pkl()})
+    elif case == "two-dtypes":
+        pkl = _tensor_pkl()
+        second = _tensor_pkl(storage="IntStorage")[4:-2].replace(b"X\x01\x00\x00\x00w",
+                                                                  b"X\x01\x00\x00\x00v")
+        _zip(p, {"data.pkl": pkl[:-2] + second + b"u.", **rec})
+    elif case == "cycle":
+        _zip(p, {"data.pkl": b"\x80\x02]q\x00h\x00a."})
+    elif case == "damaged-zip":
+        _zip(p, {"data.pkl": _tensor_pkl(), **rec})
+        p.write_bytes(p.read_bytes()[:-30])
+    elif case == "set":
+        _zip(p, {"data.pkl": b"\x80\x04\x8f(K\x01\x90."})
+    elif case == "bytearray":
+        _zip(p, {"data.pkl": b"\x80\x05\x96" + (2 ** 40).to_bytes(8, "little") + b"xy."})
+    with pytest.raises(error, match=match) as e:
+        load_torch(p)
+    assert "bad.pt" in str(e.value) and isinstance(e.value, ValueError)
+    with pytest.raises(error):
+        nbconv.load(p)
+
+
+@pytest.mark.parametrize("header, match", [
+    ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+    ('{"a": {"dtype": ["F32"], "shape": [0], "data_offsets": [0, 0]}}', "unknown dtype"),
+    ('{"a": {"dtype": "F32", "shape": [18446744073709551616, 0], "data_offsets": [0, 0]}}',
+     "'a' has bad shape"),
+    ('{"a": {"dtype": "F32", "shape": [' + ",".join(["1"] * 65) + '], "data_offsets": [0, 4]}}',
+     "'a' has bad shape"),
+    ('{"a": {"dtype": "F32", "shape": [4611686018427387904, 8, 0], "data_offsets": [0, 0]}}',
+     "'a' of shape"),
+    ('{"__metadata__": 0}', "__metadata__ must be a dict"),
+    ('{"__metadata__": []}', "__metadata__ must be a dict"),
+    ('{"__metadata__": ["x"]}', "__metadata__ must be a dict"),
+    ('{"__metadata__": null}', "__metadata__ must be a dict"),
+    ('{"__metadata__": {"k": 1}}', "__metadata__ must be a dict"),
+    ('{"__metadata__": {"nbconv.tree": "[{\\"tensor\\": \\"zz\\"}]"}}', "names tensor 'zz'"),
+    ('{"__metadata__": {"nbconv.tree": "{\\"set\\": 1}"}}', "not a tensor, dict"),
+    ('{"__metadata__": {"nbconv.tree": "' + "[" * 150 + "]" * 150 + '"}}', "deeper than"),
+    ('{"__metadata__": {"nbconv.tree": "[1"}}', "not JSON"),
+], ids=["deep", "list-dtype", "dim-2**64", "dims-65", "too-big", "meta-0", "meta-list",
+        "meta-list-x", "meta-null", "meta-int-value", "tree-unknown", "tree-kind", "tree-deep",
+        "tree-json"])
+def test_malformed_safetensors_headers_raise_safetensors_error(tmp_path, header, match):
+    p = _write(tmp_path / "bad.safetensors", None, b"", raw_header=header.encode())
+    with pytest.raises(SafetensorsError, match=match) as e:
+        nbconv.load(p)
+    assert "bad.safetensors" in str(e.value)
+
+
+def test_big_endian_pt_files_are_read(tmp_path):
+    # what torch writes on a big-endian machine: byteorder "big", records big-endian
+    w = np.arange(6, dtype=np.float32) - 2.5
+    bf = torch.tensor([1.5, -2.0]).to(torch.bfloat16).view(torch.int16).numpy()
+    pkl = _tensor_pkl(numel=6, size=(2, 3), stride=(3, 1))[:-2] + _tensor_pkl(
+        numel=2, size=(2,), stride=(1,), storage="BFloat16Storage", key="1")[4:-2].replace(
+        b"X\x01\x00\x00\x00w", b"X\x01\x00\x00\x00b") + b"u."
+    p = _zip(tmp_path / "big.pt", {"data.pkl": pkl, "byteorder": b"big",
+                                    "data/0": w.astype(">f4").tobytes(),
+                                    "data/1": bf.astype(">i2").tobytes()})
+    got = load_torch(p)
+    assert same_bits(got["w"], w.reshape(2, 3))
+    assert got["b"].dtype == np.float32 and got["b"].tolist() == [1.5, -2.0]
+
+
+def test_shared_containers_are_walked_once(tmp_path):
+    # a "billion laughs" data.pkl: list i holds list i-1 twice, 60 levels (2**60 paths)
+    pkl = b"\x80\x02]q\x00"
+    for i in range(1, 61):
+        pkl += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i])
+    p = _zip(tmp_path / "laughs.pt", {"data.pkl": pkl + b"."})
+    got = load_torch(p)
+    assert got[0] is got[1] and len(got[0][0]) == 2
+    # saved again: the .pt writer keeps the sharing; safetensors cannot, and says so
+    nbconv.save(got, tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again[0] is again[1]
+    with pytest.raises(ValueError, match="more than 1000000 entries.*save it as .pt"):
+        nbconv.save({"x": got}, tmp_path / "again.safetensors")

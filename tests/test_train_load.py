@@ -114,9 +114,13 @@ def _optimizer_float64(m, a):
             a[k] = a[k].astype(np.float64)
 
 
+def _rng_negative(m, a):      # NumPy raises OverflowError setting this state
+    m["rng"]["data"]["state"]["inc"] = -1
+
+
 BAD = [_drop, _broadcast_bias, _float64, _float64_best, _drop_best, _rng_type, _rng_garbled,
        _epoch_text, _epoch_float, _history_short, _best_epoch, _optimizer_array_missing,
-       _optimizer_float64]
+       _optimizer_float64, _rng_negative]
 
 
 @pytest.mark.parametrize("edit", BAD, ids=[f.__name__.strip("_") for f in BAD])
@@ -136,3 +140,128 @@ def test_resigned_inconsistent_checkpoint_is_refused_and_changes_nothing(good, t
 
     target.load(good)  # the untouched checkpoint still loads
     assert target.epoch == 2
+
+
+# ---- issue 18, item 9: malformed metadata and members raise CheckpointError -----------------
+
+def _write_raw(path, meta_bytes, arrays):
+    """A checkpoint with these exact metadata bytes and a valid checksum over them."""
+    import io
+    out = dict(arrays)
+    out["__meta__"] = np.frombuffer(meta_bytes, np.uint8)
+    out["__checksum__"] = np.frombuffer(ckpt.checksum(meta_bytes, arrays).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("meta_bytes, match", [
+    (b"{not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON|nested"),
+    (b'{"a": ' * 500 + b"1" + b"}" * 500, "nested"),
+    (b"[1, 2]", "not a JSON object"),
+    (b"null", "not a JSON object"),
+    (b'{"format": "nbconv-checkpoint", "version": 1}', "version 1 metadata"),
+], ids=["text", "utf8", "deep-list", "deep-dict", "list", "null", "v1-empty"])
+def test_malformed_metadata_is_a_checkpoint_error(good, tmp_path, meta_bytes, match):
+    _, arrays = ckpt.read(good)
+    bad = _write_raw(tmp_path / "bad.npz", meta_bytes, arrays)
+    with pytest.raises(CheckpointError, match=match):
+        ckpt.read(bad)
+    target = make_trainer(seed=3)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        target.load(bad)
+
+
+def test_deep_optimizer_tree_is_a_checkpoint_error(good, tmp_path):
+    meta, arrays = ckpt.read(good)
+    tree = 1
+    for _ in range(900):     # within json's nesting limit, not within decode's recursion
+        tree = [tree]
+    meta["optimizer"] = tree
+    bad = tmp_path / "bad.npz"
+    ckpt.write(bad, meta, arrays)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        make_trainer(seed=3).load(bad)
+
+
+def _member_bytes(arrays, name, payload):
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    import zipfile
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in src.infolist():
+            z.writestr(info, payload if info.filename == name else src.read(info))
+    return out.getvalue()
+
+
+def test_npy_members_claiming_more_than_they_hold(good, tmp_path):
+    import zipfile
+    meta, arrays = ckpt.read(good)
+    raw = good.read_bytes()
+    # an .npy header claiming 2**40 elements over a few bytes: refused before allocating
+    header = ("{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % 2 ** 40)
+    header = header + " " * (-(len(header) + 11) % 64) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8)
+    full = dict(arrays, __meta__=np.zeros(1, np.uint8), __checksum__=np.zeros(1, np.uint8))
+    (tmp_path / "huge.npz").write_bytes(_member_bytes(full, "param/4.bias.npy", npy))
+    with pytest.raises(CheckpointError, match="4.bias.*holds"):
+        ckpt.read(tmp_path / "huge.npz")
+    # a deflated member that inflates far past the file (a deflate bomb)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w") as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info))
+        z.writestr("pad.npy", bytes(50_000_000), compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < len(raw) + 200_000
+    with pytest.raises(CheckpointError, match="uncompressed"):
+        ckpt.read(bomb)
+    # an object array member (np.load would need allow_pickle)
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, **dict(full, x=np.array([None, 1], dtype=object)))
+    with pytest.raises(CheckpointError, match="x.*object"):
+        ckpt.read(obj)
+
+
+def test_malformed_signature_is_a_checkpoint_error_for_nbconv_load(good, tmp_path):
+    import nbconv
+    meta, arrays = ckpt.read(good)
+    for sig in ([True], {"params": {}, "buffers": [True]},
+                {"params": {"0.weight": [[-1], "<f4"]}, "buffers": {}}):
+        meta["signature"] = sig
+        ckpt.write(tmp_path / "bad.npz", meta, arrays)
+        with pytest.raises(CheckpointError, match="bad.npz.*signature is malformed"):
+            nbconv.load(tmp_path / "bad.npz")
+    meta["signature"] = ckpt.read(good)[0]["signature"]
+    meta["signature"]["params"]["4.weight"][1] = ""      # not a dtype NumPy knows
+    ckpt.write(tmp_path / "bad.npz", meta, arrays)
+    with pytest.raises(CheckpointError, match="bad.npz.*4.weight.*metadata says"):
+        nbconv.load(tmp_path / "bad.npz")
+
+
+def _unsupported_zip_version(raw):
+    """The archive with every central directory entry needing zip version 25.5."""
+    b = bytearray(raw)
+    pos = b.find(b"PK\x01\x02")
+    while pos >= 0:
+        b[pos + 6:pos + 8] = (255).to_bytes(2, "little")
+        pos = b.find(b"PK\x01\x02", pos + 4)
+    return bytes(b)
+
+
+def test_zip_of_an_unsupported_version_is_a_documented_error(good, tmp_path):
+    import nbconv
+    from nbconv.serialization import TorchFileError
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(_unsupported_zip_version(good.read_bytes()))
+    with pytest.raises(CheckpointError, match="bad.npz.*NotImplementedError"):
+        ckpt.read(bad)
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        make_trainer().load(bad)
+    with pytest.raises(TorchFileError, match="bad.npz.*NotImplementedError"):
+        nbconv.load(bad)
