@@ -9,6 +9,7 @@ from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvg
 from .layers import AdaptiveAvgPool2d, AdaptiveMaxPool2d, ConvTranspose2d  # noqa: F401
 from .layers import (GELU, CrossEntropyLoss, Identity, LeakyReLU, Sigmoid, SiLU,  # noqa: F401
                      Tanh)
+from .layers import BasicBlock, Bottleneck, ModuleList, PadShortcut  # noqa: F401
 from .serialization import load, load_safetensors, load_torch, save, save_safetensors  # noqa: F401
 from . import checkpoint, data, models, nn, optim, train, viz  # noqa: F401,E402
 from .models import deep_convnet, three_layer_convnet  # noqa: F401
@@ -22,7 +23,8 @@ __all__ = [
     "Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm", "BatchNorm2d",
     "ReLU", "Linear", "Flatten", "Dropout", "Sequential", "SoftmaxCrossEntropy",
     "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Identity", "LeakyReLU", "GELU",
-    "SiLU", "Sigmoid", "Tanh", "CrossEntropyLoss",
+    "SiLU", "Sigmoid", "Tanh", "CrossEntropyLoss", "ModuleList", "BasicBlock", "Bottleneck",
+    "PadShortcut",
     "load_torch", "save_safetensors", "load_safetensors", "save", "load", "summary",
     "functional", "reference", "init", "nn", "optim", "data", "models", "train", "checkpoint",
     "viz",

@@ -12,6 +12,8 @@
 - :mod:`.activation`: :class:`LeakyReLU`, :class:`GELU`, :class:`SiLU`, :class:`Sigmoid`,
   :class:`Tanh`
 - :mod:`.container`: :class:`Sequential`, :class:`ModuleList`
+- :mod:`.residual`: :class:`BasicBlock`, :class:`Bottleneck`, :class:`PadShortcut` (skip
+  connections, torchvision's names)
 
 The API is documented in the README. Layers parse their arguments once, at construction, and
 leave the checks of ``x`` and ``dy`` to the functional op they call.
@@ -25,10 +27,12 @@ from .conv import Conv2d, ConvTranspose2d
 from .norm import BatchNorm2d, GroupNorm
 from .pool import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPool2d,
                    MaxPool2d)
+from .residual import BasicBlock, Bottleneck, PadShortcut
 from .sync_norm import SyncBatchNorm2d, convert_sync_batchnorm
 
 __all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
            "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout", "Sequential",
            "SoftmaxCrossEntropy", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "SyncBatchNorm2d", "convert_sync_batchnorm", "Identity", "LeakyReLU", "GELU", "SiLU",
-           "Sigmoid", "Tanh", "CrossEntropyLoss", "ModuleList"]
+           "Sigmoid", "Tanh", "CrossEntropyLoss", "ModuleList", "BasicBlock",
+           "Bottleneck", "PadShortcut"]
