@@ -19,7 +19,7 @@ The API is documented in the README. Layers parse their arguments once, at const
 leave the checks of ``x`` and ``dy`` to the functional op they call.
 """
 from .activation import GELU, LeakyReLU, Sigmoid, SiLU, Tanh
-from .base import Layer
+from .base import Layer, grad_of
 from .basic import (CrossEntropyLoss, Dropout, Flatten, Identity, Linear, ReLU,
                     SoftmaxCrossEntropy)
 from .container import ModuleList, Sequential
@@ -30,7 +30,7 @@ from .pool import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPoo
 from .residual import BasicBlock, Bottleneck, PadShortcut
 from .sync_norm import SyncBatchNorm2d, convert_sync_batchnorm
 
-__all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
+__all__ = ["Layer", "grad_of", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
            "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout", "Sequential",
            "SoftmaxCrossEntropy", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "SyncBatchNorm2d", "convert_sync_batchnorm", "Identity", "LeakyReLU", "GELU", "SiLU",

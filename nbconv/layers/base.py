@@ -32,6 +32,7 @@ a network never needs it; ``Sequential`` does this for you). ``backward`` overwr
 (PyTorch's ``.grad`` accumulates): a second ``backward`` replaces the first one's gradients.
 """
 import collections
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -42,6 +43,28 @@ COUNTER = "num_batches_tracked"  # the int attribute a layer's state_dict holds 
 _STORES = ("_params", "_grads", "_buffers")
 
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+# Parameter -> gradient, for optimizers given arrays the torch way (``SGD(model.parameters(),
+# lr=...)``): every array that parameters()/named_parameters() hands out is entered here with
+# its layer's gradient array, keyed by id and dropped when the parameter array dies.
+_GRAD_OF = {}
+
+
+def _register_grad(param, grad):
+    key = id(param)
+    entry = _GRAD_OF.get(key)
+    if entry is None or entry[0]() is not param or entry[1] is not grad:
+        _GRAD_OF[key] = (weakref.ref(param, lambda _, key=key: _GRAD_OF.pop(key, None)), grad)
+
+
+def grad_of(param):
+    """The gradient array of ``param``, a parameter array handed out by a layer's
+    :meth:`~Layer.parameters` or :meth:`~Layer.named_parameters`; ``None`` for any other
+    array (or after ``to()`` replaced the layer's arrays and ``parameters()`` was not called
+    again)."""
+    entry = _GRAD_OF.get(id(param))
+    return entry[1] if entry is not None and entry[0]() is param else None
 
 
 class _Counter:
@@ -316,7 +339,14 @@ class Layer:
 
     def named_parameters(self, prefix="", recurse=True):
         """Iterator over ``(name, array)`` of the parameters (PyTorch's names, e.g.
-        ``"0.weight"`` in a :class:`Sequential`, ``"layer1.0.conv1.weight"``)."""
+        ``"0.weight"`` in a :class:`Sequential`, ``"layer1.0.conv1.weight"``). Each array is
+        remembered with its gradient array (:func:`grad_of`), so an optimizer given these
+        arrays finds their gradients."""
+        for m in self.modules() if recurse else (self,):
+            for k, p in m._params.items():
+                g = m._grads.get(k)
+                if isinstance(p, np.ndarray) and isinstance(g, np.ndarray):
+                    _register_grad(p, g)
         return self._named("_params", prefix, recurse)
 
     def named_buffers(self, prefix="", recurse=True):
