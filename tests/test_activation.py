@@ -148,7 +148,8 @@ def test_activation_reprs_are_torchs():
              (SiLU(), torch.nn.SiLU()), (Sigmoid(), torch.nn.Sigmoid()), (Tanh(), torch.nn.Tanh()),
              (nbconv.ReLU(inplace=True), torch.nn.ReLU(inplace=True)),
              (nbconv.Identity(), torch.nn.Identity()),
-             (CrossEntropyLoss(label_smoothing=0.1), torch.nn.CrossEntropyLoss(label_smoothing=0.1))]
+             (CrossEntropyLoss(label_smoothing=0.1),
+              torch.nn.CrossEntropyLoss(label_smoothing=0.1))]
     for ours, theirs in pairs:
         assert repr(ours) == repr(theirs)
 

@@ -8,10 +8,10 @@ The forms (each parameter's gradient is the array ``backward`` fills):
 - a model (an nbconv ``Layer``): its ``params``/``grads`` under their dotted names; one group;
 - PyTorch's: an iterable of parameter arrays (``model.parameters()``), of ``(name, array)``
   pairs (``model.named_parameters()``), or of param-group dicts ``{"params": ..., "lr": ...}``
-  whose ``"params"`` is any of those (or a layer, taken as its ``parameters()``). Each array's gradient is found with
-  :func:`nbconv.layers.grad_of` (so the arrays must come from ``parameters()`` or
-  ``named_parameters()`` of a layer); unnamed arrays are named by their position, ``"0"``,
-  ``"1"``, ... as PyTorch's optimizer state_dict numbers them.
+  whose ``"params"`` is any of those (or a layer, taken as its ``parameters()``). Each
+  array's gradient is found with :func:`nbconv.layers.grad_of` (so the arrays must come from
+  ``parameters()`` or ``named_parameters()`` of a layer); unnamed arrays are named by their
+  position, ``"0"``, ``"1"``, ... as PyTorch's optimizer state_dict numbers them.
 """
 import numpy as np
 
