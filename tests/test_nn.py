@@ -94,6 +94,10 @@ def test_flat_dicts_hold_the_same_live_arrays():
     assert list(net.grads) == list(net.params)
     assert [id(p) for p in net.parameters()] == [id(p) for p in net.params.values()]
     assert net[1].conv1.weight is net[1].conv1.params["weight"]   # torch's attribute access
+    with pytest.raises(TypeError, match="in place"):   # would silently detach the array
+        net[1].conv1.weight = np.zeros((4, 4, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="in place"):
+        net[1].bn1.running_var = np.ones(4, np.float32)
     opt = nbconv.optim.SGD(net.params, net.grads, lr=0.1)
     net[1].conv1.grads["weight"][...] = 1.0
     before = net[1].conv1.params["weight"].copy()

@@ -153,6 +153,11 @@ class Layer:
             self.__dict__.pop(name, None)
             value.input_grad = True   # the parent needs its dx
             modules[name] = value
+        elif name in self.__dict__.get("_params", ()) or name in self.__dict__.get(
+                "_buffers", ()):
+            raise TypeError(f"{name!r} is an array of {type(self).__name__}'s params or "
+                            f"buffers: set its values in place ({name}[...] = new) so that "
+                            f"the layer, its gradient and optimizers keep the same array")
         elif modules is not None and name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} as sub-layer {name!r} "
