@@ -31,104 +31,18 @@ other check of ``x`` and ``dy`` is the functional op's (:mod:`nbconv.functional`
 a network never needs it; ``Sequential`` does this for you). ``backward`` overwrites ``grads``
 (PyTorch's ``.grad`` accumulates): a second ``backward`` replaces the first one's gradients.
 """
-import collections
-import weakref
-from collections.abc import Mapping
-
 import numpy as np
 
 from .._checks import check_dtype, check_shape
+from ._tree import TreeDict, check_device, grad_of, is_half, register_grad, to_args
+from .state import COUNTER, IncompatibleKeys, StateProtocol
 
-COUNTER = "num_batches_tracked"  # the int attribute a layer's state_dict holds as a 0-d int64
+__all__ = ["Layer", "grad_of", "COUNTER", "IncompatibleKeys"]
+
 _STORES = ("_params", "_grads", "_buffers")
 
-IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
-
-# Parameter -> gradient, for optimizers given arrays the torch way (``SGD(model.parameters(),
-# lr=...)``): every array that parameters()/named_parameters() hands out is entered here with
-# its layer's gradient array, keyed by id and dropped when the parameter array dies.
-_GRAD_OF = {}
-
-
-def _register_grad(param, grad):
-    key = id(param)
-    entry = _GRAD_OF.get(key)
-    if entry is None or entry[0]() is not param or entry[1] is not grad:
-        _GRAD_OF[key] = (weakref.ref(param, lambda _, key=key: _GRAD_OF.pop(key, None)), grad)
-
-
-def grad_of(param):
-    """The gradient array of ``param``, a parameter array handed out by a layer's
-    :meth:`~Layer.parameters` or :meth:`~Layer.named_parameters`; ``None`` for any other
-    array (or after ``to()`` replaced the layer's arrays and ``parameters()`` was not called
-    again)."""
-    entry = _GRAD_OF.get(id(param))
-    return entry[1] if entry is not None and entry[0]() is param else None
-
-
-class _Counter:
-    """An int attribute of a layer seen as a 0-d ``int64`` state_dict entry (as PyTorch keeps
-    ``num_batches_tracked``)."""
-
-    shape = ()
-    dtype = np.dtype(np.int64)
-
-    def __init__(self, layer, name):
-        self.layer, self.name = layer, name
-
-    def get(self):
-        return np.array(getattr(self.layer, self.name), np.int64)
-
-    def set(self, value):
-        setattr(self.layer, self.name, int(value))
-
-
-def _is_counter(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-class _TreeDict(dict):
-    """``params``/``grads``/``buffers`` of a layer with sub-layers: a flat dict of the tree's
-    arrays (the layers' own objects). Undotted keys write through to the layer's own dict;
-    a sub-layer's entry is set on the sub-layer. Copies and pickles as a plain dict."""
-
-    def __init__(self, own, what):
-        super().__init__(own)
-        self._own, self._what = own, what
-
-    def _check_key(self, key):
-        if not isinstance(key, str) or "." in key:
-            raise TypeError(f"{self._what}[{key!r}]: a sub-layer's entry; set it on the "
-                            f"sub-layer (or change the values in place, a[...] = new)")
-
-    def __setitem__(self, key, value):
-        if dict.get(self, key, None) is value:   # d[k] += 1: the array changed in place
-            return
-        self._check_key(key)
-        self._own[key] = value
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self._check_key(key)
-        del self._own[key]
-        super().__delitem__(key)
-
-    def update(self, *args, **kwargs):
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
-
-    def _refuse(self, *args, **kwargs):
-        raise TypeError(f"{self._what} of a layer with sub-layers is a view of the tree: "
-                        f"set or delete single keys")
-
-    pop = popitem = clear = setdefault = __ior__ = _refuse
-
-    def __reduce__(self):
-        return dict, (dict(self),)
-
-
-class Layer:
+class Layer(StateProtocol):
     """Base class: holds its own ``params``, ``grads``, ``buffers``, its sub-layers
     (``_modules``), the train/eval flag and the values the last ``forward`` saved for
     ``backward``. Subclasses call ``super().__init__()`` first."""
@@ -271,7 +185,7 @@ class Layer:
         own = getattr(self, store)   # AttributeError naming super().__init__() if missing
         if not any(m is not None for m in self._modules.values()):
             return own
-        out = _TreeDict(own, what)
+        out = TreeDict(own, what)
         for prefix, m in self.named_modules():
             if m is not self:
                 for k, v in m.__dict__[store].items():
@@ -351,7 +265,7 @@ class Layer:
             for k, p in m._params.items():
                 g = m._grads.get(k)
                 if isinstance(p, np.ndarray) and isinstance(g, np.ndarray):
-                    _register_grad(p, g)
+                    register_grad(p, g)
         return self._named("_params", prefix, recurse)
 
     def named_buffers(self, prefix="", recurse=True):
@@ -373,12 +287,12 @@ class Layer:
         ``buffers`` entries (a no-op for entries already of ``dtype``): an optimizer built
         before holds the old arrays, so build it after ``to`` (PyTorch's advice too). Forget
         the last forward (its saved values have the old dtype)."""
-        device, dtype = _to_args(args, kwargs)
+        device, dtype = to_args(args, kwargs)
         if device is not None:
-            _check_device(device)
+            check_device(device)
         if dtype is None:
             return self
-        if _is_half(dtype):
+        if is_half(dtype):
             raise TypeError(f"{np.dtype(dtype).name} is not a compute dtype in nbconv (its "
                             f"kernels run float32 and float64): keep float32, or store a "
                             f"float16 copy of the state_dict")
@@ -415,7 +329,7 @@ class Layer:
 
     def cuda(self, device=None):
         """Refused with a ``ValueError``: nbconv runs on the CPU only."""
-        _check_device("cuda")
+        check_device("cuda")
 
     # -- sizes without running a kernel (nbconv.summary) ---------------------------------------
     def output_shape(self, input_shape):
@@ -429,114 +343,6 @@ class Layer:
         default: a user's layer). The library's layers count the convolutions and ``Linear``
         (one per weight tap per output) and 0 for the others."""
         return None
-
-    # -- state: PyTorch's state_dict protocol ------------------------------------------------
-    def _own_state(self):
-        """``key -> live ndarray`` (or a counter handle) of this layer's own entries: params,
-        then buffers, then an int ``num_batches_tracked`` attribute if the layer has one."""
-        out = dict(self._params)
-        out.update(self._buffers)
-        if _is_counter(self.__dict__.get(COUNTER)):
-            out[COUNTER] = _Counter(self, COUNTER)
-        return out
-
-    def _state_targets(self):
-        """Every state_dict entry of the tree: own entries, then each sub-layer's under
-        ``"<name>."`` (as PyTorch: a layer registered twice appears under both names)."""
-        out = self._own_state()
-        for name, m in self.named_children():
-            for k, t in m._state_targets().items():
-                out[f"{name}.{k}"] = t
-        return out
-
-    def state_dict(self):
-        """Copies of the parameters and buffers (and ``num_batches_tracked`` as a 0-d ``int64``
-        array) keyed as PyTorch's ``state_dict``."""
-        return {k: t.get() if isinstance(t, _Counter) else t.copy()
-                for k, t in self._state_targets().items()}
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy ``state_dict`` (as from :meth:`state_dict`, or a PyTorch module's converted with
-        ``.numpy()``) into the parameters and buffers, in place (optimizers keep their
-        references). Arrays of another float dtype are cast to the parameter's dtype.
-
-        All or nothing: everything is checked before anything is written. ``ValueError`` lists
-        the missing and unexpected keys (only with ``strict``) and the shape mismatches;
-        ``TypeError`` names the keys whose value is not an ndarray of a float (integer for
-        ``num_batches_tracked``) dtype. Returns ``(missing_keys, unexpected_keys)``."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        targets = self._state_targets()
-        missing = [k for k in targets if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in targets]
-        sizes, types = [], []
-        for k, t in targets.items():
-            if k not in state_dict:
-                continue
-            v = state_dict[k]
-            kind, what = ("iu", "an integer") if isinstance(t, _Counter) else ("f", "a float")
-            if not isinstance(v, np.ndarray) or v.dtype.kind not in kind:
-                got = f"dtype {v.dtype}" if isinstance(v, np.ndarray) else type(v).__name__
-                types.append(f"{k!r} must be a numpy.ndarray of {what} dtype, got {got}")
-            elif v.shape != t.shape:
-                sizes.append(f"size mismatch for {k!r}: the state_dict's shape is {v.shape}, "
-                             f"the model's {t.shape}")
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys {unexpected}")
-        problems += sizes
-        if problems:
-            raise ValueError(f"error(s) loading the state_dict into {type(self).__name__}: "
-                             + "; ".join(problems))
-        if types:
-            raise TypeError(f"error(s) loading the state_dict into {type(self).__name__}: "
-                            + "; ".join(types))
-        for k, t in targets.items():
-            if k in state_dict:
-                if isinstance(t, _Counter):
-                    t.set(state_dict[k])
-                else:
-                    t[...] = state_dict[k]
-        return IncompatibleKeys(missing, unexpected)
-
-    def _generators(self):
-        return {k: v for k, v in sorted(vars(self).items())
-                if isinstance(v, np.random.Generator)}
-
-    def get_extra_state(self):
-        """Non-array state a checkpoint needs, JSON-able, or ``None`` when there is none. The
-        default: ``{attribute: bit_generator.state}`` for each ``numpy.random.Generator`` the
-        layer itself holds, and ``{name: state}`` of each sub-layer that has extra state;
-        layers with other state override this and :meth:`set_extra_state`."""
-        out = {k: g.bit_generator.state for k, g in self._generators().items()}
-        for name, m in self.named_children():
-            state = m.get_extra_state()
-            if state is not None:
-                out[name] = state
-        return out or None
-
-    def set_extra_state(self, state):
-        """Restore what :meth:`get_extra_state` returned (``ValueError`` if it does not fit)."""
-        gens = self._generators()
-        subs = [name for name, m in self.named_children() if m.get_extra_state() is not None]
-        state = {} if state is None else state
-        if not isinstance(state, Mapping) or sorted(state) != sorted([*gens, *subs]):
-            have = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"{type(self).__name__} extra state holds entries {have}; the "
-                             f"layer's random generators are {sorted(gens)} and its sub-layers "
-                             f"with extra state {subs}")
-        for k, g in gens.items():
-            st = state[k]
-            want = type(g.bit_generator).__name__
-            if not isinstance(st, Mapping) or st.get("bit_generator") != want:
-                raise ValueError(f"{type(self).__name__} extra state {k!r} is not a {want} "
-                                 f"state")
-        for k, g in gens.items():
-            g.bit_generator.state = state[k]
-        for name in subs:
-            self._modules[name].set_extra_state(state[name])
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _store_grads(self, dw, db):
@@ -571,36 +377,3 @@ class Layer:
         if not self._modules:
             return f"{type(self).__name__}({self.extra_repr()})"
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
-
-
-def _to_args(args, kwargs):
-    """``(device, dtype)`` from the forms of ``torch.nn.Module.to``."""
-    unknown = set(kwargs) - {"device", "dtype", "non_blocking"}
-    if unknown or len(args) > 2:
-        raise TypeError(f"to() takes (device, dtype) or (dtype), got {len(args)} positional "
-                        f"arguments and {sorted(kwargs)}")
-    device, dtype = kwargs.get("device"), kwargs.get("dtype")
-    for a in args:
-        if _is_device(a):
-            device = a
-        else:
-            dtype = a
-    return device, dtype
-
-
-def _is_device(a):
-    return isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta") or \
-        type(a).__name__ == "device"
-
-
-def _check_device(device):
-    if str(device).split(":")[0] != "cpu":
-        raise ValueError(f"nbconv runs on the CPU only: device {str(device)!r} is not available "
-                         f"(.to('cpu') is accepted, as a no-op)")
-
-
-def _is_half(dtype):
-    try:
-        return np.dtype(dtype) == np.float16
-    except TypeError:
-        return False
