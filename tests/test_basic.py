@@ -164,8 +164,10 @@ def test_linear_bad_inputs(rng):
         layer(np.ones((4, 3), np.int64))
     with pytest.raises(ValueError, match=r"\(4, 5\)"):
         layer(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"in_features=3.*\(4, 1, 5\)|\(4, 1, 5\).*in_features=3"):
+        layer(np.ones((4, 1, 5), np.float32))   # (*, in_features) inputs, as torch
     with pytest.raises(ValueError, match="2-d"):
-        layer(np.ones((4, 1, 3), np.float32))
+        layer(np.ones((), np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
         Linear(3, 2).backward(np.ones((4, 2), np.float32))
     layer(np.ones((4, 3), np.float32))

@@ -71,3 +71,30 @@ def test_readme_trained_model_snippet(tmp_path, monkeypatch, capsys):
     want = trained.eval()(data["x_test"][:8]).argmax(axis=1)
     np.testing.assert_array_equal(ns["pred"], want)
     assert capsys.readouterr().out.strip() == str([data["classes"][i] for i in want])
+
+
+def _use_snippets():
+    text = open(README, encoding="utf-8").read()
+    section = text.split("\n## Use\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_use_snippets_run_and_the_residual_block_is_the_librarys(capsys):
+    snippets = _use_snippets()
+    assert len(snippets) == 2
+    exec(snippets[0], {})                           # the training loop
+    ns = {}
+    exec(snippets[1], ns)                           # a user's residual block, one SGD step
+    out = capsys.readouterr().out
+    assert "['1.conv1.weight', '1.bn1.weight', '1.bn1.bias']" in out
+    assert np.isfinite(ns["loss"])
+    # the block computes what nbconv.BasicBlock computes, forward and backward, in float64
+    ours = ns["ResidualBlock"](4).double()
+    lib = nbconv.BasicBlock(4, 4, dtype=np.float64)
+    lib.load_state_dict(ours.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5))
+    dy = np.random.default_rng(1).standard_normal((2, 4, 5, 5))
+    np.testing.assert_allclose(ours(x), lib(x), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(ours.backward(dy), lib.backward(dy), rtol=1e-12, atol=1e-13)
+    for k, g in lib.grads.items():
+        np.testing.assert_allclose(ours.grads[k], g, rtol=1e-12, atol=1e-13, err_msg=k)

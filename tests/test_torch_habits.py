@@ -272,3 +272,57 @@ def test_summary_shapes_agree_with_forward_and_fall_back_to_running(rng):
     assert s.rows[4]["macs"] == 2 * 8 * 2 * 3 * (2 * 3 * 3)
     with pytest.raises(ValueError, match="input_shape"):
         nbconv.summary(model, (2, 3, 0, 9))
+
+
+def test_summary_never_counts_an_unknown_layer_as_zero():
+    class Scale(nbconv.Layer):   # a user's leaf: no macs(), so its count is unknown
+        def forward(self, x):
+            return 2 * x
+
+    model = Sequential(Conv2d(3, 4, 3, seed=0), Scale(), Flatten(), Linear(4 * 4 * 4, 2, seed=0))
+    s = nbconv.summary(model, (1, 3, 6, 6))
+    assert [r["macs"] for r in s.rows] == [4 * 4 * 4 * 27, None, 0, 128]
+    assert s.totals["macs"] == 4 * 4 * 4 * 27 + 128 and s.totals["macs_unknown"] == ["1"]
+    text = str(s)
+    assert "Scale (1)" in text and " ?" in text and "unknown (?) count of 1" in text
+
+
+def test_summary_of_a_layer_with_sub_layers_sums_them_and_changes_nothing(rng):
+    class Residual(nbconv.Layer):   # a user's block: traced, its sub-layers get rows
+        def __init__(self):
+            super().__init__()
+            self.conv = Conv2d(4, 4, 3, padding=1, seed=1)
+            self.bn = BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) + x
+
+    model = Sequential(Conv2d(3, 4, 3, padding=1, seed=0), Residual(), GlobalAvgPool2d())
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    model(x)
+    saved = model[1].conv._saved
+    model[1].eval()
+    before = model.state_dict()
+    s = nbconv.summary(model, (2, 3, 5, 5))
+    assert [r["index"] for r in s.rows] == ["0", "1.conv", "1.bn", "2"]
+    assert s.rows[1]["macs"] == 2 * 4 * 5 * 5 * 36 and s.totals["macs_unknown"] == []
+    assert s.totals["macs"] == 2 * 4 * 25 * 27 + 2 * 4 * 25 * 36
+    assert s.rows[-1]["output_shape"] == (2, 4)
+    assert model[1].conv._saved is saved and "forward" not in vars(model[1].conv)
+    assert model.training and model[0].training and not model[1].training   # modes kept
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)   # no statistics changed
+
+
+def test_summary_input_shape_without_the_batch_axis():
+    # a fully convolutional net takes unbatched (C, H, W) as PyTorch does: shapes without N
+    conv = Sequential(Conv2d(3, 4, 3, seed=0), ReLU(), MaxPool2d(2))
+    assert nbconv.summary(conv, (3, 8, 8)).rows[-1]["output_shape"] == (4, 3, 3)
+    # Flatten then Linear cannot take what an unbatched input gives: a clear error
+    with pytest.raises(ValueError, match=r"layer 4 \(Linear\) cannot take input shape "
+                                         r"\(32, 256\).*no batch axis.*\(1, 3, 32, 32\)"):
+        nbconv.summary(nbconv.three_layer_convnet(seed=0), (3, 32, 32))
+    with pytest.raises(ValueError, match=r"layer 1 \(BatchNorm2d\).*\(N, 4, H, W\)"):
+        nbconv.summary(Sequential(Conv2d(3, 4, 3), BatchNorm2d(4)), (3, 8, 8))
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2d\).*\(N, 3, H, W\)"):
+        nbconv.summary(Sequential(Conv2d(3, 4, 3)), (1, 4, 8, 8))

@@ -6,6 +6,8 @@ from .conv import *   # noqa: F401,F403
 from .pool import *   # noqa: F401,F403
 from .norm import *   # noqa: F401,F403
 from .basic import *  # noqa: F401,F403
+from .activation import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
 from .adaptive import *  # noqa: F401,F403
 from .conv_transpose import *  # noqa: F401,F403
 from .._checks import conv_out_size  # noqa: F401

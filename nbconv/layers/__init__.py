@@ -7,23 +7,32 @@
   :class:`AdaptiveAvgPool2d`, :class:`AdaptiveMaxPool2d`
 - :mod:`.norm`: :class:`GroupNorm`, :class:`BatchNorm2d`
 - :mod:`.sync_norm`: :class:`SyncBatchNorm2d` (statistics over every MPI rank's slice)
-- :mod:`.basic`: :class:`ReLU`, :class:`Linear`, :class:`Flatten`, :class:`Dropout`,
-  :class:`SoftmaxCrossEntropy`
-- :mod:`.container`: :class:`Sequential`
+- :mod:`.basic`: :class:`Identity`, :class:`ReLU`, :class:`Linear`, :class:`Flatten`,
+  :class:`Dropout`, :class:`SoftmaxCrossEntropy`, :class:`CrossEntropyLoss`
+- :mod:`.activation`: :class:`LeakyReLU`, :class:`GELU`, :class:`SiLU`, :class:`Sigmoid`,
+  :class:`Tanh`
+- :mod:`.container`: :class:`Sequential`, :class:`ModuleList`
+- :mod:`.residual`: :class:`BasicBlock`, :class:`Bottleneck`, :class:`PadShortcut` (skip
+  connections, torchvision's names)
 
 The API is documented in the README. Layers parse their arguments once, at construction, and
 leave the checks of ``x`` and ``dy`` to the functional op they call.
 """
-from .base import Layer
-from .basic import Dropout, Flatten, Linear, ReLU, SoftmaxCrossEntropy
-from .container import Sequential
+from .activation import GELU, LeakyReLU, Sigmoid, SiLU, Tanh
+from .base import Layer, grad_of
+from .basic import (CrossEntropyLoss, Dropout, Flatten, Identity, Linear, ReLU,
+                    SoftmaxCrossEntropy)
+from .container import ModuleList, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .norm import BatchNorm2d, GroupNorm
 from .pool import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPool2d,
                    MaxPool2d)
+from .residual import BasicBlock, Bottleneck, PadShortcut
 from .sync_norm import SyncBatchNorm2d, convert_sync_batchnorm
 
-__all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
+__all__ = ["Layer", "grad_of", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "GroupNorm",
            "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout", "Sequential",
            "SoftmaxCrossEntropy", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
-           "SyncBatchNorm2d", "convert_sync_batchnorm"]
+           "SyncBatchNorm2d", "convert_sync_batchnorm", "Identity", "LeakyReLU", "GELU", "SiLU",
+           "Sigmoid", "Tanh", "CrossEntropyLoss", "ModuleList", "BasicBlock",
+           "Bottleneck", "PadShortcut"]

@@ -1,9 +1,9 @@
-"""Basic layers: ReLU, Linear, Flatten, Dropout and the SoftmaxCrossEntropy loss, stateful
-wrappers around the basic ops of :mod:`nbconv.functional`."""
+"""Basic layers: Identity, ReLU, Linear, Flatten, Dropout and the losses SoftmaxCrossEntropy
+and CrossEntropyLoss, stateful wrappers around the basic ops of :mod:`nbconv.functional`."""
 import numpy as np
 
 from .. import functional as F
-from .._checks import check_array, check_dtype, check_float, check_int
+from .._checks import check_array, check_bool, check_dtype, check_float, check_int
 from ..init import make_rng, uniform_fan_in
 from .base import Layer
 
@@ -14,10 +14,39 @@ def _check_dy_dtype(dy, dtype):
                         f"cast it with .astype()")
 
 
+class Identity(Layer):
+    """Returns its input unchanged (the same array, as ``torch.nn.Identity``); ``backward``
+    returns ``dy``. Takes and ignores any constructor arguments, as PyTorch's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        x = check_array(x, "x", allow_empty=True)
+        self._save(x.shape, x.dtype)
+        return x
+
+    def backward(self, dy):
+        dy, dtype = self._load(dy)
+        _check_dy_dtype(dy, dtype)
+        return dy if self.input_grad else None
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def macs(self, input_shape):
+        return 0
+
+
 class ReLU(Layer):
     """``max(x, 0)`` elementwise, any shape ``(N, ...)`` -> same shape, float32 or float64.
     Saves the output; the gradient is 0 where the output is <= 0 and passes elsewhere, NaN
-    included (none at 0, as PyTorch)."""
+    included (none at 0, as PyTorch). ``inplace`` is accepted (torch's signature and repr); the
+    output is always a new array."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = check_bool(inplace, "inplace")
 
     def forward(self, x):
         y = F.relu(x)
@@ -31,11 +60,18 @@ class ReLU(Layer):
     def output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def macs(self, input_shape):
+        return 0
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
 
 class Linear(Layer):
     """Fully connected layer ``(N, in_features) -> (N, out_features)``,
-    ``y = x @ weight.T + bias``, as ``torch.nn.Linear`` (2-d inputs only; put a
-    :class:`Flatten` in front of images).
+    ``y = x @ weight.T + bias``, as ``torch.nn.Linear``: any input ``(*, in_features)``
+    (a 1-d ``(in_features,)`` one included) gives ``(*, out_features)`` (put a :class:`Flatten`
+    in front of images).
 
     Params ``weight (out_features, in_features)`` and ``bias (out_features,)`` (if ``bias``), of
     ``dtype``, initialised ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` as PyTorch,
@@ -55,18 +91,32 @@ class Linear(Layer):
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
 
     def forward(self, x):
+        shape = None
+        if isinstance(x, np.ndarray) and x.ndim != 2 and x.ndim >= 1:
+            if x.shape[-1] != self.in_features:
+                raise ValueError(f"x has {x.shape[-1]} features in its last axis (shape "
+                                 f"{x.shape}) but the layer expects in_features="
+                                 f"{self.in_features}")
+            shape, x = x.shape, x.reshape(-1, self.in_features)   # (*, in) -> (M, in)
         y = F.linear(x, self.params["weight"], self.params.get("bias"))
-        self._save(y.shape, x)
+        if shape is not None:
+            y = y.reshape(shape[:-1] + (self.out_features,))
+        self._save(y.shape, x, shape)
         return y
 
     def backward(self, dy):
-        dy, x = self._load(dy)
+        dy, x, shape = self._load(dy)
+        if shape is not None:
+            dy = dy.reshape(-1, self.out_features)
         dx, dw, db = F.linear_backward(dy, x, self.params["weight"], need_dx=self.input_grad,
                                        need_bias="bias" in self.params)
         self._store_grads(dw, db)
-        return dx
+        return dx if dx is None or shape is None else dx.reshape(shape)
 
     def output_shape(self, input_shape):
+        if not input_shape or input_shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}) takes inputs "
+                             f"(*, {self.in_features}), got shape {tuple(input_shape)}")
         return tuple(input_shape[:-1]) + (self.out_features,)
 
     def macs(self, input_shape):
@@ -101,7 +151,13 @@ class Flatten(Layer):
         return check_array(dy, "dy").reshape(x_shape)
 
     def output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(f"Flatten takes inputs (N, ...) of at least 2 dimensions, got "
+                             f"shape {tuple(input_shape)}")
         return (input_shape[0], int(np.prod(input_shape[1:])))
+
+    def macs(self, input_shape):
+        return 0
 
     def __repr__(self):
         return "Flatten(start_dim=1, end_dim=-1)"
@@ -145,6 +201,9 @@ class Dropout(Layer):
     def output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def macs(self, input_shape):
+        return 0
+
     def __repr__(self):
         return f"Dropout(p={self.p}, inplace=False)"
 
@@ -165,3 +224,37 @@ class SoftmaxCrossEntropy:
 
     def __repr__(self):
         return "SoftmaxCrossEntropy()"
+
+
+class CrossEntropyLoss(Layer):
+    """The cross-entropy loss as a PyTorch-style loss layer::
+
+        crit = CrossEntropyLoss()               # reduction="mean", label_smoothing=0.0
+        loss = crit(logits, labels)             # a scalar of the logits' dtype
+        dlogits = crit.backward()               # d loss / d logits, (N, K)
+
+    ``logits (N, K)`` float32/float64, ``labels (N,)`` class indices in ``[0, K)``.
+    ``reduction``: ``"mean"`` or ``"sum"`` over the batch; ``label_smoothing`` ``eps`` in
+    ``[0, 1]`` mixes the one-hot target with the uniform one, ``(1 - eps) onehot + eps / K``,
+    as ``torch.nn.CrossEntropyLoss``. ``backward(dloss=1.0)`` scales the gradient (before any
+    forward: ``RuntimeError``). Class weights (``weight``) are not supported.
+    :class:`SoftmaxCrossEntropy` returns ``(loss, dlogits)`` in one call instead."""
+
+    def __init__(self, weight=None, reduction="mean", label_smoothing=0.0):
+        super().__init__()
+        if weight is not None:
+            raise ValueError("CrossEntropyLoss: class weights (weight=...) are not supported")
+        self.reduction = F.check_reduction(reduction)
+        self.label_smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+
+    def forward(self, logits, labels):
+        loss, d = F.cross_entropy_and_grad(logits, labels, self.reduction, self.label_smoothing)
+        self._save((), d)
+        return loss
+
+    def backward(self, dloss=1.0):
+        if self._saved is None:
+            raise RuntimeError("CrossEntropyLoss.backward called before forward")
+        d = self._saved[0]
+        dloss = check_float(dloss, "dloss")
+        return d.copy() if dloss == 1.0 else d * d.dtype.type(dloss)

@@ -6,45 +6,53 @@ from .base import Layer
 
 
 class Sequential(Layer):
-    """Layers applied in order: ``Sequential(l0, l1, ...)(x) = ...l1(l0(x))``.
+    """Layers applied in order: ``Sequential(l0, l1, ...)(x) = ...l1(l0(x))``, or
+    ``Sequential(OrderedDict([("conv", l0), ("relu", l1)]))`` with named sub-layers.
 
-    ``params``, ``grads`` and ``buffers`` are flat dicts keyed ``"<index>.<name>"`` (as PyTorch's
-    ``state_dict``; nested Sequentials give ``"i.j.name"``) whose values are the SAME arrays as
-    the layers' own, so in-place updates (optimizers) reach the layers. They are collected at
-    construction: replace parameter values in place (``p[...] = new``), not the arrays.
-    ``train()``/``eval()`` are passed to every layer. ``backward`` runs the layers in reverse
-    and returns the gradient w.r.t. the input; by default the model's input gradient is not
-    needed, so ``input_grad`` is ``False``: the first layer skips its dx and ``backward``
-    returns ``None``. Set ``model.input_grad = True`` to get dx (the first layer's
-    ``input_grad`` is set from the model's at every forward/backward; the others' to True).
-    Indexing, ``len`` and iteration work as in PyTorch (a slice is a new Sequential sharing
-    the layers). ``state_dict()``/``load_state_dict()`` gather the layers' entries under
-    ``"<index>."`` (BatchNorm2d's ``num_batches_tracked`` included, as PyTorch), and
-    ``get_extra_state()`` is ``{"<index>": state}`` of the layers that have extra state.
+    The layers are sub-layers named ``"0"``, ``"1"``, ... (or the dict's keys), so ``params``,
+    ``grads`` and ``buffers`` are flat dicts keyed ``"<name>.<key>"`` (as PyTorch's
+    ``state_dict``; nested Sequentials give ``"i.j.key"``) whose values are the SAME arrays as
+    the layers' own, so in-place updates (optimizers) reach the layers. ``backward`` runs the
+    layers in reverse and returns the gradient w.r.t. the input; by default the model's input
+    gradient is not needed, so ``input_grad`` is ``False``: the first layer skips its dx and
+    ``backward`` returns ``None``. Set ``model.input_grad = True`` to get dx (the first layer's
+    ``input_grad`` is set from the model's at every forward/backward; the others' to True; a
+    Sequential registered as a sub-layer gets ``input_grad = True``). Indexing (an int, or a
+    slice: a new Sequential sharing the layers, numbered from 0 again, or under their names
+    when the layers have names of their own), ``len``, iteration, ``append`` and ``extend``
+    work as in PyTorch.
     """
 
     def __init__(self, *layers):
         super().__init__()
-        for i, layer in enumerate(layers):
+        if len(layers) == 1 and isinstance(layers[0], Mapping):
+            items = [(name, layer, repr(name)) for name, layer in layers[0].items()]
+        else:
+            items = [(str(i), layer, str(i)) for i, layer in enumerate(layers)]
+        for name, layer, shown in items:
             if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential layer {i} must be an nbconv Layer, "
+                raise TypeError(f"Sequential layer {shown} must be an nbconv Layer, "
                                 f"got {type(layer).__name__}")
-        self.layers = list(layers)
+            self.add_module(name, layer)
         self.input_grad = False
-        self._collect()
 
-    def _collect(self):
-        """``params``/``grads``/``buffers``: the layers' arrays (the same objects) under
-        ``"<index>."`` keys."""
-        self.params, self.grads, self.buffers = {}, {}, {}
-        for i, layer in enumerate(self.layers):
-            for src, dst in ((layer.params, self.params), (layer.grads, self.grads),
-                             (getattr(layer, "buffers", None) or {}, self.buffers)):
-                for name, arr in src.items():
-                    dst[f"{i}.{name}"] = arr
+    @property
+    def layers(self):
+        """The layers, in order (a new list)."""
+        return list(self.children())
 
-    def children(self):
-        return iter(self.layers)
+    def append(self, layer):
+        """Add ``layer`` at the end (named ``str(len(self))``); returns the Sequential."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.append takes an nbconv Layer, got "
+                            f"{type(layer).__name__}")
+        self.add_module(str(len(self)), layer)
+        return self
+
+    def extend(self, layers):
+        for layer in layers:
+            self.append(layer)
+        return self
 
     def output_shape(self, input_shape):
         for layer in self.layers:
@@ -52,45 +60,40 @@ class Sequential(Layer):
         return tuple(input_shape)
 
     def macs(self, input_shape):
+        """The layers' sum (``None`` if one of them does not know its count)."""
         total = 0
         for layer in self.layers:
-            total += layer.macs(input_shape)
+            m = layer.macs(input_shape)
+            if m is None:
+                return None
+            total += m
             input_shape = layer.output_shape(input_shape)
         return total
 
-    def to(self, dtype):
-        super().to(dtype)   # casts the layers' arrays (its own dicts only hold those)
-        self._collect()
-        return self
-
-    def _set_input_grads(self):
-        for i, layer in enumerate(self.layers):
+    def _set_input_grads(self, layers):
+        for i, layer in enumerate(layers):
             layer.input_grad = self.input_grad if i == 0 else True
 
     def forward(self, x):
-        self._set_input_grads()
-        if not self.layers:
+        layers = self.layers
+        self._set_input_grads(layers)
+        if not layers:
             x = check_array(x, "x").copy()
-        for layer in self.layers:
+        for layer in layers:
             x = layer(x)
         self._save(x.shape, x.dtype)
         return x
 
     def backward(self, dy):
         dy, dtype = self._load(dy)
-        self._set_input_grads()
-        if not self.layers:   # no layer to check dy: do it here
+        layers = self.layers
+        self._set_input_grads(layers)
+        if not layers:   # no layer to check dy: do it here
             dy = check_array(dy, "dy", dtype=dtype)
             return dy if self.input_grad else None
-        for layer in reversed(self.layers):
+        for layer in reversed(layers):
             dy = layer.backward(dy)
         return dy
-
-    def train(self, mode=True):
-        super().train(mode)
-        for layer in self.layers:
-            layer.train(mode)
-        return self
 
     def __len__(self):
         return len(self.layers)
@@ -100,37 +103,63 @@ class Sequential(Layer):
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):
-            return Sequential(*self.layers[idx])
+            named = list(self.named_children())
+            if [n for n, _ in named] == [str(i) for i in range(len(named))]:
+                return Sequential(*self.layers[idx])   # numbered from 0 again
+            return Sequential(dict(named[idx]))        # named layers keep their names
         return self.layers[idx]
 
-    # -- state: the layers' entries under "<index>." -------------------------------------------
-    def _state_targets(self):
-        return {f"{i}.{k}": t for i, layer in enumerate(self.layers)
-                for k, t in layer._state_targets().items()}
+    def __setitem__(self, idx, layer):
+        name = [n for n, _ in self.named_children()][idx]
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential[{idx}] must be an nbconv Layer, "
+                            f"got {type(layer).__name__}")
+        self.add_module(name, layer)
 
-    def get_extra_state(self):
-        out = {}
-        for i, layer in enumerate(self.layers):
-            state = layer.get_extra_state()
-            if state is not None:
-                out[str(i)] = state
-        return out or None
 
-    def set_extra_state(self, state):
-        state = {} if state is None else state
-        mine = [str(i) for i, layer in enumerate(self.layers)
-                if layer.get_extra_state() is not None]
-        if not isinstance(state, Mapping) or sorted(state) != sorted(mine):
-            have = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"Sequential extra state is for layers {have}, the layers with "
-                             f"extra state are {mine}")
-        for i, layer in enumerate(self.layers):
-            if str(i) in state:
-                layer.set_extra_state(state[str(i)])
+class ModuleList(Layer):
+    """A list of sub-layers named ``"0"``, ``"1"``, ... (``torch.nn.ModuleList``): it registers
+    them (parameters, state_dict, train/eval, ``to``) and has no ``forward`` of its own; the
+    layer holding it calls them. Indexing, ``len``, iteration, ``append`` and ``extend``."""
+
+    def __init__(self, layers=()):
+        super().__init__()
+        self.extend(layers)
+
+    def append(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"ModuleList.append takes an nbconv Layer, got "
+                            f"{type(layer).__name__}")
+        self.add_module(str(len(self)), layer)
+        return self
+
+    def extend(self, layers):
+        for layer in layers:
+            self.append(layer)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return ModuleList(list(self._modules.values())[idx])
+        return list(self._modules.values())[idx]
 
     def __repr__(self):
-        if not self.layers:
-            return "Sequential()"
-        lines = [f"  ({i}): " + repr(layer).replace("\n", "\n  ")
-                 for i, layer in enumerate(self.layers)]
-        return "Sequential(\n" + "\n".join(lines) + "\n)"
+        """torch's: runs of equal sub-layers shown once, ``(0-2): 3 x Linear(...)``."""
+        if not self._modules:
+            return "ModuleList()"
+        runs = []   # [first name, last name, count, repr]
+        for name, m in self._modules.items():
+            r = repr(m)
+            if runs and runs[-1][3] == r:
+                runs[-1][1], runs[-1][2] = name, runs[-1][2] + 1
+            else:
+                runs.append([name, name, 1, r])
+        lines = [f"({a}): {r}" if n == 1 else f"({a}-{b}): {n} x {r}"
+                 for a, b, n, r in runs]
+        return "ModuleList(\n  " + "\n  ".join(x.replace("\n", "\n  ") for x in lines) + "\n)"

@@ -9,6 +9,16 @@ from ..init import make_rng, uniform_fan_in
 from .base import Layer
 
 
+def _check_input_shape(layer, shape, channels):
+    """``shape`` as a tuple after checking it is ``(N, C, H, W)`` or ``(C, H, W)`` with the
+    layer's ``channels`` (the summary's shape walk; forward's checks are the op's)."""
+    shape = tuple(shape)
+    if len(shape) not in (3, 4) or shape[-3] != channels:
+        raise ValueError(f"{type(layer).__name__} takes (N, {channels}, H, W) or "
+                         f"({channels}, H, W) inputs, got shape {shape}")
+    return shape
+
+
 class Conv2d(Layer):
     """2-d convolution ``(N, C, H, W) -> (N, F, OH, OW)`` as ``torch.nn.Conv2d``, with
     ``OH = floor((H + pad_top + pad_bottom - dilation*(KH-1) - 1) / stride) + 1`` (OW likewise).
@@ -67,7 +77,7 @@ class Conv2d(Layer):
 
     def output_shape(self, input_shape):
         """``(N, F, OH, OW)`` (``(F, OH, OW)`` for ``(C, H, W)``), the class doc's formula."""
-        *lead, _, h, w = input_shape
+        *lead, _, h, w = _check_input_shape(self, input_shape, self._repr["in_channels"])
         k = self.params["weight"].shape[2:]
         s, d = self._args["stride"], self._args["dilation"]
         pt, pb, pl, pr = F.conv2d_padding(self._args["padding"], k, s, d)
@@ -150,7 +160,7 @@ class ConvTranspose2d(Layer):
 
     def output_shape(self, input_shape):
         """``(N, C_out, OH, OW)`` (unbatched likewise), the class doc's formula."""
-        *lead, _, h, w = input_shape
+        *lead, _, h, w = _check_input_shape(self, input_shape, self.in_channels)
         size = [F.conv_transpose2d_out_size(v, self.kernel_size[a], self.stride[a],
                                             self.padding[a], self.output_padding[a],
                                             self.dilation[a]) for a, v in enumerate((h, w))]

@@ -34,7 +34,14 @@ class _Norm(Layer):
         return x
 
     def output_shape(self, input_shape):
-        return tuple(input_shape)
+        shape = tuple(input_shape)
+        if len(shape) != 4 or shape[1] != self.num_channels:
+            raise ValueError(f"{type(self).__name__} takes (N, {self.num_channels}, H, W) "
+                             f"inputs, got shape {shape}")
+        return shape
+
+    def macs(self, input_shape):
+        return 0   # normalisation arithmetic is not counted
 
     def _affine_args(self):
         return (self.params["weight"], self.params["bias"]) if self.affine else (None, None)
@@ -102,8 +109,8 @@ class BatchNorm2d(_Norm):
             self.buffers = {"running_mean": np.zeros(num_features, self.dtype),
                             "running_var": np.ones(num_features, self.dtype)}
 
-    def _state_targets(self):
-        out = super()._state_targets()
+    def _own_state(self):
+        out = super()._own_state()
         if not self.track_running_stats:   # as PyTorch: no counter without running stats
             out.pop(COUNTER, None)
         return out

@@ -21,6 +21,9 @@ class _Pool2d(Layer):
                             f"{saved[-1]}; cast it with .astype()")
         return dy, saved
 
+    def macs(self, input_shape):
+        return 0   # pooling arithmetic is not counted
+
     def _window_shape(self, input_shape, dilation=(1, 1)):
         a = self._args
         *lead, h, w = input_shape

@@ -4,7 +4,6 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import check_dy
-from .container import Sequential
 from .norm import BatchNorm2d
 
 __all__ = ["SyncBatchNorm2d", "convert_sync_batchnorm"]
@@ -87,12 +86,12 @@ class SyncBatchNorm2d(BatchNorm2d):
 
 
 def convert_sync_batchnorm(model, comm):
-    """Replace every :class:`BatchNorm2d` of ``model`` (itself, or inside
-    :class:`Sequential` containers, recursively) by a :class:`SyncBatchNorm2d` that shares its
-    arrays (so ``model.params``/``grads``/``buffers``, optimizers and checkpoints are
-    unchanged). Returns the model (a new layer if ``model`` itself is a BatchNorm2d)."""
+    """Replace every :class:`BatchNorm2d` of ``model`` (itself, or a sub-layer at any depth)
+    by a :class:`SyncBatchNorm2d` that shares its arrays (so ``model.params``/``grads``/
+    ``buffers``, optimizers and checkpoints are unchanged). Returns the model (a new layer if
+    ``model`` itself is a BatchNorm2d)."""
     if isinstance(model, BatchNorm2d):
         return SyncBatchNorm2d.from_batchnorm(model, comm)
-    if isinstance(model, Sequential):
-        model.layers = [convert_sync_batchnorm(layer, comm) for layer in model.layers]
+    for name, child in list(model.named_children()):
+        model._modules[name] = convert_sync_batchnorm(child, comm)   # same name and place
     return model

@@ -9,9 +9,10 @@ __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 class LRScheduler:
     """Base class of the per-epoch schedules (PyTorch semantics): on construction the base
-    learning rate is the optimizer's ``lr`` and ``last_epoch`` is 0; each :meth:`step` (once
-    per epoch, after that epoch's optimizer steps) increments ``last_epoch`` and sets
-    ``optimizer.lr`` from the current one (PyTorch's recursive form)."""
+    learning rates are the optimizer's param groups' ``"lr"`` and ``last_epoch`` is 0; each
+    :meth:`step` (once per epoch, after that epoch's optimizer steps) increments
+    ``last_epoch`` and sets every group's ``"lr"`` from its current one (PyTorch's recursive
+    form). An optimizer without param groups is driven through its ``lr`` attribute."""
 
     _HYPER = ()
 
@@ -20,26 +21,59 @@ class LRScheduler:
             raise TypeError(f"optimizer must have an 'lr' attribute, got "
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = check_float(optimizer.lr, "optimizer.lr", 0.0)
+        self.base_lrs = [check_float(lr, "optimizer.lr", 0.0) for lr in self._lrs()]
         self.last_epoch = 0
-        self._last_lr = self.base_lr
+        self._last_lr = list(self.base_lrs)
+
+    def _groups(self):
+        groups = getattr(self.optimizer, "param_groups", None)
+        return groups if groups else None
+
+    def _lrs(self):
+        groups = self._groups()
+        return [g["lr"] for g in groups] if groups else [self.optimizer.lr]
+
+    @property
+    def base_lr(self):
+        """The first group's base learning rate."""
+        return self.base_lrs[0]
 
     def step(self):
         self.last_epoch += 1
-        lr = float(self._next_lr(float(self.optimizer.lr)))
-        self.optimizer.lr = lr
-        self._last_lr = lr
+        lrs = [float(self._next_lr(float(lr), base))
+               for lr, base in zip(self._lrs(), self.base_lrs)]
+        groups = self._groups()
+        if groups:
+            for g, lr in zip(groups, lrs):
+                g["lr"] = lr
+        else:
+            self.optimizer.lr = lrs[0]
+        self._last_lr = lrs
 
-    def _next_lr(self, lr):
+    def _next_lr(self, lr, base_lr):
         raise NotImplementedError
 
     def get_last_lr(self):
-        """``[lr]``: the learning rate set by the last step (a list, as PyTorch)."""
-        return [self._last_lr]
+        """The learning rates set by the last step, one per param group (a list, as
+        PyTorch)."""
+        return list(self._last_lr)
 
     def state_dict(self):
-        return {"base_lr": self.base_lr, "last_epoch": self.last_epoch,
-                "last_lr": self._last_lr, **{k: getattr(self, k) for k in self._HYPER}}
+        """``{"base_lr", "last_epoch", "last_lr", **hyper}``; the learning rates are floats for
+        a one-group optimizer (as files written before param groups hold them), else lists."""
+        one = len(self.base_lrs) == 1
+        return {"base_lr": self.base_lrs[0] if one else list(self.base_lrs),
+                "last_epoch": self.last_epoch,
+                "last_lr": self._last_lr[0] if one else list(self._last_lr),
+                **{k: getattr(self, k) for k in self._HYPER}}
+
+    def _lr_list(self, value, name):
+        values = value if isinstance(value, list) else [value]
+        if len(values) != len(self.base_lrs):
+            raise ValueError(f"{type(self).__name__} state {name!r} holds {len(values)} "
+                             f"learning rates, the optimizer has {len(self.base_lrs)} param "
+                             f"groups")
+        return [check_float(v, name, 0.0) for v in values]
 
     def load_state_dict(self, state):
         """Restore a :meth:`state_dict`; checked before anything changes."""
@@ -48,9 +82,9 @@ class LRScheduler:
             raise ValueError(f"{type(self).__name__} state must be a dict with keys "
                              f"{sorted(keys)}, got "
                              f"{sorted(state) if isinstance(state, dict) else state!r}")
-        new = dict(base_lr=check_float(state["base_lr"], "base_lr", 0.0),
+        new = dict(base_lrs=self._lr_list(state["base_lr"], "base_lr"),
                    last_epoch=check_int(state["last_epoch"], "last_epoch", 0),
-                   _last_lr=check_float(state["last_lr"], "last_lr", 0.0),
+                   _last_lr=self._lr_list(state["last_lr"], "last_lr"),
                    **self._validate(state))
         for k, v in new.items():
             setattr(self, k, v)
@@ -78,7 +112,7 @@ class StepLR(LRScheduler):
         return dict(step_size=check_int(h["step_size"], "step_size", 1),
                     gamma=check_float(h["gamma"], "gamma", 0.0))
 
-    def _next_lr(self, lr):
+    def _next_lr(self, lr, base_lr):
         return lr * self.gamma if self.last_epoch % self.step_size == 0 else lr
 
 
@@ -98,9 +132,9 @@ class CosineAnnealingLR(LRScheduler):
         return dict(T_max=check_int(h["T_max"], "T_max", 1),
                     eta_min=check_float(h["eta_min"], "eta_min", 0.0))
 
-    def _next_lr(self, lr):
+    def _next_lr(self, lr, base_lr):
         e, T, lo = self.last_epoch, self.T_max, self.eta_min
         if (e - 1 - T) % (2 * T) == 0:
-            return lr + (self.base_lr - lo) * (1 - math.cos(math.pi / T)) / 2
+            return lr + (base_lr - lo) * (1 - math.cos(math.pi / T)) / 2
         return ((1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T))
                 * (lr - lo) + lo)

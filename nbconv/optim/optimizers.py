@@ -8,9 +8,10 @@ import math
 
 import numpy as np
 
-from .._checks import FLOAT_DTYPES, check_bool, check_float, check_int
+from .._checks import check_bool, check_float, check_int
 from .._config import PARALLEL_ELEMENTS
 from ..kernels import optim as K
+from ._groups import check_buffers, group_hypers, param_groups
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
 
@@ -22,30 +23,6 @@ def _check_betas(betas):
                  for i, b in enumerate(betas))
 
 
-def _check_params(params, grads):
-    if not isinstance(params, dict) or not isinstance(grads, dict):
-        raise TypeError(f"params and grads must be dicts name -> ndarray, got "
-                        f"{type(params).__name__} and {type(grads).__name__}")
-    if not params:
-        raise ValueError("params is empty: nothing to optimize")
-    if set(params) != set(grads):
-        raise ValueError(f"params and grads must have the same keys: only in params "
-                         f"{sorted(set(params) - set(grads))}, only in grads "
-                         f"{sorted(set(grads) - set(params))}")
-    for k, p in params.items():
-        g = grads[k]
-        for what, a in (("params", p), ("grads", g)):
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"{what}[{k!r}] must be a numpy.ndarray, got {type(a).__name__}")
-            if a.dtype not in FLOAT_DTYPES:
-                raise TypeError(f"{what}[{k!r}] must be float32 or float64, got {a.dtype}")
-        if g.shape != p.shape or g.dtype != p.dtype:
-            raise ValueError(f"grads[{k!r}] {g.shape} {g.dtype} must match params[{k!r}] "
-                             f"{p.shape} {p.dtype}")
-        if not p.flags.writeable:
-            raise ValueError(f"params[{k!r}] is read-only; the optimizer updates it in place")
-
-
 def _flat(a, dtype):
     """``a`` as a flat view, or a 0-length array of ``dtype`` for an unused buffer."""
     return np.empty(0, dtype) if a is None else a.reshape(-1)
@@ -53,39 +30,96 @@ def _flat(a, dtype):
 
 class Optimizer:
     """Base class. Subclasses set ``_HYPER`` (hyper-parameter names, validated by
-    ``_validate``) and ``_STATE`` (per-parameter buffer names) and implement ``_update``."""
+    ``_validate``) and ``_STATE`` (per-parameter buffer names) and implement ``_update``.
+
+    ``params`` (and ``grads``) take any form of :mod:`nbconv.optim._groups`: ``(model.params,
+    model.grads)``, a model, ``model.parameters()`` or a list of param-group dicts. Each group
+    in :attr:`param_groups` (PyTorch's: ``{"params": [arrays], "lr": ..., ...}``) holds every
+    hyper-parameter, the constructor's unless the group sets its own; schedulers set each
+    group's ``"lr"``. ``opt.lr`` (and every other hyper-parameter attribute) reads the first
+    group's value and sets every group's. :attr:`params` and :attr:`grads` are the flat dicts
+    name -> array of all groups (the names a state_dict uses)."""
 
     _HYPER = ("lr",)
     _STATE = ()
 
-    def __init__(self, params, grads, **hyper):
-        _check_params(params, grads)
-        self.params, self.grads = params, grads
-        for name, value in self._validate(hyper).items():
-            setattr(self, name, value)
+    def __init__(self, params, grads=None, **hyper):
+        if isinstance(grads, (int, float)) and not isinstance(grads, bool):
+            raise TypeError(f"{type(self).__name__}'s second argument is grads (a dict); pass "
+                            f"the learning rate as lr={grads!r}")
+        self.defaults = self._validate(hyper)
+        self.params, self.grads = {}, {}
+        self.param_groups, self._names = [], []
+        self._active = None   # the group step() is updating
+        for p, g, options in param_groups(params, grads):
+            self._add_group(p, g, options)
         self.step_count = 0
-        self.state = {k: {} for k in params}   # name -> {buffer name: ndarray}
+        self.state = {k: {} for k in self.params}   # name -> {buffer name: ndarray}
         self._scratch = {}
+
+    def _add_group(self, p, g, options):
+        unknown = sorted(set(options) - set(self._HYPER))
+        if unknown:
+            raise ValueError(f"param group {len(self.param_groups)} sets {unknown}; "
+                             f"{type(self).__name__} takes {list(self._HYPER)}")
+        clash = sorted(set(p) & set(self.params))
+        if clash:
+            raise ValueError(f"parameter names {clash} are already in another param group")
+        h = self._validate({**self.defaults, **options})
+        self.params.update(p)
+        self.grads.update(g)
+        self.param_groups.append({"params": list(p.values()), **h})
+        self._names.append(list(p))
+
+    def add_param_group(self, param_group):
+        """Add a group ``{"params": arrays, **options}`` (PyTorch's ``add_param_group``)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        [(p, g, options)] = param_groups([param_group], start=len(self.params))
+        self._add_group(p, g, options)
+        for k in p:
+            self.state[k] = {}
+
+    # hyper-parameters as attributes: the group being stepped, else the first group's
+    def __getattr__(self, name):
+        if name in type(self)._HYPER and "param_groups" in self.__dict__:
+            group = self.__dict__["_active"] or self.__dict__["param_groups"][0]
+            return group[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in type(self)._HYPER and "param_groups" in self.__dict__:
+            for group in self.param_groups:
+                group[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
     def _validate(self, hyper):
         """Checked hyper-parameters (a dict with exactly ``_HYPER``'s keys)."""
         raise NotImplementedError
 
-    def _hyper(self):
-        return {name: getattr(self, name) for name in self._HYPER}
+    def _hyper(self, group=None):
+        group = self.param_groups[0] if group is None else group
+        return {name: group[name] for name in self._HYPER}
 
     def step(self):
         """Update every parameter in place from its gradient (one optimisation step)."""
-        self.lr = check_float(self.lr, "lr", 0.0)
+        for group in self.param_groups:   # hyper-parameters a user or a schedule set
+            group.update(self._validate(self._hyper(group)))
         self.step_count += 1
-        for k, p in self.params.items():
-            g, state = self.grads[k], self.state[k]
-            if p.flags.c_contiguous and g.flags.c_contiguous:
-                self._init_state(p, state)
-                if all(a.flags.c_contiguous for a in state.values()):
-                    self._fused(p, g, state, p.size >= PARALLEL_ELEMENTS)
-                    continue
-            self._update(p, g, state, self._tmp(k, p))
+        try:
+            for group, names in zip(self.param_groups, self._names):
+                self._active = group
+                for k in names:
+                    p, g, state = self.params[k], self.grads[k], self.state[k]
+                    if p.flags.c_contiguous and g.flags.c_contiguous:
+                        self._init_state(p, state)
+                        if all(a.flags.c_contiguous for a in state.values()):
+                            self._fused(p, g, state, p.size >= PARALLEL_ELEMENTS)
+                            continue
+                    self._update(p, g, state, self._tmp(k, p))
+        finally:
+            self._active = None
 
     def _init_state(self, p, state):
         """Create the buffers the next update needs (zeros), as ``_update`` would."""
@@ -103,8 +137,10 @@ class Optimizer:
     def _update(self, p, g, state, tmp):
         raise NotImplementedError
 
-    def zero_grad(self):
-        """Set every gradient to zero (in place)."""
+    def zero_grad(self, set_to_none=True):
+        """Set every gradient to zero (in place; ``set_to_none`` is accepted for PyTorch's
+        signature: the gradients stay arrays). Not needed between steps: ``backward``
+        overwrites the gradients."""
         for g in self.grads.values():
             g[...] = 0
 
@@ -118,58 +154,55 @@ class Optimizer:
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self):
-        """``{"hyper": {name: value}, "step_count": int, "state": {param: {buffer: array}}}``,
-        every array a copy."""
+        """``{"hyper": {name: value}, "step_count": int, "state": {param: {buffer: array}},
+        "param_groups": [{"params": [param names], **hyper}]}``, every array a copy;
+        ``"hyper"`` is the first group's (as files written before param groups hold it)."""
         return {"hyper": dict(self._hyper()), "step_count": self.step_count,
-                "state": {k: {n: a.copy() for n, a in s.items()} for k, s in self.state.items()}}
+                "state": {k: {n: a.copy() for n, a in s.items()} for k, s in self.state.items()},
+                "param_groups": [{"params": list(names), **self._hyper(group)}
+                                 for group, names in zip(self.param_groups, self._names)]}
 
     def load_state_dict(self, state):
-        """Restore a :meth:`state_dict` (arrays are copied). Raises ``ValueError``/``TypeError``
-        naming the offending entry, before changing anything."""
+        """Restore a :meth:`state_dict` (arrays are copied; a state without
+        ``"param_groups"``, as written before them, fits a one-group optimizer). Raises
+        ``ValueError``/``TypeError`` naming the offending entry, before changing anything."""
         name = type(self).__name__
-        if not isinstance(state, dict) or set(state) != {"hyper", "step_count", "state"}:
+        keys = {"hyper", "step_count", "state"}
+        if not isinstance(state, dict) or not keys <= set(state) <= keys | {"param_groups"}:
             raise ValueError(f"{name} state must be a dict with keys 'hyper', 'step_count', "
-                             f"'state', got {sorted(state) if isinstance(state, dict) else state!r}")
-        hyper = state["hyper"]
-        if not isinstance(hyper, dict) or set(hyper) != set(self._HYPER):
-            raise ValueError(f"{name} state 'hyper' must have keys {list(self._HYPER)}, got "
-                             f"{sorted(hyper) if isinstance(hyper, dict) else hyper!r}")
-        hyper = self._validate(dict(hyper))
+                             f"'state' (and 'param_groups'), got "
+                             f"{sorted(state) if isinstance(state, dict) else state!r}")
+        hypers = group_hypers(self, state, name)
         step_count = check_int(state["step_count"], "step_count", 0)
         buffers = state["state"]
         if not isinstance(buffers, dict) or set(buffers) != set(self.params):
             raise ValueError(f"{name} state 'state' must have one entry per parameter "
                              f"{sorted(self.params)}, got "
                              f"{sorted(buffers) if isinstance(buffers, dict) else buffers!r}")
-        saved = self._hyper(), self.step_count
-        for k, v in hyper.items():      # the required buffers depend on the hyper-parameters
-            setattr(self, k, v)
+        saved = [self._hyper(g) for g in self.param_groups], self.step_count
+        for group, h in zip(self.param_groups, hypers):   # the required buffers depend on them
+            group.update(h)
         self.step_count = step_count
         try:
-            required = self._required_state()
-            for k, p in self.params.items():
-                s = buffers[k]
-                if not isinstance(s, dict) or not required <= set(s) <= set(self._STATE):
-                    raise ValueError(f"{name} state for {k!r} must hold {sorted(required)} "
-                                     f"(allowed {list(self._STATE)}), got "
-                                     f"{sorted(s) if isinstance(s, dict) else s!r}")
-                for n, a in s.items():
-                    if not isinstance(a, np.ndarray) or a.shape != p.shape or a.dtype != p.dtype:
-                        raise ValueError(f"{name} state[{k!r}][{n!r}] must be an array "
-                                         f"{p.shape} {p.dtype} like the parameter, got "
-                                         f"{getattr(a, 'shape', type(a).__name__)} "
-                                         f"{getattr(a, 'dtype', '')}")
+            for group, names in zip(self.param_groups, self._names):
+                self._active = group
+                required = self._required_state()
+                for k in names:
+                    check_buffers(self, name, k, buffers[k], required)
         except Exception:
-            for k, v in saved[0].items():
-                setattr(self, k, v)
+            for group, h in zip(self.param_groups, saved[0]):
+                group.update(h)
             self.step_count = saved[1]
             raise
+        finally:
+            self._active = None
         self.state = {k: {n: np.array(a, copy=True) for n, a in s.items()}
                       for k, s in buffers.items()}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
-        return f"{type(self).__name__}({args})"
+        groups = f", {len(self.param_groups)} param groups" if len(self.param_groups) > 1 else ""
+        return f"{type(self).__name__}({args}{groups})"
 
 
 class SGD(Optimizer):
@@ -186,8 +219,10 @@ class SGD(Optimizer):
     _HYPER = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
     _STATE = ("momentum_buffer",)
 
-    def __init__(self, params, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False):
+    def __init__(self, params, grads=None, lr=None, momentum=0.0, dampening=0.0,
+                 weight_decay=0.0, nesterov=False):
+        if lr is None:
+            raise TypeError("SGD needs a learning rate: SGD(..., lr=0.1)")
         super().__init__(params, grads, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
 
@@ -253,8 +288,8 @@ class Adam(Optimizer):
     _STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False):
+    def __init__(self, params, grads=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, amsgrad=False):
         super().__init__(params, grads, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad)
 
@@ -323,8 +358,8 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False):
+    def __init__(self, params, grads=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=1e-2, amsgrad=False):
         super().__init__(params, grads, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad)
 
@@ -344,7 +379,7 @@ class RMSprop(Optimizer):
     _HYPER = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
     _STATE = ("square_avg", "grad_avg", "momentum_buffer")
 
-    def __init__(self, params, grads, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+    def __init__(self, params, grads=None, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False):
         super().__init__(params, grads, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered)

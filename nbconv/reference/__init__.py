@@ -5,9 +5,13 @@ speed comparisons, a vectorised version (im2col/col2im for convolution). Tests c
 kernels against both; benchmarks compare against the vectorised one. One module per family:
 :mod:`.conv` (convolution, im2col, transposed convolution), :mod:`.pool` (max/avg, global and
 adaptive pooling), :mod:`.norm` (group and batch norm), :mod:`.basic` (ReLU, Linear, dropout,
-softmax cross-entropy); every name is re-exported here (``from nbconv import reference as R``).
+softmax cross-entropy), :mod:`.activation` (LeakyReLU, GELU, SiLU, Sigmoid, Tanh, label-smoothed
+cross-entropy); every name is re-exported here (``from nbconv import reference as R``).
 """
 from .._checks import conv2d_padding, conv_out_size, pool_out_size  # noqa: F401  (one parser for every module)
+from .activation import (  # noqa: F401
+    cross_entropy_naive, gelu, gelu_backward, leaky_relu, leaky_relu_backward, sigmoid,
+    sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
 from .basic import (  # noqa: F401
     dropout, linear, linear_backward, linear_naive, relu, relu_backward,
     softmax_cross_entropy_naive)

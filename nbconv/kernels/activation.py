@@ -1,0 +1,126 @@
+"""Loops of the elementwise activations: LeakyReLU, GELU (erf and tanh forms), SiLU, Sigmoid,
+Tanh, forward and backward, over flat C-contiguous arrays of one float dtype.
+
+One forward and one backward loop serve every activation: ``op`` (one of the codes below) picks
+the formula outside the element loop, so each loop is a plain pass over its data. The formulas
+are PyTorch's CPU ones, term for term, so NaN, inf and underflow behave as there (e.g.
+``silu(-inf)`` and ``gelu(-inf)`` are NaN, ``sigmoid(-inf)`` is 0). The backward takes ``s``,
+the saved array: the input ``x`` for LeakyReLU, GELU and SiLU, the output ``y`` for Sigmoid and
+Tanh (``dx = dy * y * (1 - y)``, ``dy * (1 - y * y)``). The parallel kernels run ``FLAT``-element
+tasks, disjoint slices of the output; the ``_serial`` ones one pass (small arrays).
+"""
+import math
+
+from numba import prange
+
+from .._config import FLAT  # elements per task of the elementwise kernels
+from .._config import kernel, serial_kernel
+
+LEAKY_RELU, GELU, GELU_TANH, SILU, SIGMOID, TANH = range(6)
+
+SQRT1_2 = 0.7071067811865476        # 1 / sqrt(2)
+INV_SQRT_2PI = 0.3989422804014327   # 1 / sqrt(2 pi): the normal density's factor
+SQRT_2_PI = 0.7978845608028654      # sqrt(2 / pi): GELU's tanh form
+KAPPA = 0.044715                    # GELU's tanh form
+
+
+@serial_kernel
+def _forward_range(x, y, op, alpha, lo, hi):
+    """``y[lo:hi] = f(x[lo:hi])`` for activation ``op`` (``alpha``: LeakyReLU's slope)."""
+    t = x.dtype.type
+    zero, half, one = t(0), t(0.5), t(1)
+    if op == LEAKY_RELU:
+        a = t(alpha)
+        for i in range(lo, hi):
+            v = x[i]
+            y[i] = v if v > zero else v * a
+    elif op == GELU:
+        c = t(SQRT1_2)
+        for i in range(lo, hi):
+            v = x[i]
+            y[i] = v * half * (one + math.erf(v * c))
+    elif op == GELU_TANH:
+        b, k = t(SQRT_2_PI), t(KAPPA)
+        for i in range(lo, hi):
+            v = x[i]
+            y[i] = half * v * (one + math.tanh(b * (v + k * (v * v * v))))
+    elif op == SILU:
+        for i in range(lo, hi):
+            v = x[i]
+            y[i] = v / (one + math.exp(-v))
+    elif op == SIGMOID:
+        for i in range(lo, hi):
+            y[i] = one / (one + math.exp(-x[i]))
+    else:   # TANH
+        for i in range(lo, hi):
+            y[i] = math.tanh(x[i])
+
+
+@serial_kernel
+def _backward_range(dy, s, dx, op, alpha, lo, hi):
+    """``dx[lo:hi] = dy * f'(...)`` for activation ``op`` from the saved ``s`` (see the module
+    doc for which array it is)."""
+    t = dy.dtype.type
+    zero, half, one = t(0), t(0.5), t(1)
+    if op == LEAKY_RELU:
+        a = t(alpha)
+        for i in range(lo, hi):
+            d = dy[i]
+            dx[i] = d if s[i] > zero else d * a
+    elif op == GELU:
+        c, p = t(SQRT1_2), t(INV_SQRT_2PI)
+        for i in range(lo, hi):
+            v = s[i]
+            cdf = half * (one + math.erf(v * c))
+            pdf = math.exp(-half * v * v) * p
+            dx[i] = dy[i] * (cdf + v * pdf)
+    elif op == GELU_TANH:
+        b, k, k3 = t(SQRT_2_PI), t(KAPPA), t(3 * KAPPA)
+        for i in range(lo, hi):
+            v = s[i]
+            v2 = v * v
+            th = math.tanh(b * (v + k * (v2 * v)))
+            left = half * v
+            right = one + th
+            dleft = half * right
+            dright = left * (one - th * th) * (b * (one + k3 * v2))
+            dx[i] = dy[i] * (dleft + dright)
+    elif op == SILU:
+        for i in range(lo, hi):
+            v = s[i]
+            sg = one / (one + math.exp(-v))
+            dx[i] = dy[i] * sg * (one + v * (one - sg))
+    elif op == SIGMOID:
+        for i in range(lo, hi):
+            v = s[i]
+            dx[i] = dy[i] * (one - v) * v
+    else:   # TANH
+        for i in range(lo, hi):
+            v = s[i]
+            dx[i] = dy[i] * (one - v * v)
+
+
+@kernel
+def forward(x, y, op, alpha):
+    """``y = f(x)`` (flat arrays) in ``FLAT``-element tasks."""
+    n = x.shape[0]
+    for t in prange((n + FLAT - 1) // FLAT):
+        _forward_range(x, y, op, alpha, t * FLAT, min(t * FLAT + FLAT, n))
+
+
+@kernel
+def backward(dy, s, dx, op, alpha):
+    """``dx = dy * f'`` (flat arrays) in ``FLAT``-element tasks."""
+    n = dy.shape[0]
+    for t in prange((n + FLAT - 1) // FLAT):
+        _backward_range(dy, s, dx, op, alpha, t * FLAT, min(t * FLAT + FLAT, n))
+
+
+@serial_kernel
+def forward_serial(x, y, op, alpha):
+    _forward_range(x, y, op, alpha, 0, x.shape[0])
+
+
+@serial_kernel
+def backward_serial(dy, s, dx, op, alpha):
+    _backward_range(dy, s, dx, op, alpha, 0, dy.shape[0])
