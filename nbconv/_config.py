@@ -276,3 +276,8 @@ WINOGRAD_MIN_CG = 16
 WINOGRAD_MIN_FG = 16
 WINOGRAD_MIN_PIXELS = 64
 WINOGRAD_MIN_ROW_TILES = 64
+# ... and its weight gradient by Winograd too only on maps of at least this many output pixels:
+# measured on one thread of AMD EPYC Zen 3 (AVX2), float32, Winograd / direct weight gradient:
+# 8x8 maps 0.81, 16x16 0.89, 32x32 1.04, 56x56 1.93 (each sum over tiles ends in horizontal
+# sums per 4x3 block of channels and filters, so only long runs of tiles pay)
+WINOGRAD_DW_MIN_PIXELS = 1600

@@ -6,6 +6,7 @@ import torch
 
 import nbconv.functional as F
 import nbconv.functional._conv_plan as PLAN
+from nbconv.functional.pointwise import PointwiseEngine as POINTWISE_ENGINE
 from nbconv import reference as R
 from nbconv import textbook as TB
 from nbconv.layers import Conv2d
@@ -231,7 +232,7 @@ def test_prepared_other_arguments():
         with pytest.raises(ValueError, match="prepared"):
             F.conv2d_backward(dy.astype(wt.dtype), xx, wt, **kw, prepared=prep)
     with pytest.raises(TypeError, match="prepared"):
-        F.conv2d(None, w, b, **args, prepared=prep.xb)
+        F.conv2d(None, w, b, **args, prepared=prep.geom)
     with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
         F.conv2d(None, w, b, **args)
     # the same arguments spelled differently are the same arguments
@@ -523,8 +524,8 @@ def test_layer_protocol_and_skipped_dx(monkeypatch):
     layer.input_grad = False
     layer(x)
     with monkeypatch.context() as m:  # dx is not computed at all
-        m.setattr(PLAN, "_dx_plan", None)
-        m.setattr(PLAN, "_nchw_input_grad", None)
+        m.setattr(PLAN, "dx_plan", None)
+        m.setattr(POINTWISE_ENGINE, "input_grad", None)
         assert layer.backward(dy) is None
     assert np.array_equal(layer.grads["weight"], gw)
     assert dx.shape == x.shape

@@ -9,6 +9,9 @@ import nbconv.functional as F
 import nbconv.functional._algorithm as ALGO
 import nbconv.functional._conv_plan as PLAN
 import nbconv.functional.depthwise as DW
+from nbconv.functional.direct import DirectEngine
+from nbconv.functional.pointwise import PointwiseEngine
+from nbconv.functional.winograd import WinogradEngine
 from nbconv import _config
 from nbconv.layers import Conv2d
 from helpers import DTYPES, num_threads
@@ -59,27 +62,34 @@ def test_every_algorithm_matches_torch(cfg, dtype, algorithm):
 
 
 def _winograd_calls(monkeypatch):
-    """A list that records each call of the Winograd wrappers (forward, dx) from now on."""
+    """A list that records each call of the Winograd engine's forward, input and weight
+    gradients from now on."""
     calls = []
-    for name in ("winograd_conv2d", "winograd_conv2d_input_grad"):
-        fn = getattr(F.conv.__dict__["_winograd"], name)
-        monkeypatch.setattr(F.conv.__dict__["_winograd"], name,
+    for name in ("forward", "input_grad", "weight_grad"):
+        fn = getattr(WinogradEngine, name)
+        monkeypatch.setattr(WinogradEngine, name,
                             lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
     return calls
 
 
 def test_winograd_really_runs(monkeypatch):
-    """"winograd" (and "auto" on its shapes) goes through the Winograd wrappers, "direct" not."""
+    """"winograd" (and "auto" on its shapes) goes through the Winograd engine, "direct" not;
+    an explicit "winograd" computes the weight gradient by Winograd too, "auto" only on large
+    maps (not these)."""
     calls = _winograd_calls(monkeypatch)
     x, w, b, args = make(GRID3[6], np.float32)
-    for algorithm, expect in [("direct", []), ("winograd", 2), ("auto", 2)]:
+    for algorithm, expect in [("direct", []),
+                              ("winograd", ["forward", "input_grad", "weight_grad"]),
+                              ("auto", ["forward", "input_grad"])]:
         calls.clear()
         y = F.conv2d(x, w, b, **args, algorithm=algorithm)
         F.conv2d_backward(_dy(y), x, w, **args, algorithm=algorithm)
-        assert calls == ([] if expect == [] else ["winograd_conv2d",
-                                                   "winograd_conv2d_input_grad"]), algorithm
-    calls.clear()  # need_dx=False: the weight gradient is direct, nothing Winograd runs
+        assert calls == expect, algorithm
+    calls.clear()  # need_dx=False: only the weight gradient
     F.conv2d_backward(_dy(y), x, w, **args, algorithm="winograd", need_dx=False)
+    assert calls == ["weight_grad"]
+    calls.clear()
+    F.conv2d_backward(_dy(y), x, w, **args, need_dx=False)
     assert calls == []
 
 
@@ -94,7 +104,7 @@ def test_unbatched_input_every_algorithm(algorithm):
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float64)
     b = rng.standard_normal(16).astype(np.float64)
     args = dict(stride=1, padding=1, dilation=1, groups=1)
-    assert F.conv2d_prepare(x, w, padding=1).winograd
+    assert F.conv2d_prepare(x, w, padding=1).engine.name == "winograd"
     t_y = torch_ref(x, w, b, args)
     dy = _dy(t_y)
     t_dx, t_dw, t_db = torch_ref(x, w, b, args, dy)
@@ -172,7 +182,7 @@ def test_unknown_algorithm(bad):
 def test_prepared_carries_the_algorithm():
     x, w, b, args = make(GRID3[6], np.float32)
     prep = F.conv2d_prepare(x, w, **args, algorithm="winograd")
-    assert prep.algorithm == "winograd" and prep.winograd
+    assert prep.spec.algorithm == "winograd" and prep.engine.name == "winograd"
     y = F.conv2d(None, w, b, **args, prepared=prep, algorithm="winograd")
     assert np.array_equal(y, F.conv2d(x, w, b, **args, algorithm="winograd"))
     for a, e in zip(F.conv2d_backward(_dy(y), None, w, **args, prepared=prep,
@@ -243,12 +253,12 @@ def test_auto_rule_as_documented():
     assert not ALGO.prefers_winograd(_geom(64, 64, 16, 16, 64, d=2, p=2))
     for cfg in AUTO_WINOGRAD:
         x, w, b, args = make(cfg, np.float32)
-        assert F.conv2d_prepare(x, w, **args).winograd, cfg
+        assert F.conv2d_prepare(x, w, **args).engine.name == "winograd", cfg
         assert np.array_equal(F.conv2d(x, w, b, **args),
                               F.conv2d(x, w, b, **args, algorithm="winograd"))
     for cfg in GRID3[:5]:
         x, w, b, args = make(cfg, np.float32)
-        assert not F.conv2d_prepare(x, w, **args).winograd, cfg
+        assert F.conv2d_prepare(x, w, **args).engine.name != "winograd", cfg
         assert np.array_equal(F.conv2d(x, w, b, **args),
                               F.conv2d(x, w, b, **args, algorithm="direct"))
 
@@ -296,7 +306,7 @@ def test_auto_never_overflows_finite_inputs(dtype, monkeypatch):
     x, w, b, args = make(GRID3[5], dtype)  # a shape "auto" runs by Winograd
     x = (x / np.abs(x).max() * big).astype(dtype)
     w = (w / np.abs(w).max() * 1e-3).astype(dtype)
-    assert F.conv2d_prepare(x, w, **args).winograd
+    assert F.conv2d_prepare(x, w, **args).engine.name == "winograd"
     expect = torch_ref(x, w, b, args)
     assert np.isfinite(expect).all()
     assert not np.isfinite(F.conv2d(x, w, b, **args, algorithm="winograd")).all()
@@ -338,8 +348,7 @@ def test_auto_keeps_winograd_inside_the_bound(dtype, monkeypatch):
         calls.clear()
         y = F.conv2d(xs, w, b, **args)
         dx = F.conv2d_backward(dys, xs, w, **args)[0]
-        assert calls == (["winograd_conv2d", "winograd_conv2d_input_grad"] if scale < 1
-                         else []), scale
+        assert calls == (["forward", "input_grad"] if scale < 1 else []), scale
         assert np.isfinite(y).all() and np.isfinite(dx).all()
         check(y, F.conv2d(xs, w, b, **args, algorithm="direct"), dtype, "y vs direct")
         check(dx, F.conv2d_backward(dys, xs, w, **args, algorithm="direct")[0], dtype,
@@ -347,7 +356,7 @@ def test_auto_keeps_winograd_inside_the_bound(dtype, monkeypatch):
     if dtype == np.float32:
         calls.clear()
         F.conv2d((x / np.abs(x).max() * 1e30).astype(dtype), w, b, **args)
-        assert calls == ["winograd_conv2d"]
+        assert calls == ["forward"]
 
 
 def _nonfinite_data(dtype):
@@ -368,7 +377,7 @@ def test_auto_falls_back_to_direct_on_non_finite(dtype):
     an inf or NaN reaches only the outputs whose 3x3 window holds it. Explicit "winograd"
     spreads it (as NaN) over whole 4x4 output tiles, as documented."""
     x, w, b, args = _nonfinite_data(dtype)
-    assert F.conv2d_prepare(x, w, **args).winograd
+    assert F.conv2d_prepare(x, w, **args).engine.name == "winograd"
     expect = torch_ref(x, w, b, args)
     y = F.conv2d(x, w, b, **args)
     for a, e in zip(_pattern(y), _pattern(expect)):
@@ -445,19 +454,20 @@ def test_layer_algorithm(algorithm):
                                             ("direct", GRID3[6]), ("winograd", GRID3[4])])
 def test_layer_lays_x_out_once(monkeypatch, algorithm, cfg):
     """A training step builds the geometry once and the direct layout of ``x`` at most once:
-    a Winograd forward pass reads ``x`` as it is, and only the weight gradient needs the
-    layout, built at backward time; inference with Winograd never builds it."""
+    a Winograd forward pass reads ``x`` as it is, and only a direct weight gradient needs the
+    layout, built at backward time ("auto" on small maps); an explicit "winograd" computes the
+    weight gradient by Winograd too and never builds it; inference with Winograd never does."""
     count = []
-    for mod in (PLAN, DW):
-        monkeypatch.setattr(mod, "layout", lambda x, geom, _f=mod.layout:
-                            (count.append(geom.path), _f(x, geom))[1])
+    for cls in (DirectEngine, DW.DepthwiseEngine, PointwiseEngine):
+        monkeypatch.setattr(cls, "layout", lambda self, x, geom, _f=cls.layout:
+                            (count.append(self.name), _f(self, x, geom))[1])
     x, w, b, args = make(cfg, np.float32)
     layer = Conv2d(cfg[1], cfg[4], 3, padding=args["padding"], groups=args["groups"],
                    algorithm=algorithm)
     y = layer(x)
     assert len(count) == (0 if algorithm != "direct" else 1)
     layer.backward(np.ones_like(y))
-    assert len(count) == 1
+    assert len(count) == (0 if algorithm == "winograd" else 1)
     count.clear()
     F.conv2d(x, w, b, **args, algorithm=algorithm)
     assert len(count) == (0 if algorithm != "direct" else 1)

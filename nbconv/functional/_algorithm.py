@@ -1,4 +1,7 @@
-"""Which algorithm runs a convolution: ``"direct"``, ``"winograd"`` or ``"auto"``.
+"""The rules behind the conv dispatcher's choice
+(:func:`nbconv.functional._dispatch.select_engine`): which algorithm a convolution asks for
+(``"direct"``, ``"winograd"`` or ``"auto"``), where Winograd can run and where it measured
+faster, and the check of the data that ``"auto"`` makes before running Winograd on it.
 
 :func:`nbconv.functional.conv2d`, :func:`~nbconv.functional.conv2d_prepare`,
 :func:`~nbconv.functional.conv2d_backward` and :class:`nbconv.layers.Conv2d` take
@@ -6,8 +9,8 @@
 
 - ``"direct"``: the direct kernels (:mod:`nbconv.functional._conv_plan`,
   :mod:`nbconv.functional.depthwise`), any convolution.
-- ``"winograd"``: Winograd F(4x4,3x3) (:mod:`nbconv.functional.winograd`) for the forward pass
-  and the input gradient; the weight gradient stays direct. Only 3x3, stride 1, dilation 1,
+- ``"winograd"``: Winograd F(4x4,3x3) (:mod:`nbconv.functional.winograd`) for the forward pass,
+  the input gradient and the weight gradient. Only 3x3, stride 1, dilation 1,
   padding the same on both sides of each axis; anything else raises ``ValueError`` naming the
   reason (:func:`winograd_reason`). A NaN or inf in ``x`` (or ``dy``, for ``dx``) reaches every
   output of the 4x4 tiles whose input tile holds it (as NaN), not only the outputs whose 3x3
@@ -24,7 +27,10 @@
   finiteness-only check it replaced (NumPy's ``isfinite`` over the same chunks; 0.2-0.5 ms, 0.3%
   of a Winograd forward pass, on the Zen 5 of the table below). A Numba kernel doing the pass
   (multiply by zero, sum, compare) measured 64 ms per call on this busy machine, whatever the
-  size: waking its thread pool cost more than the pass.
+  size: waking its thread pool cost more than the pass. Where Winograd ran the forward pass,
+  ``"auto"`` computes the weight gradient by Winograd too on maps of at least
+  ``WINOGRAD_DW_MIN_PIXELS`` output pixels (:func:`prefers_winograd_weight_grad`), when ``x``
+  and ``dy`` pass :func:`winograd_grad_fits`; else by the direct engine.
 
   The overflow bound, derived from the transform matrices of :mod:`nbconv.kernels.winograd`
   (``BT``, ``G``, ``AT``; the gain of a matrix is its largest row sum of ``|entries|``, the
@@ -83,8 +89,8 @@ import os
 import numpy as np
 
 from .._checks import ALGORITHMS, check_algorithm  # noqa: F401  (re-exported)
-from .._config import (WINOGRAD_MIN_CG, WINOGRAD_MIN_FG, WINOGRAD_MIN_PIXELS,
-                       WINOGRAD_MIN_ROW_TILES)
+from .._config import (WINOGRAD_DW_MIN_PIXELS, WINOGRAD_MIN_CG, WINOGRAD_MIN_FG,
+                       WINOGRAD_MIN_PIXELS, WINOGRAD_MIN_ROW_TILES)
 from ..kernels import winograd as _wk
 
 AUTO, DIRECT, WINOGRAD = ALGORITHMS
@@ -100,6 +106,8 @@ def _gain(m):
 
 # 2-d transforms apply each matrix on both sides: BT d BT^T, G g G^T, AT m AT^T
 INPUT_GAIN, WEIGHT_GAIN, OUTPUT_GAIN = (_gain(m) ** 2 for m in (_wk.BT, _wk.G, _wk.AT))
+# the weight gradient's: dy's transform A dY A^T (A = AT^T) and dw = G^T dU G
+DY_GAIN, GRAD_GAIN = _gain(_wk.AT.T) ** 2, _gain(_wk.G.T) ** 2
 
 
 def requested(algorithm):
@@ -137,19 +145,29 @@ def prefers_winograd(geom):
             and geom.N * -(-geom.OW // 4) >= WINOGRAD_MIN_ROW_TILES)
 
 
-def resolve(geom, algorithm):
-    """``(requested, winograd)`` for a validated ``geom``: the algorithm asked for (after the
-    environment override) and whether Winograd runs where the data is finite. Raises
-    ``ValueError`` for an explicit ``"winograd"`` that cannot run."""
-    algorithm, forced = requested(algorithm)
-    if algorithm == DIRECT:
-        return algorithm, False
-    if algorithm == AUTO:
-        return algorithm, prefers_winograd(geom)
-    why = winograd_reason(geom)
-    if why is not None and not forced:
-        raise ValueError(f"algorithm='winograd' cannot run this convolution: {why}")
-    return algorithm, why is None
+def prefers_winograd_weight_grad(geom):
+    """Where ``"auto"`` computes the weight gradient by Winograd too (when it ran the forward
+    pass): maps of at least ``WINOGRAD_DW_MIN_PIXELS`` output pixels (the Winograd weight
+    gradient sums over a task's tiles with horizontal sums per 4x3 block of channels and
+    filters: it wins only where the runs of tiles are long; see :mod:`nbconv._config`)."""
+    return prefers_winograd(geom) and geom.OH * geom.OW >= WINOGRAD_DW_MIN_PIXELS
+
+
+def winograd_grad_fits(x, dy, geom):
+    """True if the Winograd weight gradient can run on ``x`` and ``dy``: both finite and no
+    intermediate able to overflow: the input transform of ``x`` (gain 100), that of ``dy``
+    (``A dY A^T``, gain ``15^2 = 225``), their products summed over every tile of the batch
+    (``N * ceil(OH/4) * ceil(OW/4)`` terms) and the final ``G^T dU G`` (gain at most
+    ``(5/3)^2``) stay under half the dtype's largest value."""
+    half = float(np.finfo(x.dtype).max) / 2
+    tiles = geom.N * -(-geom.OH // 4) * -(-geom.OW // 4)
+    a = _max_abs_within(x, half / INPUT_GAIN)
+    if a is None:
+        return False
+    bound = half / DY_GAIN
+    if a > 0:
+        bound = min(bound, half / (GRAD_GAIN * tiles * INPUT_GAIN * DY_GAIN * a))
+    return _max_abs_within(dy, bound) is not None
 
 
 def _max_abs_within(a, bound):

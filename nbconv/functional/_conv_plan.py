@@ -1,42 +1,25 @@
-"""The convolution planner: how :mod:`nbconv.functional.conv` runs a convolution that it has
-validated.
+"""The convolution planner: sizes, layouts and task tables of the direct kernels
+(:mod:`nbconv.kernels.conv`), for the engines that run them (:mod:`nbconv.functional.direct`,
+:mod:`nbconv.functional.pointwise`). It decides nothing about *which* engine runs: that is
+:func:`nbconv.functional._dispatch.select_engine`.
 
-A :class:`ConvGeometry` holds the sizes of one convolution and picks its *path*
-(:func:`choose_path`, the one place that decides which kernels run):
-
-- ``"planes"``, the general case: :mod:`nbconv.kernels.conv` on a padded, stride-phase split,
-  batch-interleaved copy of ``x`` (below);
-- ``"nchw"``, a 1x1, stride-1, unpadded convolution: the same kernels read ``x`` and ``dy`` as
-  they are (NCHW), one image per task;
-- ``"subsampled"``, a strided 1x1 unpadded convolution: the ``"nchw"`` one on
-  ``x[:, :, ::sh, ::sw]`` (``geom.sub`` is its geometry);
-- ``"depthwise"``, every filter reads one input channel (depthwise, any channel multiplier, or a
-  single input channel): memory bound, run by :mod:`nbconv.functional.depthwise`.
-
-Each path is run by a module with the same four functions, ``layout(x, geom)``,
-``forward(geom, xb, weight, bias)``, ``backward(geom, xb, dy, weight, need_dx, need_bias)`` and
-``input_grad(geom, dy, weight)`` (dx alone, without ``x``):
-this one for the first three paths, :mod:`nbconv.functional.depthwise` for the last. Another
-algorithm (e.g. Winograd) would be one more path: a module with these functions, chosen in
-:func:`choose_path` and listed in ``nbconv.functional.conv._ENGINES``.
-
-How the kernels see the data (see :mod:`nbconv.kernels.conv`): the input is zero padded, split
-into the stride phase planes that the kernel taps read (``xq[c, a, b, t, u] = xpad[c, a + sh*t,
-b + sw*u]``; all ``sh*sw`` of them but for kernels smaller than the stride) and laid out
-batch-interleaved, ``(C, phases, Hq, N, Wq)`` flattened with a zero tail. Every (channel, tap)
-pair is then one flat offset (:func:`offsets`) and a block of output rows one contiguous run
-(:func:`tasks`), so all inner loops are long and unit-stride, for any image size. The input
-gradient is the same gather kernel run on zero padded ``dy`` with the flipped, channel-swapped
-weights, once per stride phase of ``dx``, with only the taps that reach that phase
-(:func:`_dx_plan`). The weight gradient reduces over pixels in chunks fixed by the shapes
-(:func:`_dweight_chunks`) with private partial sums that :func:`reduce_partials` adds in a fixed
-order, so every result is bitwise identical across runs and thread counts.
+A :class:`ConvGeometry` holds the sizes of one validated convolution and the geometry of the
+*planes* layout: the input zero padded, split into the stride phase planes that the kernel taps
+read (``xq[c, a, b, t, u] = xpad[c, a + sh*t, b + sw*u]``; all ``sh*sw`` of them but for
+kernels smaller than the stride) and laid out batch-interleaved, ``(C, phases, Hq, N, Wq)``
+flattened with a zero tail. Every (channel, tap) pair is then one flat offset
+(:meth:`ConvGeometry.offsets`) and a block of output rows one contiguous run (:func:`tasks`),
+so all inner loops are long and unit-stride, for any image size. The input gradient is the
+same gather kernel run on zero padded ``dy`` with the flipped, channel-swapped weights, once per
+stride phase of ``dx``, with only the taps that reach that phase (:func:`dx_plan`). The weight
+gradient reduces over pixels in chunks fixed by the shapes (:func:`dweight_chunks`) with
+private partial sums that :func:`reduce_partials` adds in a fixed order, so every result is
+bitwise identical across runs and thread counts.
 
 Work done here in NumPy rather than in a kernel, each small next to the kernels' work:
-:func:`reduce_partials` (the partial sums of the weight and bias gradients),
-:func:`_scatter_subsampled_dx` (the ``"subsampled"`` path's ``dx`` put back on the strided
-input's grid) and the weight re-orderings (:func:`_fwd_weights`, in :func:`_dx_plan`).
-:func:`threads_for_copy` runs small layout copies on the calling thread.
+:func:`reduce_partials` (the partial sums of the weight and bias gradients) and the weight
+re-orderings (:func:`fwd_weights`, in :func:`dx_plan`). :func:`threads_for_copy` runs small
+layout copies on the calling thread.
 
 Names: ``geom`` is a geometry, ``g`` a group index, ``G`` the number of groups, ``Fg`` / ``Cg``
 the filters / input channels per group, ``n_filters`` all filters.
@@ -49,36 +32,23 @@ import numpy as np
 
 from .._checks import conv_out_size
 from .._config import CONV_BLOCK_BYTES, CONV_TASK_BYTES, MIN_TASKS, SMALL_COPY_BYTES
-from ..kernels import conv as _k
 from ..kernels import simd
-from ..kernels import textbook as _tb
 
-PLANES, NCHW, SUBSAMPLED, DEPTHWISE = "planes", "nchw", "subsampled", "depthwise"
-
-_P0 = np.zeros(1, np.int64)  # the single phase of a stride-1 layout
-_TAIL = 96  # a buffer's zero tail past its last row: conv_rows reads up to three vectors (of at
-#             most 16 lanes) past a task's last pixel, plus the 32 the layouts always had
+P0 = np.zeros(1, np.int64)  # the single phase of a stride-1 layout
+TAIL = 96  # a buffer's zero tail past its last row: conv_rows reads up to three vectors (of at
+#            most 16 lanes) past a task's last pixel, plus the 32 the layouts always had
 
 
 # ---- geometry ---------------------------------------------------------------------------------
 
-def choose_path(geom):
-    """The path that runs ``geom`` (see the module docstring): the single dispatch point."""
-    if geom.Cg == 1:
-        return DEPTHWISE
-    if (geom.KH, geom.KW, geom.pt, geom.pb, geom.pl, geom.pr) == (1, 1, 0, 0, 0, 0):
-        return NCHW if (geom.sh, geom.sw) == (1, 1) else SUBSAMPLED
-    return PLANES
-
-
 class ConvGeometry:
-    """Sizes of one convolution, already validated, and the layout of its prepared input.
+    """Sizes of one convolution, already validated, and the geometry of its planes layout.
 
     ``x (N, C, H, W)``, ``weight (n_filters, Cg, KH, KW)`` in ``G`` groups of ``Fg`` filters,
     stride ``(sh, sw)``, dilation ``(dh, dw)``, padding ``(pt, pb, pl, pr)``, output
-    ``(N, n_filters, OH, OW)``. The planes hold ``Hq`` rows of ``Wq`` values per image, channel
-    and stride phase; ``pha`` / ``phb`` are the row / column phases some tap reads. ``path`` is
-    :func:`choose_path`'s choice; ``sub`` the ``"subsampled"`` path's stride-1 geometry.
+    ``(N, n_filters, OH, OW)`` (``y_shape``). The planes hold ``Hq`` rows of ``Wq`` values per
+    image, channel and stride phase; ``pha`` / ``phb`` are the row / column phases some tap
+    reads.
     """
 
     def __init__(self, x_shape, w_shape, stride, pads, dilation, groups, dtype):
@@ -105,18 +75,11 @@ class ConvGeometry:
         # the stride phases that some kernel tap reads (all of them unless e.g. a 1x1 kernel)
         self.pha = np.array(sorted({i * self.dh % self.sh for i in range(self.KH)}), np.int64)
         self.phb = np.array(sorted({j * self.dw % self.sw for j in range(self.KW)}), np.int64)
-        self.path = choose_path(self)
-        self.sub = None
-        if self.path == SUBSAMPLED:
-            self.sub = ConvGeometry((self.N, self.C, self.OH, self.OW), w_shape, (1, 1),
-                                    (0, 0, 0, 0), (1, 1), groups, dtype)
 
     @functools.cached_property
     def offsets(self):
-        """Flat offset of each reduction element ``e = (c, i, j)`` in a prepared buffer
-        (relative to its group's start), int64, zero padded to a multiple of 4."""
-        if self.path == NCHW:
-            return np.arange(_pad4(self.Cg), dtype=np.int64) % self.Cg * (self.H * self.W)
+        """Flat offset of each reduction element ``e = (c, i, j)`` in the planes (relative to
+        its group's start), int64, zero padded to a multiple of 4."""
         c = np.arange(self.Cg)[:, None, None]
         ih = np.arange(self.KH)[None, :, None] * self.dh
         jw = np.arange(self.KW)[None, None, :] * self.dw
@@ -124,25 +87,29 @@ class ConvGeometry:
         ib = np.searchsorted(self.phb, jw % self.sw)
         off = ((((c * len(self.pha) + ia) * len(self.phb) + ib) * self.Hq + ih // self.sh)
                * (self.N * self.Wq) + jw // self.sw).reshape(-1)
-        out = np.zeros(_pad4(off.size), np.int64)
+        out = np.zeros(pad4(off.size), np.int64)
         out[:off.size] = off
         return out
 
     @property
     def group_stride(self):
-        """Distance between two groups' first elements in the prepared buffer."""
-        if self.path == NCHW:
-            return self.Cg * self.H * self.W
+        """Distance between two groups' first elements in the planes."""
         return self.Cg * len(self.pha) * len(self.phb) * self.Hq * self.N * self.Wq
 
+    @property
+    def pointwise(self):
+        """A 1x1 kernel without padding: every output reads one input pixel per channel."""
+        return (self.KH, self.KW, self.pt, self.pb, self.pl, self.pr) == (1, 1, 0, 0, 0, 0)
 
-def _pad4(n):
+
+def pad4(n):
+    """``n`` rounded up to a multiple of 4 (the kernels' register block)."""
     return -(-n // 4) * 4
 
 
 # ---- tables -----------------------------------------------------------------------------------
 
-def _rows_per_task(most, Wx, lanes):
+def rows_per_task(most, Wx, lanes):
     """Rows of ``Wx`` pixels per task, at most ``most``: ``conv_rows`` computes whole blocks of
     3 vectors, so prefer a count whose pixels fill them (the extra columns are computed and
     dropped): the largest with at most 5% extra, else the one with the least extra among the
@@ -159,11 +126,11 @@ def tasks(rows_per_phase, G, Wx, itemsize, outputs, images=1):
     """Task table ``(T, 5)`` int64 of rows ``(p, g, n0, r0, r1)`` for
     :func:`nbconv.kernels.conv.conv_rows`: whole rows of ``Wx`` pixels, as many as keep the
     task's ``outputs`` (per group) x pixels within ``CONV_TASK_BYTES`` (and fill whole blocks of
-    3 vectors, :func:`_rows_per_task`), at least ``MIN_TASKS`` tasks when there are enough
+    3 vectors, :func:`rows_per_task`), at least ``MIN_TASKS`` tasks when there are enough
     rows; ``images > 1``: per-image tasks (``n0``) of one-image planes."""
     total = sum(rows_per_phase) * images
-    rows = max(1, CONV_TASK_BYTES // (itemsize * Wx * _pad4(outputs)))
-    rows = _rows_per_task(max(1, min(rows, max(rows_per_phase, default=1))), Wx,
+    rows = max(1, CONV_TASK_BYTES // (itemsize * Wx * pad4(outputs)))
+    rows = rows_per_task(max(1, min(rows, max(rows_per_phase, default=1))), Wx,
                           simd.WIDTH.nbytes // itemsize)
     while rows > 1 and G * -(-total // rows) < MIN_TASKS:
         rows = (rows + 1) // 2
@@ -172,7 +139,7 @@ def tasks(rows_per_phase, G, Wx, itemsize, outputs, images=1):
     return np.array(out, np.int64).reshape(-1, 5)
 
 
-def _nchw_rows(geom):
+def nchw_rows(geom):
     """The ``"nchw"`` path reads NCHW directly: each image plane is viewed as ``(H/k, k*W)``
     rows of at most about ``CONV_BLOCK_BYTES`` (``k`` divides ``H``)."""
     k = max([d for d in range(1, geom.H + 1) if geom.H % d == 0
@@ -180,25 +147,25 @@ def _nchw_rows(geom):
     return geom.H // k, k * geom.W
 
 
-def _blocks_of_4(wt):
+def blocks_of_4(wt):
     """(..., E, Fp) -> (..., Fp/4, E, 4): each block of 4 outputs' weights contiguous, as
     :func:`nbconv.kernels.conv.conv_rows` reads them (``Fp`` a multiple of 4)."""
     *lead, E, Fp = wt.shape
     return np.ascontiguousarray(wt.reshape(*lead, E, Fp // 4, 4).swapaxes(-3, -2))
 
 
-def _fwd_weights(weight, geom):
+def fwd_weights(weight, geom):
     """weight (n_filters, Cg, KH, KW) -> (G, Fp/4, E, 4): ``wt[g, f // 4, e, f % 4] =
     weight[g*Fg + f, e]`` (``e = (c, i, j)``; ``Fp`` is ``Fg`` rounded up to a multiple of 4,
     the register block of :func:`nbconv.kernels.conv.conv_rows`; the extra outputs are
     zero)."""
     E = geom.Cg * geom.KH * geom.KW
-    wt = np.zeros((geom.G, E, _pad4(geom.Fg)), geom.dtype)
+    wt = np.zeros((geom.G, E, pad4(geom.Fg)), geom.dtype)
     wt[:, :, :geom.Fg] = weight.reshape(geom.G, geom.Fg, E).transpose(0, 2, 1)
-    return _blocks_of_4(wt)
+    return blocks_of_4(wt)
 
 
-def _phase_taps(size, s, d, k, p_lo):
+def phase_taps(size, s, d, k, p_lo):
     """Per stride phase ``r`` of the input axis that some kernel tap reaches (at most ``k`` of
     the ``min(s, size)`` phases, whatever the stride; the others get no gradient), in
     increasing ``r``: ``(r, Q, taps, rel)``: input positions ``r + s*q`` (``q < Q``) get kernel
@@ -211,14 +178,14 @@ def _phase_taps(size, s, d, k, p_lo):
     return out
 
 
-def _dx_plan(weight, geom):
+def dx_plan(weight, geom):
     """The input gradient as gathers: per phase ``(rh, rw)`` of ``dx`` a stride-1 correlation
     of zero padded ``dy`` (layout ``(n_filters, Hd, N, Wd)`` with ``dy`` at row ``T``, column
     ``L``) with the phase's flipped taps, written to ``dx[:, :, rh::sh, rw::sw]``. Returns the
     padding ``(T, L, Hd, Wd)`` and the kernel arguments ``(w (P, G, E4, Cg), off (P, E4),
     tasks, ph_out (P, 4), dx_needs_zeros)`` (``P`` phases)."""
-    ph_h = _phase_taps(geom.H, geom.sh, geom.dh, geom.KH, geom.pt)
-    ph_w = _phase_taps(geom.W, geom.sw, geom.dw, geom.KW, geom.pl)
+    ph_h = phase_taps(geom.H, geom.sh, geom.dh, geom.KH, geom.pt)
+    ph_w = phase_taps(geom.W, geom.sw, geom.dw, geom.KW, geom.pl)
     rels_h = [v for _, _, _, rel in ph_h for v in rel] or [0]
     rels_w = [v for _, _, _, rel in ph_w for v in rel] or [0]
     T, L = max(0, -min(rels_h)), max(0, -min(rels_w))
@@ -228,8 +195,8 @@ def _dx_plan(weight, geom):
     Wd = max([L + geom.OW] + [Q for _, Q, t, _ in ph_w if t]
              + [Q + max(rel) + 1 for _, Q, _, rel in ph_w if rel])
     phases = [(a, b) for a in ph_h for b in ph_w]
-    E4 = max([4] + [_pad4(geom.Fg * len(a[2]) * len(b[2])) for a, b in phases])
-    wt = np.zeros((len(phases), geom.G, E4, _pad4(geom.Cg)), geom.dtype)
+    E4 = max([4] + [pad4(geom.Fg * len(a[2]) * len(b[2])) for a, b in phases])
+    wt = np.zeros((len(phases), geom.G, E4, pad4(geom.Cg)), geom.dtype)
     off = np.zeros((len(phases), E4), np.int64)
     ph_out = np.zeros((len(phases), 4), np.int64)
     w5 = weight.reshape(geom.G, geom.Fg, geom.Cg, geom.KH, geom.KW)
@@ -243,12 +210,12 @@ def _dx_plan(weight, geom):
                                                                           geom.Cg)
         ph_out[p] = (Qw, rh, rw, o.size)
     table = tasks([a[1] * geom.N for a, _ in phases], geom.G, Wd, geom.dtype.itemsize, geom.Cg)
-    wt = _blocks_of_4(wt)
+    wt = blocks_of_4(wt)
     missing = len(phases) < min(geom.sh, geom.H) * min(geom.sw, geom.W)
     return (T, L, Hd, Wd), (wt, off, table, ph_out, missing)
 
 
-def _dweight_chunks(geom, images, Q):
+def dweight_chunks(geom, images, Q):
     """Pixel blocks and chunks of the weight gradient: fixed by the shapes, not the threads."""
     block = max(8, CONV_BLOCK_BYTES // geom.dtype.itemsize // 8 * 8)
     nb = images * -(-Q // block)
@@ -282,25 +249,16 @@ def reduce_partials(parts):
     return parts[0]
 
 
-def _scatter_subsampled_dx(dx_sub, geom):
-    """dx (N, C, OH, OW) of the ``"subsampled"`` path's stride-1 convolution -> dx (N, C, H, W)
-    of the strided one: zero but at rows ``::sh`` and columns ``::sw`` (the only inputs a
-    strided 1x1 unpadded kernel reads)."""
-    dx = np.zeros(geom.x_shape, geom.dtype)
-    dx[:, :, ::geom.sh, ::geom.sw] = dx_sub
-    return dx
-
-
-def _empty_planes(C, na, nb, Hq, N, Wq, dtype):
+def empty_planes(C, na, nb, Hq, N, Wq, dtype):
     """A flat buffer for ``(C, na, nb, Hq, N, Wq)`` planes plus a zero tail, so reads just past
     a plane stay inside the buffer (their results are dropped or multiplied by zero)."""
     size = C * na * nb * Hq * N * Wq
-    buf = np.empty(size + Wq + _TAIL, dtype)
+    buf = np.empty(size + Wq + TAIL, dtype)
     buf[size:] = 0
     return buf
 
 
-def _planes_to_x(xb, geom):
+def planes_to_x(xb, geom):
     """x (N, C, H, W) read back from the ``"planes"`` layout (rows and columns of a stride phase
     that no tap reads are not stored and come back as garbage: no tap reads them)."""
     na, nb = len(geom.pha), len(geom.phb)
@@ -311,162 +269,3 @@ def _planes_to_x(xb, geom):
     ib = np.minimum(np.searchsorted(geom.phb, c % geom.sw), nb - 1)
     x = xq[:, ia[:, None], ib[None, :], (r // geom.sh)[:, None], :, (c // geom.sw)[None, :]]
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1))   # (H, W, C, N) -> (N, C, H, W)
-
-
-def exact_weight_grad(x, dy, geom):
-    """dweight (n_filters, Cg, KH, KW) by the textbook kernel, which skips the padding taps:
-    the fast kernels multiply zero padding and dropped columns too (by a zero), which is exact
-    for finite values but turns an inf or NaN there into a NaN that PyTorch does not have. So
-    a non-finite fast result is recomputed here (rare, and slow)."""
-    dw = np.empty(geom.w_shape, geom.dtype)
-    db = np.empty(geom.n_filters, geom.dtype)
-    _tb.conv2d_backward_weight(dy, x, dw, db, geom.sh, geom.sw, geom.pt, geom.pl, geom.dh,
-                               geom.dw)
-    return dw
-
-
-# ---- the engine of the "planes", "nchw" and "subsampled" paths --------------------------------
-
-def layout(x, geom):
-    """x (N, C, H, W) C-contiguous -> the flat buffer the kernels read: ``x`` itself for
-    ``"nchw"``, its sub-sampled copy ``x[:, :, ::sh, ::sw]`` for ``"subsampled"``, else
-    :func:`nbconv.kernels.conv.to_planes`'s zero padded, stride-phase split, batch-interleaved
-    planes ``(C, len(pha), len(phb), Hq, N, Wq)`` with a zero tail."""
-    if geom.path == NCHW:
-        return x.reshape(-1)
-    if geom.path == SUBSAMPLED:
-        return np.ascontiguousarray(x[:, :, ::geom.sh, ::geom.sw]).reshape(-1)
-    xb = _empty_planes(geom.C, len(geom.pha), len(geom.phb), geom.Hq, geom.N, geom.Wq,
-                       geom.dtype)
-    with threads_for_copy(xb.nbytes):
-        _k.to_planes(x, xb, geom.sh, geom.sw, geom.pha, geom.phb, geom.pt, geom.pl, geom.Hq,
-                     geom.Wq, xb[:0], 0, 0, 0, 1, geom.dtype.type(0))
-    return xb
-
-
-def forward(geom, xb, weight, bias):
-    """y (N, n_filters, OH, OW) from the prepared ``xb``, ``weight`` and ``bias`` (n_filters,)
-    by :func:`nbconv.kernels.conv.conv_rows`: each task computes, for a block of output rows of
-    one group, ``y[n, g*Fg + f, oh, ow] = bias + sum_e wt[g, e, f] * xb[off[e] + q]`` over the
-    reduction elements ``e = (c, i, j)`` (flat offsets :attr:`ConvGeometry.offsets`) and the
-    flat pixel index ``q`` of ``(oh, n, ow)``, in 4x2 register blocks over long unit-stride
-    runs of ``q``."""
-    if geom.path == SUBSAMPLED:
-        geom = geom.sub
-    y = np.empty(geom.y_shape, geom.dtype)
-    off = geom.offsets
-    if geom.path == NCHW:
-        R, Wx = _nchw_rows(geom)
-        table = tasks([R], geom.G, Wx, geom.dtype.itemsize, geom.Fg, images=geom.N)
-        yv, xs, Nr = y.reshape(geom.N, geom.n_filters, R, Wx), geom.C * geom.H * geom.W, 1
-    else:
-        R, Wx = geom.OH * geom.N, geom.Wq
-        table = tasks([R], geom.G, Wx, geom.dtype.itemsize, geom.Fg)
-        yv, xs, Nr = y, 0, geom.N
-    ph_out = np.array([[yv.shape[3], 0, 0, geom.Cg * geom.KH * geom.KW]], np.int64)
-    _k.conv_rows(xb, xs, geom.group_stride, _fwd_weights(weight, geom)[None], off[None], bias,
-                 yv, table, ph_out, Nr, Wx, 1, 1, simd.WIDTH)
-    return y
-
-
-def _nchw_input_grad(dy, weight, geom):
-    """dx (N, C, H, W) of the ``"nchw"`` path: :func:`nbconv.kernels.conv.conv_rows` on ``dy``
-    itself with the transposed weights ``wt[g, f, c] = weight[g*Fg + f, c]``, i.e.
-    ``dx[n, g*Cg + c] = sum_f weight[g*Fg + f, c] * dy[n, g*Fg + f]`` per pixel."""
-    dx = np.empty(geom.x_shape, geom.dtype)
-    R, Wx = _nchw_rows(geom)
-    wt = np.zeros((1, geom.G, _pad4(geom.Fg), _pad4(geom.Cg)), geom.dtype)
-    wt[0, :, :geom.Fg, :geom.Cg] = weight.reshape(geom.G, geom.Fg, geom.Cg)
-    off = (np.arange(_pad4(geom.Fg), dtype=np.int64) % geom.Fg * (geom.H * geom.W))[None]
-    table = tasks([R], geom.G, Wx, geom.dtype.itemsize, geom.Cg, images=geom.N)
-    ph_out = np.array([[Wx, 0, 0, geom.Fg]], np.int64)
-    _k.conv_rows(dy.reshape(-1), geom.n_filters * geom.H * geom.W, geom.Fg * geom.H * geom.W,
-                 _blocks_of_4(wt), off, np.zeros(geom.C, geom.dtype), dx.reshape(geom.N, geom.C, R, Wx),
-                 table, ph_out, 1, Wx, 1, 1, simd.WIDTH)
-    return dx
-
-
-def _gather_input_grad(dyb, geom, pads, plan):
-    """dx (N, C, H, W) from ``dyb``, dy laid out as :func:`_dx_plan`'s zero padded
-    ``(n_filters, Hd, N, Wd)`` planes, by :func:`nbconv.kernels.conv.conv_rows` with the plan's
-    flipped, channel-swapped taps, once per stride phase of ``dx``."""
-    (_, _, Hd, Wd), (wt, off_dx, table, ph_out, missing) = pads, plan
-    dx = (np.zeros if missing else np.empty)(geom.x_shape, geom.dtype)
-    _k.conv_rows(dyb, 0, geom.Fg * Hd * geom.N * Wd, wt, off_dx, np.zeros(geom.C, geom.dtype),
-                 dx, table, ph_out, geom.N, Wd, geom.sh, geom.sw, simd.WIDTH)
-    return dx
-
-
-def input_grad(geom, dy, weight):
-    """dx (N, C, H, W) alone for ``dy (N, n_filters, OH, OW)`` C-contiguous: the input
-    gradient half of :func:`backward` (no ``x`` needed, no weight gradient computed). Used by
-    :func:`nbconv.functional.conv.conv2d_input_grad` (and so by the transposed convolution)."""
-    full = geom
-    if geom.path == SUBSAMPLED:
-        geom = geom.sub
-    if geom.path == NCHW:
-        dx = _nchw_input_grad(dy, weight, geom)
-    else:
-        pads, plan = _dx_plan(weight, geom)
-        T, L, Hd, Wd = pads
-        dyb = _empty_planes(geom.n_filters, 1, 1, Hd, geom.N, Wd, geom.dtype)
-        with threads_for_copy(dyb.nbytes):
-            _k.to_planes(dy, dyb, 1, 1, _P0, _P0, T, L, Hd, Wd, dyb[:0], 0, 0, 0, 1,
-                         geom.dtype.type(0))
-        dx = _gather_input_grad(dyb, geom, pads, plan)
-    if full.path == SUBSAMPLED:
-        dx = _scatter_subsampled_dx(dx, full)
-    return dx
-
-
-def backward(geom, xb, dy, weight, need_dx, need_bias):
-    """``(dx (N, C, H, W) or None, dweight (n_filters, Cg, KH, KW), dbias (n_filters,) or
-    None)`` for ``dy (N, n_filters, OH, OW)`` C-contiguous and the prepared ``xb``.
-
-    - dy is laid out once by :func:`nbconv.kernels.conv.to_planes` as ``(n_filters, OH, N, Wq)``
-      rows for the weight gradient and, in the same parallel loop, zero padded
-      ``(n_filters, Hd, N, Wd)`` planes for the input gradient (``"nchw"``: dy as it is);
-    - dx: :func:`nbconv.kernels.conv.conv_rows` gathers, per stride phase of ``dx``, the
-      phase's flipped, channel-swapped taps over the padded dy (:func:`_dx_plan`);
-    - dweight, dbias: :func:`nbconv.kernels.conv.conv_weight_grad` sums
-      ``xb[off[e] + q] * dy[g*Fg + f, q]`` over fixed chunks of pixels ``q`` into private
-      partial sums, in 4x2 register blocks; :func:`reduce_partials` adds them in order.
-    """
-    full = geom
-    if geom.path == SUBSAMPLED:
-        geom = geom.sub
-    zero = geom.dtype.type(0)
-    nf, Q = geom.n_filters, geom.OH * geom.N * geom.Wq
-    if geom.path == NCHW:
-        dx = _nchw_input_grad(dy, weight, geom) if need_dx else None
-        dyv, xs = dy.reshape(geom.N, nf, geom.H * geom.W), geom.C * geom.H * geom.W
-    elif need_dx:
-        dyw = _empty_planes(nf, 1, 1, geom.OH, geom.N, geom.Wq, geom.dtype)
-        (T, L, Hd, Wd), (wt, off_dx, table, ph_out, missing) = _dx_plan(weight, geom)
-        dyb = _empty_planes(nf, 1, 1, Hd, geom.N, Wd, geom.dtype)
-        with threads_for_copy(dyw.nbytes + dyb.nbytes):
-            _k.to_planes(dy, dyw, 1, 1, _P0, _P0, 0, 0, geom.OH, geom.Wq, dyb, T, L, Hd, Wd,
-                         zero)
-        dx = _gather_input_grad(dyb, geom, (T, L, Hd, Wd), (wt, off_dx, table, ph_out, missing))
-        dyv, xs = dyw[:nf * Q].reshape(1, nf, Q), 0
-    else:
-        dyw = _empty_planes(nf, 1, 1, geom.OH, geom.N, geom.Wq, geom.dtype)
-        with threads_for_copy(dyw.nbytes):
-            _k.to_planes(dy, dyw, 1, 1, _P0, _P0, 0, 0, geom.OH, geom.Wq, dyw[:0], 0, 0, 0, 1,
-                         zero)
-        dx = None
-        dyv, xs = dyw[:nf * Q].reshape(1, nf, Q), 0
-    block, nchunks = _dweight_chunks(geom, dyv.shape[0], dyv.shape[2])
-    off = geom.offsets
-    part = np.empty((nchunks, geom.G, off.size, -(-geom.Fg // 3) * 3), geom.dtype)
-    pbias = np.empty((nchunks if need_bias else 0, geom.G, geom.Fg), geom.dtype)
-    _k.conv_weight_grad(xb, xs, geom.group_stride, dyv, off, part, pbias, block, simd.WIDTH)
-    E = geom.Cg * geom.KH * geom.KW
-    dw = np.ascontiguousarray(reduce_partials(part)[:, :E, :geom.Fg].transpose(0, 2, 1))
-    dw = dw.reshape(geom.w_shape)
-    if geom.path == PLANES and not np.isfinite(dw).all():
-        dw = exact_weight_grad(_planes_to_x(xb, geom), dy, geom)
-    db = reduce_partials(pbias).reshape(nf).copy() if need_bias else None
-    if full.path == SUBSAMPLED and dx is not None:
-        dx = _scatter_subsampled_dx(dx, full)
-    return dx, dw, db

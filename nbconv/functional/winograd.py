@@ -1,18 +1,23 @@
-"""Winograd F(4x4, 3x3) convolution: thin wrappers around :mod:`nbconv.kernels.winograd`.
+"""The Winograd engine: F(4x4, 3x3) convolution on :mod:`nbconv.kernels.winograd`.
 
 Shapes: ``x`` ``(N, C, H, W)``, ``weight`` ``(F, C/groups, 3, 3)``, ``bias`` ``(F,)``,
 ``y``/``dy`` ``(N, F, OH, OW)`` with ``OH = H + 2*ph - 2``, ``OW = W + 2*pw - 2`` (stride 1,
 dilation 1, ``ph``/``pw`` >= 0 on both sides of an axis; any groups, each group an independent
 convolution). float32 and float64.
 
-These are meant to be called by the conv dispatcher, which validates fully; here only what the
-kernels rely on is checked (dtypes, shapes, and the one Winograd rule,
-:func:`nbconv.functional._algorithm.winograd_reason`). Inputs are never modified.
+:class:`WinogradEngine` (:data:`WINOGRAD`) is the engine the conv dispatcher
+(:mod:`nbconv.functional._dispatch`) runs on a validated geometry; its layout is ``x`` itself:
 
-- :func:`winograd_conv2d`: the forward pass (bias added in the output transform).
-- :func:`winograd_conv2d_input_grad`: ``dx``, the same kernel on ``dy`` shifted by ``2 - p``
-  (a crop when ``p > 2``) with the flipped, channel-swapped weights.
-- The weight gradient stays direct: ``nbconv.functional.conv2d_backward(..., need_dx=False)``.
+- forward: the bias added in the output transform;
+- input gradient: the same kernel on ``dy`` shifted by ``2 - p`` (a crop when ``p > 2``) with
+  the flipped, channel-swapped weights;
+- weight gradient in the Winograd domain (:func:`_weight_grad`), which the dispatcher uses where
+  it measured faster than the direct one.
+
+The functions :func:`winograd_conv2d`, :func:`winograd_conv2d_input_grad` and
+:func:`winograd_conv2d_weight_grad` run the engine on arrays checked here (dtypes, shapes, and
+the one Winograd rule, :func:`nbconv.functional._algorithm.winograd_reason`). Inputs are never
+modified.
 
 Tiling (see :func:`_plan`): tasks of up to ``_T_MAX`` 4x4 tiles whose transformed input (36 x
 channels x tiles) fits ``_V_BYTES``; fixed by the shapes alone, so results are bitwise identical
@@ -129,27 +134,17 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     return y
 
 
-def winograd_conv2d_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
-    """The weight gradient ``dweight (F, C/groups, 3, 3)`` of :func:`winograd_conv2d` for
-    ``x (N, C, H, W)`` and ``dy (N, F, OH, OW)``, in the Winograd domain: ``dU[e] = sum over
-    tiles of V[:, e] dM[:, e]^T`` (``V`` the input transform of ``x``'s tiles, ``dM = A dY A^T``
-    that of ``dy``'s), then ``dw = G^T dU G``: 36 products per 4x4 tile and channel pair
-    instead of 144. The tiles are summed in chunks fixed by the shapes, added in a fixed
-    order: bitwise the same for any thread count."""
-    x = _float_array(x, "x")
-    dy = _float_array(dy, "dy", x.dtype)
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
-    (ph, pw), geom = _geometry(x.shape, tuple(w_shape), padding, groups, x.dtype)
+def _weight_grad(x, dy, geom):
+    """dweight (F, C/groups, 3, 3) for ``x`` and ``dy`` of ``geom`` in the Winograd domain:
+    ``dU[e] = sum over tiles of V[:, e] dM[:, e]^T`` (``V`` the input transform of ``x``'s
+    tiles, ``dM = A dY A^T`` that of ``dy``'s), then ``dw = G^T dU G``: 36 products per 4x4
+    tile and channel pair instead of 144. The tiles are summed in chunks fixed by the shapes,
+    added in a fixed order: bitwise the same for any thread count."""
     N, F, OH, OW = geom.y_shape
-    Cg, groups = geom.Cg, geom.G
-    if dy.shape != geom.y_shape:
-        raise ValueError(f"dy must have shape {geom.y_shape}, got {dy.shape}")
-    dtype = x.dtype
-    Fo = F // groups
+    Cg, groups, Fo, dtype = geom.Cg, geom.G, geom.Fg, geom.dtype
     Cg4, F3 = -(-Cg // 4) * 4, -(-Fo // 3) * 3
     tasks = _plan(N, OH, OW, groups, Cg, dtype.itemsize)
-    per_chunk = groups * 36 * Cg4 * F3 * dtype.itemsize
+    per_chunk = groups * 36 * Cg4 * F3 * 8
     nchunks = int(max(1, min(len(tasks), _WG_CHUNKS, _WG_BYTES // per_chunk)))
     cut = np.array([len(tasks) * k // nchunks for k in range(nchunks + 1)], np.int64)
     nth = numba.get_num_threads()
@@ -162,15 +157,78 @@ def winograd_conv2d_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
     Ds = np.empty((nth, 36, Ts), dtype)
     Rs = np.empty((nth, wmax), dtype)
     voff = np.arange(Cg4, dtype=np.int64) % Cg * (36 * Ts)
-    P = np.empty((nchunks, groups, 36, Cg4, F3), dtype)
+    # the sums over tiles in float64: the transforms scale them up and G^T dU G cancels much
+    # of them again, so float32 sums lost 13x more than the direct weight gradient's
+    P = np.empty((nchunks, groups, 36, Cg4, F3), np.float64)
     cst = _consts(dtype)
-    _k.winograd_weight_grad(x, dy, P, tasks, cut, ph, pw, Vs, Ms, Ds, Rs, voff, cst, simd.WIDTH)
+    _k.winograd_weight_grad(x, dy, P, tasks, cut, geom.pt, geom.pl, Vs, Ms, Ds, Rs, voff, cst,
+                            simd.WIDTH)
     with np.errstate(invalid="ignore", over="ignore"):
         for k in range(1, nchunks):
             P[0] += P[k]
-    dw = np.empty((F, Cg, 3, 3), dtype)
-    _k.weight_grad_transform(P[0], dw, cst)
-    return dw
+    dw = np.empty((F, Cg, 3, 3), np.float64)
+    _k.weight_grad_transform(P[0], dw, _consts(np.float64))
+    return dw.astype(dtype, copy=False)
+
+
+def _flipped(weight, geom):
+    """``wt[g*Cg + c, f, i, j] = weight[g*Fo + f, c, 2 - i, 2 - j]``: the weights of the input
+    gradient as a convolution of ``dy``."""
+    groups, Cg, Fo = geom.G, geom.Cg, geom.Fg
+    return np.ascontiguousarray(
+        weight[:, :, ::-1, ::-1].reshape(groups, Fo, Cg, 3, 3).transpose(0, 2, 1, 3, 4)
+    ).reshape(groups * Cg, Fo, 3, 3)
+
+
+class WinogradEngine:
+    """The Winograd engine (see the module docstring): one instance, :data:`WINOGRAD`. A NaN or
+    inf spreads over whole 4x4 output tiles and large values can overflow in the transforms:
+    the dispatcher's ``"auto"`` checks the data first (:func:`nbconv.functional._algorithm.
+    winograd_fits`)."""
+
+    name = "winograd"
+    multiplies_padding = False
+
+    def layout(self, x, geom):
+        return x
+
+    def x_of(self, x, geom):
+        return x
+
+    def forward(self, geom, x, weight, bias):
+        return _run(x, weight, bias, geom.pt, geom.pl, geom.OH, geom.OW, geom.G)
+
+    def input_grad(self, geom, dy, weight):
+        return _run(dy, _flipped(weight, geom), None, 2 - geom.pt, 2 - geom.pl, geom.H, geom.W,
+                    geom.G)
+
+    def weight_grad(self, geom, x, dy, need_bias):
+        db = None
+        if need_bias:
+            with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, as torch
+                db = dy.sum(axis=(0, 2, 3))
+        return _weight_grad(x, dy, geom), db
+
+    def backward(self, geom, x, dy, weight, need_dx, need_bias):
+        dx = self.input_grad(geom, dy, weight) if need_dx else None
+        return (dx,) + self.weight_grad(geom, x, dy, need_bias)
+
+
+WINOGRAD = WinogradEngine()
+
+
+def winograd_conv2d_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
+    """The weight gradient ``dweight (F, C/groups, 3, 3)`` of :func:`winograd_conv2d` for
+    ``x (N, C, H, W)`` and ``dy (N, F, OH, OW)`` in the Winograd domain (:func:`_weight_grad`).
+    Raises ValueError (with the reason) where Winograd does not apply."""
+    x = _float_array(x, "x")
+    dy = _float_array(dy, "dy", x.dtype)
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
+    _, geom = _geometry(x.shape, tuple(w_shape), padding, groups, x.dtype)
+    if dy.shape != geom.y_shape:
+        raise ValueError(f"dy must have shape {geom.y_shape}, got {dy.shape}")
+    return _weight_grad(x, dy, geom)
 
 
 def _float_array(a, name, dtype=None):
@@ -194,8 +252,8 @@ def winograd_conv2d(x, weight, bias=None, padding=(1, 1), groups=1):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
-    (ph, pw), geom = _geometry(x.shape, weight.shape, padding, groups, x.dtype)
-    return _run(x, weight, bias, ph, pw, geom.OH, geom.OW, geom.G)
+    _, geom = _geometry(x.shape, weight.shape, padding, groups, x.dtype)
+    return WINOGRAD.forward(geom, x, weight, bias)
 
 
 def winograd_conv2d_input_grad(dy, weight, padding, x_shape, groups=1):
@@ -206,11 +264,7 @@ def winograd_conv2d_input_grad(dy, weight, padding, x_shape, groups=1):
     dy = _float_array(dy, "dy")
     weight = _float_array(weight, "weight", dy.dtype)
     x_shape = check_x_shape(x_shape, unbatched=False)
-    (ph, pw), geom = _geometry(x_shape, weight.shape, padding, groups, dy.dtype)
+    _, geom = _geometry(x_shape, weight.shape, padding, groups, dy.dtype)
     if dy.shape != geom.y_shape:
         raise ValueError(f"dy must have shape {geom.y_shape}, got {dy.shape}")
-    groups, Cg, Fo, H, W = geom.G, geom.Cg, geom.Fg, geom.H, geom.W
-    wt = np.ascontiguousarray(
-        weight[:, :, ::-1, ::-1].reshape(groups, Fo, Cg, 3, 3).transpose(0, 2, 1, 3, 4)
-    ).reshape(groups * Cg, Fo, 3, 3)
-    return _run(dy, wt, None, 2 - ph, 2 - pw, H, W, groups)
+    return WINOGRAD.input_grad(geom, dy, weight)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import (check_algorithm, check_conv_channels, check_dtype,
+from .._checks import (check_conv_channels, check_dtype,
                        conv_out_size, to_pair)
 from ..init import make_rng, uniform_fan_in
 from .base import Layer
@@ -41,11 +41,9 @@ class Conv2d(Layer):
                  groups=1, bias=True, dtype=np.float32, seed=None, algorithm="auto"):
         super().__init__()
         c, f, groups = check_conv_channels(in_channels, out_channels, groups)
-        k = to_pair(kernel_size, "kernel_size", 1)
-        stride = to_pair(stride, "stride", 1)
-        dilation = to_pair(dilation, "dilation", 1)
-        F.conv2d_padding(padding, k, stride, dilation)  # raises on a bad padding
-        check_algorithm(algorithm)
+        # the arguments parsed once, for every call (a bad one raises here)
+        self.spec = F.conv_spec(kernel_size, stride, padding, dilation, groups, algorithm)
+        k, stride, dilation = self.spec.kernel_size, self.spec.stride, self.spec.dilation
         dtype = check_dtype(dtype)
         rng = make_rng(seed)
         fan_in = c // groups * k[0] * k[1]
@@ -53,8 +51,6 @@ class Conv2d(Layer):
         if bias:
             self.params["bias"] = uniform_fan_in((f,), fan_in, rng, dtype)
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
-        self._args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                          algorithm=algorithm)
         self._repr = dict(in_channels=c, out_channels=f, kernel_size=k, stride=stride,
                           padding=padding, dilation=dilation, groups=groups, bias=bool(bias))
         if algorithm != "auto":
@@ -62,16 +58,16 @@ class Conv2d(Layer):
 
     def forward(self, x):
         w, b = self.params["weight"], self.params.get("bias")
-        prep = F.conv2d_prepare(x, w, **self._args)
-        y = F.conv2d(None, w, b, **self._args, prepared=prep)
+        prep = F.conv2d_prepare(x, w, spec=self.spec)
+        y = F.conv2d(None, w, b, prepared=prep, spec=self.spec)
         self._save(y.shape, prep)
         return y
 
     def backward(self, dy):
         dy, prep = self._load(dy)
-        dx, dw, db = F.conv2d_backward(dy, None, self.params["weight"], **self._args,
-                                       need_dx=self.input_grad,
-                                       need_bias="bias" in self.params, prepared=prep)
+        dx, dw, db = F.conv2d_backward(dy, None, self.params["weight"], need_dx=self.input_grad,
+                                       need_bias="bias" in self.params, prepared=prep,
+                                       spec=self.spec)
         self._store_grads(dw, db)
         return dx
 
@@ -79,8 +75,8 @@ class Conv2d(Layer):
         """``(N, F, OH, OW)`` (``(F, OH, OW)`` for ``(C, H, W)``), the class doc's formula."""
         *lead, _, h, w = _check_input_shape(self, input_shape, self._repr["in_channels"])
         k = self.params["weight"].shape[2:]
-        s, d = self._args["stride"], self._args["dilation"]
-        pt, pb, pl, pr = F.conv2d_padding(self._args["padding"], k, s, d)
+        s, d = self.spec.stride, self.spec.dilation
+        pt, pb, pl, pr = self.spec.padding
         return (*lead, self.params["weight"].shape[0], conv_out_size(h, k[0], s[0], pt, pb, d[0]),
                 conv_out_size(w, k[1], s[1], pl, pr, d[1]))
 
