@@ -218,7 +218,10 @@ MIN_TASKS = 8  # split work into at least this many tasks when it can: keeps eve
 #                and evens out unequal tasks on a shared machine
 
 # conv (nbconv.kernels.conv, nbconv.functional._conv_plan)
-CONV_BLOCK_BYTES = 2048  # bytes of one run of output pixels per filter: FB of them stay in L1
+CONV_BLOCK_BYTES = 2048  # bytes of one row run of the pointwise engine's tasks (NCHW planes)
+CONV_DW_BLOCK_BYTES = 4096  # bytes of one run of pixels the weight gradient sums per pass (its
+#   4 x 3 vector sums end in horizontal sums: longer runs amortise them; 2048 measured 10% slower
+#   on one thread of Zen 3, 8192 the same as 4096)
 CONV_TASK_BYTES = 128 << 10  # output values one conv_rows task keeps (all its outputs x its
 #   run of pixels): in L2 between the passes over the reduction. 32 KiB gave tasks of 1-3 rows
 #   of pixels with 256 filters (short runs, a third of them dropped columns): 0.5x torch

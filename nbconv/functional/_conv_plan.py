@@ -31,7 +31,8 @@ import numba
 import numpy as np
 
 from .._checks import conv_out_size
-from .._config import CONV_BLOCK_BYTES, CONV_TASK_BYTES, MIN_TASKS, SMALL_COPY_BYTES
+from .._config import (CONV_BLOCK_BYTES, CONV_DW_BLOCK_BYTES, CONV_TASK_BYTES, MIN_TASKS,
+                       SMALL_COPY_BYTES)
 from ..kernels import simd
 
 P0 = np.zeros(1, np.int64)  # the single phase of a stride-1 layout
@@ -217,7 +218,7 @@ def dx_plan(weight, geom):
 
 def dweight_chunks(geom, images, Q):
     """Pixel blocks and chunks of the weight gradient: fixed by the shapes, not the threads."""
-    block = max(8, CONV_BLOCK_BYTES // geom.dtype.itemsize // 8 * 8)
+    block = max(8, CONV_DW_BLOCK_BYTES // geom.dtype.itemsize // 8 * 8)
     nb = images * -(-Q // block)
     return block, max(1, min(nb, -(-MIN_TASKS // geom.G)))
 
