@@ -78,6 +78,31 @@ The machine ran about 10 other processes on its 2 cores (loads of 10), so absolu
 10-30 GFLOP/s, a tenth of a quiet machine's, and single ratios move by about 0.1; the rule keeps
 to what held in every measurement. Re-measure after any change to the Winograd kernels.
 
+Re-measured after both algorithms moved to the SIMD kernels (issue 16: AMD EPYC Zen 3, AVX2,
+float32, padding 1; Winograd / direct speed, forward and ``dx``; one thread by
+``time.thread_time``, best of 5, and two threads by wall time, best of 9, on a machine
+loaded with about 3 other jobs)::
+
+    shape (N, C, H, W, F)    1 thread: fwd  dx    2 threads: fwd  dx
+    64, 16, 32, 32, 16           0.99  1.11            2.02  1.77
+    64, 32, 32, 32, 32           1.57  1.63             -     -
+    64, 64, 16, 16, 64           1.66  1.37            1.07  1.32
+    64, 64, 8, 8, 64             1.70  1.83             -     -
+    64, 256, 8, 8, 256           2.19  1.91             -     -
+    128, 64, 4, 4, 64            1.47  1.66            1.21  0.57
+    64, 128, 4, 4, 128           1.61  1.92            3.69  1.35
+    8, 64, 56, 56, 64            2.73  3.18            2.30  1.64
+    1, 64, 56, 56, 64            1.21  1.57            0.41  0.34
+    1, 64, 32, 32, 64            0.91  0.93            0.43  0.45
+    4, 64, 16, 16, 64            0.77  0.78            0.43  0.31
+    16, 64, 8, 8, 64              -     -              0.50  0.57
+    16, 8, 32, 32, 8             0.73  0.70             -     -
+    64, 3, 32, 32, 16            0.66  0.82             -     -
+
+The rule below still holds: few channels lose, few tiles per tile row lose on two threads
+(Winograd's tasks are tile rows); 4x4 maps now win on one thread but not always on two, so
+the 64-pixel floor stays.
+
 Rule: Winograd when the convolution is one Winograd can do, with ``Cg >= WINOGRAD_MIN_CG`` (16)
 input channels and ``Fg >= WINOGRAD_MIN_FG`` (16) filters per group, at least
 ``WINOGRAD_MIN_PIXELS`` (64) output pixels per map and ``N * ceil(OW / 4) >=
