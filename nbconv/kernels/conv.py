@@ -162,8 +162,9 @@ def conv_rows(x, xs, gstride, w, off, bias, y, tasks, ph_out, Nr, Wx, osh, osw, 
         buf = np.empty((4 * nblk, nv3 * L), y.dtype)
         wg = w[p, g].reshape(-1)   # (Fp/4 blocks of E x 4) flat
         E = w.shape[3]
-        for e0 in range(0, max(ne, 1), KC):
-            e1 = min(ne, e0 + KC)
+        npass = max(1, (ne + KC - 1) // KC)   # equal passes of at most KC elements
+        for ip in range(npass):
+            e0, e1 = ne * ip // npass, ne * (ip + 1) // npass
             opc = op[e0:e1]
             for b in range(nfull // 3):
                 for fb in range(nblk):
