@@ -2,26 +2,32 @@
 
 ``y = A^T [ (G g G^T) . (B^T d B) ] A`` per 4x4 output tile: 36 products per tile and channel
 pair instead of 144 (Lavin & Gray's points 0, +-1, +-2, inf; ``G`` holds the fractions, so
-float64 stays exact to ~1e-14 relative).
+float64 stays exact to ~1e-14 relative). Everything on vectors of tiles, with the SIMD
+vocabulary (:mod:`nbconv.kernels.simd`, width ``VW``):
 
-- ``weight_transform``: ``U[g, e, c, f] = (G w[f, c] G^T)[e]`` (zero rows/columns pad ``Cg``/``Fo``
-  to multiples of 4). Small; recomputed per call.
+- ``weight_transform``: ``U[g, e, f // 4, c, f % 4] = (G w[f, c] G^T)[e]`` (blocks of 4 filters
+  contiguous, zero filters pad ``Fo`` to a multiple of 4). Small; recomputed per call.
 - ``winograd_forward``: one parallel loop over tasks, each a tile row ``th`` of a few images (or a
   run of tile columns of one image), ``T`` <= 128 tiles, written only by that task (no reductions
   across tasks, so results are bitwise identical for any thread count). Per task, in per-thread
   scratch (NNPACK's structure: all channels of a tile block transformed into L2, the product
-  blocked by channels for L1):
+  blocked for L1):
 
-  1. ``_input_transform``: per channel, the 6 input rows of all the task's images, zero padded,
-     side by side; the column transform ``B^T`` on whole rows (unit stride, vectorised); the row
-     transform ``B`` per tile; into ``V[c, e, j]``. Padding never enters as data: it is zeros
-     written once per task.
-  2. ``_product`` per block of ``FBK`` filters: ``M[k, e, :] = sum_c U[e, c, f] V[c, e, :]``,
-     4 channels x 4 filters per pass over a run of tiles, the 4 output rows in L1 as
-     accumulators (16 FMAs per 4 x-loads, 4 accumulator loads and 4 stores), channels in blocks
-     whose rows stay in L1.
-  3. ``_output_transform``: ``Y = A^T M A + bias`` as unit-stride loops over the tiles, then
-     each output row interleaved back from its tiles and cropped at the right/bottom edge.
+  1. ``_gather_patches``: per channel, the 6 input rows of the task's images copied, zero
+     padded, into a row buffer, then each tile's 6x6 patch into 36 arrays over the tiles;
+     ``_input_transform``: ``B^T d B`` on vectors of tiles (column transforms, then row
+     transforms) into ``V[c, e, :]``. Padding never enters as data: it is zeros.
+  2. per block of ``FBK`` filters, per transform point ``e``, the batched product
+     ``M[f, e, :] = sum_c U[e, c, f] V[c, e, :]`` by the micro-kernel
+     :func:`nbconv.kernels.gemm.tile_4x3` (4 filters x 3 vectors of tiles in 12 registers,
+     the channels as the reduction);
+  3. ``_output_transform``: ``Y = A^T M A + bias`` on vectors of tiles, then each output row
+     interleaved back from its tiles and cropped at the right/bottom edge.
+- ``winograd_weight_grad``: the weight gradient in the Winograd domain: per task the input
+  transform of ``x``'s tiles (as above) and ``dM = A dY A^T`` of ``dy``'s tiles
+  (``_gather_dy_tiles``, ``_dy_transform``), then ``dU[e] += V[:, e] dM[:, e]^T`` by
+  :func:`nbconv.kernels.gemm.dot_4x3` into a chunk's float64 partial sums (chunks fixed by the
+  wrapper, added in order); ``weight_grad_transform`` gives ``dw = G^T dU G``.
 
 Scratch rows hold an odd number of 64-byte lines, and a tile's 36 values sit in consecutive
 rows (``V[c, e, j]``, ``M[k, e, j]``): the first layout, ``V[e, c, j]`` with a 256-byte row,
@@ -31,45 +37,28 @@ Non-finite inputs: every output of a 4x4 tile mixes its whole 6x6 input patch, s
 input makes NaN in the whole tile(s) that read it (a superset of the outputs that are NaN with
 the direct algorithm; other tiles are untouched).
 
-Measured (AMD Zen 5, AVX-512, numba 0.68, float32, a busy shared 2-core machine):
+Measured on the SIMD kernels (AMD EPYC Zen 3, AVX2, one thread, ``time.thread_time``, best of
+many on a busy machine; the FMA peak is 99 GFLOP/s per core):
 
-- Accuracy (``tests/test_winograd.py::ACC_GRID``, unit-normal inputs, He-scaled weights, padding
-  1): max abs error against a float64 reference of the same float32 inputs: Winograd 2.66e-5,
-  direct kernel (``nbconv.functional.conv2d``) 6.40e-6, so 4.2x (the test asserts <= 10x);
-  PyTorch 1.88e-6. float64 Winograd: 1.1e-14 relative.
-- ``inspect_asm`` of ``_product``'s accumulate loop (float32 and float64): 16 ``vfmadd231p[sd]``
-  on zmm per iteration, 4 zmm stores, 7 zmm loads, 5 of the 16 broadcast weights reloaded from
-  the stack (LLVM keeps scalar copies of the weights for the remainder loop; no spill stores).
-- Where the time goes (one thread, ``time.thread_time``, which on this busy machine is far more
-  stable than wall time; torch's single-thread conv runs at up to ~190 direct GFLOP/s here, so
-  a core's fp32 peak is >= 190 GFLOP/s, i.e. >= 3 GHz x 2 x 512-bit FMA): the product, alone
-  with data in L1/L2, 70-100 GFLOP/s (37-50% of peak) for C = F = 16-128, T = 128; 55-60 for
-  T = 64. Per task, input transform 30-45 ns per tile and channel, output transform 15-25 ns
-  per tile and filter (was 110-160 on 8x8 maps before the row-by-row write-back), weight
-  transform 0.36 ms for 128 x 128 channels (was 3.4 ms: a temporary array per (f, c) and 36
-  stores per filter into one L1 set). On (64,64,16,16,64): product ~53% of the time, input
-  transform ~31%, output ~16%.
-- Whole forward, one thread, ms (Winograd / torch): (64,32,32,32,32) 12.2/10.1,
-  (64,64,16,16,64) 11.0/7.6, (64,128,8,8,128) 9.5/6.4 (was 13.3/6.0), (128,16,32,32,16)
-  7.6/7.6, (128,32,16,16,32) 5.1/4.0, (128,64,8,8,64) 4.6/3.3 (was 7.4/3.3),
-  (64,128,16,16,128) 27.0/24.7: 0.67-0.99x torch (8x8 maps were 0.45x).
-- Tried and dropped: product with 8 channels x 2 filters per pass (10 loads, 2 stores per 16
-  FMAs): 0.65x of 4x4; 8 channels x 4 filters (two 4-channel sums per accumulator store):
-  0.99-1.15x alone, inside the noise; a tile loop rounded up to a multiple of 16 (no remainder
-  loop, so no stack reloads: 16 FMAs, 0 reloads per iteration): 0.94-1.13x, no gain, and
-  0.72-1.0x combined with 8 channels; a fixed 16-tile inner loop (LLVM unrolls it fully before
-  vectorising, SLP is off in Numba: scalar code, 0.2x); channel blocks of 4-128 rows, filter
-  blocks 16-128, tasks of 64-512 tiles, V budgets 256 KiB-16 MiB, scratch rows of 9-15 cache
-  lines, scratch on transparent huge pages: all within +-10%. Input transform per tile in
-  scalar code (two 1-d passes in registers): 19-46 ns; rows split by column phase (in the copy
-  from x, so both passes run with unit stride over the tiles): 2x slower (4 short strided copy
-  loops per row and image); copy from x image by image instead of row by row: no change;
-  the row transform on every window of 6 columns (unit stride, vectorised, 4x the flops), then
-  the tiles' windows gathered into V by a table: 1.1-1.25x slower. Output transform per tile
-  in scalar code: 13-17 ns. Paired sums in the accumulate (LLVM re-chains them): no change.
-  Not tried: the channels-innermost product with scalar accumulators (its horizontal sums per
-  4x4 block cost too much for C = 16-64), F(2x2,3x3) for tiny maps, the weight gradient in the
-  Winograd domain (it stays direct), fusing the three passes per block of tiles.
+- Accuracy (``tests/test_winograd.py::ACC_GRID``): forward within 10x of the direct kernel's
+  float32 error (the test's bound; 4.2x measured before the rewrite); the weight gradient
+  7-19x (bound 20x: both operands are transformed before the sum).
+- Stages of (64, 64, 16x16, 64): patch gather 1.4-1.5 ms (22 ns per tile and channel; the
+  scalar version with bounds checks per element took 55-115), input transform 0.4-0.5 ms
+  (7 ns), product 4-4.7 ms (65-76 GFLOP/s, 66-77% of peak), output transform 1.1-1.3 ms
+  (17 ns per tile and filter; scalar: 24-34).
+- Whole forward, direct-equivalent GFLOP/s (Winograd / torch, one thread): (64,64,16,16,64)
+  109-125 / 78-82, (64,32,32,32,32) 103 / 79, (64,128,8,8,128) 98-144 / 83-85,
+  (64,16,32,32,16) 60-66 / 57-59, (8,64,56,56,64) 137-169 / 84-87, (64,256,8,8,256) 127-134
+  / 74-88: 1.07-1.94x torch.
+
+Before the SIMD rewrite (AMD Zen 5, AVX-512, a busy 2-core machine): the product with 4x4
+scalar blocks and the accumulators in L1 ran at 70-100 GFLOP/s (37-50% of that core's peak),
+the input transform took 30-45 ns per tile and channel, the output transform 15-25 ns per tile
+and filter; whole forward passes 0.67-0.99x torch. Tried then and dropped: 8 channels x 2 or 4
+filters per pass, a tile loop rounded to 16, a fixed 16-tile inner loop (scalar code once
+unrolled), channel blocks of 4-128 rows, filter blocks 16-128, tasks of 64-512 tiles, V budgets
+256 KiB-16 MiB, scratch rows of 9-15 cache lines, huge pages: all within +-10%.
 """
 import numpy as np
 from numba import get_thread_id, prange
