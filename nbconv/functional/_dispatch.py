@@ -17,6 +17,7 @@ winograd    3x3, stride 1, dilation 1: F(4x4,3x3)                  ``winograd.py
 exact       the textbook loops (padding skipped, not multiplied)   ``exact.py``
 ==========  =====================================================  =========================
 
+The interface (:class:`~nbconv.functional._engine.Engine`, their base):
 ``engine.layout(x, geom)``, ``engine.forward(geom, xb, weight, bias)``,
 ``engine.input_grad(geom, dy, weight)`` (no ``x`` needed), ``engine.weight_grad(geom, xb, dy,
 need_bias)`` and ``engine.backward(geom, xb, dy, weight, need_dx, need_bias)`` (both gradients;

@@ -18,6 +18,7 @@ import numpy as np
 from .._config import DEPTHWISE_MAX_CHUNKS, MIN_TASKS
 from ..kernels import depthwise as _dk
 from ._conv_plan import reduce_partials
+from ._engine import Engine
 
 
 def _scratch_plan(geom):
@@ -46,24 +47,16 @@ def _spread_plan(geom):
     return Toff, Loff, Hz, Wz, offs.astype(np.int64)
 
 
-class DepthwiseEngine:
+class DepthwiseEngine(Engine):
     """The depthwise engine (see the module docstring): one instance, :data:`DEPTHWISE`."""
 
     name = "depthwise"
     multiplies_padding = True
 
-    def x_of(self, x, geom):
-        """The layout is ``x`` itself."""
-        return x
-
     def weight_grad(self, geom, x, dy, need_bias):
         """``(dweight, dbias or None)``: :meth:`backward` without ``dx``."""
         w0 = np.zeros(geom.w_shape, geom.dtype)   # read only for dx, which is not made
         return self.backward(geom, x, dy, w0, False, need_bias)[1:]
-
-    def layout(self, x, geom):
-        """The kernels read ``x (N, C, H, W)`` as it is."""
-        return x
 
     def forward(self, geom, x, weight, bias):
         """y (N, n_filters, OH, OW) by :func:`nbconv.kernels.depthwise.depthwise_forward`:

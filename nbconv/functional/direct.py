@@ -23,9 +23,10 @@ import numpy as np
 from ..kernels import conv as _k
 from ..kernels import simd
 from . import _conv_plan as plan
+from ._engine import Engine
 
 
-class DirectEngine:
+class DirectEngine(Engine):
     """The direct engine (see the module docstring). Stateless: one instance, :data:`DIRECT`."""
 
     name = "direct"

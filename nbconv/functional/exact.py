@@ -10,20 +10,14 @@ so a non-finite weight gradient from them is recomputed here (rare, and slow).
 import numpy as np
 
 from ..kernels import textbook as _tb
+from ._engine import Engine
 
 
-class ExactEngine:
+class ExactEngine(Engine):
     """The exact engine (see the module docstring): one instance, :data:`EXACT`. Its layout is
     ``x`` itself."""
 
     name = "exact"
-    multiplies_padding = False
-
-    def layout(self, x, geom):
-        return x
-
-    def x_of(self, x, geom):
-        return x
 
     def forward(self, geom, x, weight, bias):
         y = np.empty(geom.y_shape, geom.dtype)
@@ -43,10 +37,6 @@ class ExactEngine:
         _tb.conv2d_backward_weight(dy, x, dw, db, geom.sh, geom.sw, geom.pt, geom.pl, geom.dh,
                                    geom.dw)
         return dw, (db if need_bias else None)
-
-    def backward(self, geom, x, dy, weight, need_dx, need_bias):
-        dx = self.input_grad(geom, dy, weight) if need_dx else None
-        return (dx,) + self.weight_grad(geom, x, dy, need_bias)
 
 
 EXACT = ExactEngine()

@@ -16,6 +16,7 @@ import numpy as np
 from ..kernels import conv as _k
 from ..kernels import simd
 from . import _conv_plan as plan
+from ._engine import Engine
 from .direct import weight_sums
 
 
@@ -28,11 +29,10 @@ def _stride1(geom):
                              (0, 0, 0, 0), (1, 1), geom.G, geom.dtype)
 
 
-class PointwiseEngine:
+class PointwiseEngine(Engine):
     """The pointwise engine (see the module docstring): one instance, :data:`POINTWISE`."""
 
     name = "pointwise"
-    multiplies_padding = False
 
     def layout(self, x, geom):
         """``x`` itself (flat) at stride 1, else the copy ``x[:, :, ::sh, ::sw]``."""
@@ -85,10 +85,6 @@ class PointwiseEngine:
         dyv = dy.reshape(g1.N, g1.n_filters, g1.H * g1.W)
         return weight_sums(g1, xb, g1.C * g1.H * g1.W, g1.Cg * g1.H * g1.W,
                            _offsets(g1, g1.Cg), dyv, need_bias)
-
-    def backward(self, geom, xb, dy, weight, need_dx, need_bias):
-        dx = self.input_grad(geom, dy, weight) if need_dx else None
-        return (dx,) + self.weight_grad(geom, xb, dy, need_bias)
 
 
 def _offsets(geom, n):

@@ -31,6 +31,7 @@ from ..kernels import simd
 from ..kernels import winograd as _k
 from ._algorithm import winograd_reason
 from ._conv_plan import ConvGeometry
+from ._engine import Engine
 
 __all__ = ["winograd_conv2d", "winograd_conv2d_input_grad", "winograd_conv2d_weight_grad"]
 
@@ -180,20 +181,13 @@ def _flipped(weight, geom):
     ).reshape(groups * Cg, Fo, 3, 3)
 
 
-class WinogradEngine:
+class WinogradEngine(Engine):
     """The Winograd engine (see the module docstring): one instance, :data:`WINOGRAD`. A NaN or
     inf spreads over whole 4x4 output tiles and large values can overflow in the transforms:
     the dispatcher's ``"auto"`` checks the data first (:func:`nbconv.functional._algorithm.
     winograd_fits`)."""
 
     name = "winograd"
-    multiplies_padding = False
-
-    def layout(self, x, geom):
-        return x
-
-    def x_of(self, x, geom):
-        return x
 
     def forward(self, geom, x, weight, bias):
         return _run(x, weight, bias, geom.pt, geom.pl, geom.OH, geom.OW, geom.G)
@@ -208,10 +202,6 @@ class WinogradEngine:
             with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, as torch
                 db = dy.sum(axis=(0, 2, 3))
         return _weight_grad(x, dy, geom), db
-
-    def backward(self, geom, x, dy, weight, need_dx, need_bias):
-        dx = self.input_grad(geom, dy, weight) if need_dx else None
-        return (dx,) + self.weight_grad(geom, x, dy, need_bias)
 
 
 WINOGRAD = WinogradEngine()
