@@ -9,7 +9,11 @@ re-associated and vectorised, but NaN and inf still propagate and ``x != x`` sti
 ``kernel(exact=True)`` / ``serial_kernel(exact=True)`` compile without it (LLVM neither
 contracts ``a * b + c`` into an FMA nor re-associates), for kernels whose results must equal
 the NumPy code they replace bit for bit (the fused optimizer updates of
-:mod:`nbconv.kernels.optim`).
+:mod:`nbconv.kernels.optim`), and for elementwise loops with arithmetic (the activations of
+:mod:`nbconv.kernels.activation`): LLVM vectorises such a loop and keeps a scalar copy of it
+for the last elements and for when a runtime alias check finds an output starting just behind
+an input (a fresh allocation right behind another on the heap); with fastmath it may simplify
+the two copies differently, so an element's last bit would depend on where the arrays lie.
 
 Compiling is announced: the first time in a process that a kernel's machine code is not in
 Numba's disk cache (so Numba compiles it, seconds to a minute for a model), nbconv says so once

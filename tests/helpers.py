@@ -78,3 +78,61 @@ def non_contiguous(a):
     v = big[..., ::2]
     assert not v.flags.c_contiguous
     return v
+
+
+def placements(arrays, max_gap=8, offsets=16):
+    """Yield ``(where, copies)``: C-contiguous copies of ``arrays`` (same shapes, dtypes and
+    values; all of one dtype) placed in memory in different ways, for kernels whose results
+    must not depend on where their arrays lie: back to back in one buffer, in the given order
+    and reversed, with 0 .. max_gap-1 elements between them (a fresh allocation can land right
+    behind another one, and LLVM's runtime alias checks then take the loop's scalar copy), and
+    each alone at 0 .. offsets-1 elements past a 64-byte boundary (vector alignment)."""
+    dt = arrays[0].dtype
+    assert all(a.dtype == dt for a in arrays)
+
+    def aligned(n):
+        raw = np.empty(n + 64 // dt.itemsize, dt)
+        o = (-raw.ctypes.data % 64) // dt.itemsize
+        return raw[o:o + n]
+
+    def put(buf, start, a):
+        v = buf[start:start + a.size].reshape(a.shape)
+        v[...] = a
+        return v
+
+    k = len(arrays)
+    for order in (list(range(k)), list(range(k))[::-1]):
+        for gap in range(max_gap):
+            buf = aligned(sum(a.size for a in arrays) + gap * k)
+            copies, pos = [None] * k, 0
+            for i in order:
+                copies[i] = put(buf, pos, arrays[i])
+                pos += arrays[i].size + gap
+            yield f"in one buffer in the order {order}, {gap} elements apart", copies
+    for off in range(offsets):
+        yield (f"each alone, {off} elements past 64 bytes",
+               [put(aligned(a.size + off), off, a) for a in arrays])
+
+
+def bits(a):
+    """The raw bits of float array ``a`` as unsigned integers (tells -0.0 from 0.0 and NaN
+    payloads apart)."""
+    return np.ascontiguousarray(a).view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def assert_same_bits_wherever(call, arrays, outputs):
+    """Run ``call(*copies)`` for every placement of ``arrays`` (:func:`placements`); the arrays
+    at indices ``outputs`` (written by the call) must come out with the same bits each time.
+    Returns the outputs of the first placement."""
+    first = None
+    for where, copies in placements(arrays):
+        call(*copies)
+        got = [bits(copies[i]).copy() for i in outputs]
+        if first is None:
+            first = got
+            continue
+        for i, g, f in zip(outputs, got, first):
+            diff = np.flatnonzero(g != f)
+            assert diff.size == 0, (f"output {i} differs in {diff.size} elements (first at "
+                                    f"{diff[0]}) with the arrays {where}")
+    return first

@@ -9,8 +9,8 @@ from nbconv import functional as F, reference as R
 from nbconv.layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d,
                            ReLU, Sequential, SoftmaxCrossEntropy)
 
-from helpers import (DTYPES, assert_close, non_contiguous, num_threads, numeric_grad,
-                     torch_tensor, to_numpy)
+from helpers import (DTYPES, assert_close, assert_same_bits_wherever, non_contiguous,
+                     num_threads, numeric_grad, torch_tensor, to_numpy)
 
 
 def run_layer(layer, x, dy):
@@ -565,6 +565,28 @@ def test_elementwise_parallel_kernels_equal_serial(rng):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(outs[0][2], np.where(mask, x * np.float32(1 / 0.7), 0))
 
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_dropout_kernels_bitwise_wherever_the_arrays_lie(dtype, parallel, rng):
+    """ReLU and Dropout give the same bits (signed zeros, NaN) wherever their arrays lie: an
+    output right behind an input, misaligned (tests/helpers.placements; the activations'
+    backward did not, test_activation)."""
+    from nbconv.kernels import basic as KB
+    if parallel:
+        fwd, bwd, drop = KB.relu_forward, KB.relu_backward, KB.dropout
+    else:
+        fwd, bwd, drop = KB.relu_forward_serial, KB.relu_backward_serial, KB.dropout_serial
+    n = 1003
+    x = rng.normal(size=n).astype(dtype)
+    x[:6] = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf]
+    dy = rng.normal(size=n).astype(dtype)
+    mask = (rng.random(n) >= 0.3).view(np.uint8)
+    scale = dtype(1 / 0.7)
+    assert_same_bits_wherever(lambda a, o: fwd(a, o), [x, np.empty_like(x)], [1])
+    assert_same_bits_wherever(lambda d, y, o: bwd(d, y, o), [dy, x, np.empty_like(x)], [2])
+    assert_same_bits_wherever(lambda a, o: drop(a, mask, scale, o), [x, np.empty_like(x)], [1])
 
 def test_softmax_ce_nan_logits_give_nan_like_torch():
     logits = np.array([[1.0, np.nan, 2.0], [0.5, 0.1, -1.0]], np.float32)

@@ -7,8 +7,8 @@ import torch
 import nbconv.functional as F
 from nbconv import reference as R
 from nbconv.layers import BatchNorm2d, GroupNorm
-from helpers import (DTYPES, assert_close, non_contiguous, num_threads, numeric_grad, to_numpy,
-                     torch_tensor)
+from helpers import (DTYPES, assert_close, assert_same_bits_wherever, non_contiguous,
+                     num_threads, numeric_grad, to_numpy, torch_tensor)
 
 # (shape, num_groups): layer norm (G=1), instance norm (G=C), N=1, 1x1 spatial, odd sizes
 GN_CASES = [((2, 6, 5, 4), 1), ((2, 6, 5, 4), 2), ((2, 6, 5, 4), 3), ((2, 6, 5, 4), 6),
@@ -387,3 +387,40 @@ def test_thread_count_invariance(rng, dtype):
     for other in outs[1:]:
         for a, c in zip(outs[0], other):
             np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_kernels_bitwise_wherever_the_arrays_lie(rng, dtype):
+    """The norm kernels' loops store and sum at once (the next row's statistics), so a scalar
+    copy of a vectorised loop taken for close addresses would change the sums: every output
+    has the same bits wherever the arrays lie (tests/helpers.placements)."""
+    from nbconv.kernels import norm as K
+    N, C, HW, G = 3, 8, 45, 4
+    x, dy, w, b = _data(rng, (N, C, HW), dtype)
+    g3 = (N * G, C // G, HW)
+    mean, rstd = np.empty(N * G), np.empty(N * G)
+    K.group_norm_forward(x.reshape(g3), w, b, 1e-5, np.empty(g3, dtype), mean, rstd)
+    bm, br, bv = np.empty(C), np.empty(C), np.empty(C)
+    K.batch_norm_train_forward(x, w, b, 1e-5, np.empty_like(x), bm, br, bv)
+
+    def gn_forward(x_, y_):
+        K.group_norm_forward(x_, w, b, 1e-5, y_, np.empty(N * G), np.empty(N * G))
+
+    def gn_backward(dy_, x_, dx_, dwb):
+        sdy = np.empty((N * G, C // G))
+        K.group_norm_backward(dy_, x_, mean, rstd, w, True, dx_, sdy, np.empty_like(sdy),
+                              dwb[:C], dwb[C:])
+
+    def bn_forward(x_, y_):
+        K.batch_norm_train_forward(x_, w, b, 1e-5, y_, np.empty(C), np.empty(C), np.empty(C))
+
+    def bn_backward(dy_, x_, dx_, dwb):
+        K.batch_norm_backward(dy_, x_, bm, br, w, True, True, dx_, dwb[:C], dwb[C:])
+
+    x3, dy3, z2 = x.reshape(g3), dy.reshape(g3), np.zeros(2 * C, dtype)
+    assert_same_bits_wherever(gn_forward, [x3, np.empty_like(x3)], [1])
+    assert_same_bits_wherever(gn_backward, [dy3, x3, np.empty_like(x3), z2], [2, 3])
+    assert_same_bits_wherever(bn_forward, [x, np.empty_like(x)], [1])
+    assert_same_bits_wherever(lambda x_, y_: K.batch_norm_apply(x_, bm, br, w, b, y_),
+                              [x, np.empty_like(x)], [1])
+    assert_same_bits_wherever(bn_backward, [dy, x, np.empty_like(x), z2], [2, 3])

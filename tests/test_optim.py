@@ -9,7 +9,7 @@ import torch
 
 from nbconv import optim
 
-from helpers import DTYPES
+from helpers import DTYPES, assert_same_bits_wherever
 
 SHAPES = {"0.weight": (4, 3), "0.bias": (4,), "2.weight": (2, 2, 3, 3)}
 STEPS = 6
@@ -444,3 +444,26 @@ def test_warm_up_compiles_the_runs_optimizer(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env=dict(os.environ, PYTHONPATH=root, NBCONV_QUIET="1"))
     assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_kernels_bitwise_wherever_the_arrays_lie(dtype, parallel):
+    """The fused updates give the same bits wherever the parameter, gradient and buffers lie
+    (back to back, misaligned: tests/helpers.placements), as they must to equal NumPy's."""
+    from nbconv.kernels import optim as K
+    rng = np.random.default_rng(5)
+    n = 1003
+    p, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = (np.abs(rng.standard_normal(n)) * 0.01).astype(dtype)
+    adam, sgd, rms = ((K.adam, K.sgd, K.rmsprop) if parallel
+                      else (K.adam_serial, K.sgd_serial, K.rmsprop_serial))
+    c = np.array([0.999, 0.01, 0.1, 0.999, 0.001, 0.05, 1e-8, 0.001], dtype)
+    for flags in ([1, 1, 1], [0, 1, 0]):
+        f = np.array(flags, np.int64)
+        assert_same_bits_wherever(lambda *a: adam(*a, c, f), [p, g, m, v, v * 2], [0, 2, 3, 4])
+    cs, fs = np.array([0.01, 0.001, 0.9, 0.9], dtype), np.array([1, 1, 0, 1], np.int64)
+    assert_same_bits_wherever(lambda *a: sgd(*a, cs, fs), [p, g, m], [0, 2])
+    cr = np.array([0.01, 0.001, 0.99, 0.01, 1e-8, 0.9], dtype)
+    fr = np.array([1, 1, 1], np.int64)
+    assert_same_bits_wherever(lambda *a: rms(*a, cr, fr), [p, g, v, m * 0.01, m], [0, 2, 3, 4])
