@@ -260,15 +260,17 @@ LINEAR_NN_KC_BYTES = 24 << 10  # backward: reduction chunk such that its 3-vecto
 #   of w (or x), kc x 3 vectors, stays in L1 (256 rows with AVX2)
 LINEAR_NN_PANEL_BYTES = 256 << 10  # backward: columns of w (or x) copied per pass (whole blocks
 #   of 3 vectors, kc rows): each row's part read as one run, the copy stays in L2
-LINEAR_COPY_ROWS = ((4096, 4), (1024, 16))  # backward: the rows of w (or x) are read in place
-#   unless their stride in bytes is a multiple of the first number of a pair (rows then share
-#   few L1 sets) and the product has more output rows than the second (enough to pay for the
-#   copy) ...
+LINEAR_COPY_ROWS = ((16384, 4), (1024, 16))  # backward: the rows of w (or x) are read in
+#   place unless their stride in bytes is a multiple of the first number of a pair (rows then
+#   share few L1 sets) and the product has more output rows than the second (enough to pay
+#   for the copy) ...
 LINEAR_INPLACE_MAX_K = 128  # ... or a reduction chunk has more rows than this (in place, a
 #   3-vector block of kc rows spans about 2.5 cache lines per row: more than L1 holds).
-#   Measured (Zen 3, one thread): in place / copied GFLOP/s dweight (64, 4096) -> 10: 35 / 47,
-#   (64, 4000) -> 10: 65 / 48, (64, 512) -> 10: 49 / 42, (64, 512) -> 32: 63 / 69; dx
-#   (64, 8192) -> 100: 45 / 73, (64, 8000) -> 100: 74 / 69, (256, 4000) -> 1000: 64 / 82
+#   Measured (Zen 3, one thread), in place / copied GFLOP/s: dweight float32 (64, 4096) -> 10:
+#   35 / 47, (64, 4000) -> 10: 65 / 48, (64, 512) -> 10: 49 / 42, (64, 512) -> 32: 63 / 69;
+#   float64 (64, 512) -> 10: 17 / 14, (128, 1024) -> 10: 24 / 21, (128, 4096) -> 10: 16 / 21,
+#   (128, 512) -> 32: 24 / 35; dx float32 (64, 8192) -> 100: 45 / 73, (64, 8000) -> 100:
+#   74 / 69, (256, 4000) -> 1000: 64 / 82
 LINEAR_MC = 512  # backward: output rows per task at most (a multiple of 4): every task copies
 #                  its panels of w (or x) once for all its rows (128 rows: dx + dweight of
 #                  (256, 4096) -> 1000 took 57 instead of 52 ms on one Zen 3 core)

@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from .._config import FLAT  # elements per task of the elementwise kernels
-from .._config import MATMUL_CHUNK as CHUNK  # columns of c per task in matmul_nn
+from .._config import MATMUL_CHUNK as CHUNK  # columns per pass of sum_rows
 from .._config import MATMUL_KC as KC  # reduction chunk of matmul_nt
 from .._config import kernel, serial_kernel
 from . import gemm, simd
