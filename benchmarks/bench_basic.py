@@ -1,7 +1,8 @@
 """Benchmarks of the basic layers and the optimizer step at the three-layer net's sizes (batch 64):
 nbconv vs the NumPy reference (OpenBLAS for the products) vs PyTorch, float32, interleaved.
 
-- Linear 8192->100 forward + backward (dx, dweight, dbias): GFLOP/s of ``3 * 2*N*in*out``.
+- Linear forward + backward (dx, dweight, dbias): GFLOP/s of ``3 * 2*N*in*out``, at the
+  three-layer net's 8192->100 and 100->10, a classifier's 512->10 and 64->10, and 4096->1000.
 - ReLU forward + backward on ``(64, 32, 32, 32)``: GB/s of bytes read + written (x, y; dy, y, dx).
 - Adam step on the three-layer net's 832k parameters: GB/s of param, grad, m, v read + p, m, v
   written. The PyTorch row is ``torch.optim.Adam`` (single-tensor path on CPU).
@@ -36,9 +37,15 @@ def _copy_of(nbytes):
     return lambda: np.copyto(dst, src)
 
 
-def test_linear(benchmark):
+# (N, in, out): the three-layer net's two layers, ResNet/VGG classifiers, a big one
+LINEAR_SHAPES = [
+    (64, 8192, 100), (64, 100, 10), (64, 512, 10), (128, 64, 10), (256, 4096, 1000)]
+
+
+@pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=lambda s: "{}x{}x{}".format(*s))
+def test_linear(benchmark, shape):
     rng = np.random.default_rng(0)
-    n, fin, fout = 64, 8192, 100
+    n, fin, fout = shape
     x = rng.normal(size=(n, fin)).astype(DT)
     w = rng.normal(size=(fout, fin)).astype(DT) * 0.01
     b = np.zeros(fout, DT)

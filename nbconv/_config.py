@@ -249,10 +249,40 @@ NORM_BLOCK = 16  # [kernel] at most this many rows/channels per task: a task's i
 NORM_MIN_TASKS = 16  # [kernel] smaller blocks down to 1 item until there are this many tasks
 
 # basic (nbconv.kernels.basic, nbconv.functional.basic)
-MATMUL_CHUNK = 1024  # [kernel] columns of c per task in matmul_nn: 4 rows of c and 8 of b
-#                      (48 KiB float32) stay in L1 (512: 15-20% slower on Zen 5)
-MATMUL_KC = 1024  # [kernel] reduction chunk of matmul_nt: a 4x1024 block of a and of b stay
-#                   in L1 (512: 0.98 ms, 1024: 0.77 ms, 2048: 0.91 ms for 64x8192x100)
+MATMUL_CHUNK = 1024  # [kernel] columns per pass of sum_rows (the bias gradient): their
+#                      partial sums stay in L1
+MATMUL_KC = 1024  # [kernel] reduction chunk of matmul_nt (Linear's forward for short rows): a
+#                   4x1024 block of a and of b stay in L1 (512: 0.98 ms, 1024: 0.77 ms, 2048:
+#                   0.91 ms for 64x8192x100 on Zen 5)
+# Linear on the SIMD micro-kernels (nbconv.kernels.basic.linear_forward / linear_grads; the
+# functional layer passes these as arguments, so changing one needs no cache clearing)
+LINEAR_SIMD_MIN_IN = 128  # forward: fewer input features run matmul_nt's scalar 4x4 blocks:
+#   measured (Zen 3, one thread, N 64/256, out 10/100) as fast or faster there (old time / SIMD
+#   time with in = 32: 0.75-0.92, 64: 0.81-1.02, 128: 0.96-1.15, 512: 1.2-1.5)
+LINEAR_KC_BYTES = 4096  # forward: reduction chunk per row (1024 float32): 4 rows of x (16 KiB)
+#                         stay in L1 while 3-row blocks of the weight stream from L2
+LINEAR_JC = 48  # forward: weight rows per slab (a multiple of 3): their chunk (192 KiB) stays
+#                 in L2 while all the rows of x pass
+LINEAR_NN_KC_BYTES = 24 << 10  # backward: reduction chunk such that its 3-vector-wide block
+#   of w (or x), kc x 3 vectors, stays in L1 (256 rows with AVX2)
+LINEAR_NN_PANEL_BYTES = 256 << 10  # backward: columns of w (or x) copied per pass (whole blocks
+#   of 3 vectors, kc rows): each row's part read as one run, the copy stays in L2
+LINEAR_COPY_ROWS = ((16384, 4), (1024, 16))  # backward: the rows of w (or x) are read in
+#   place unless their stride in bytes is a multiple of the first number of a pair (rows then
+#   share few L1 sets) and the product has more output rows than the second (enough to pay
+#   for the copy) ...
+LINEAR_INPLACE_MAX_K = 128  # ... or a reduction chunk has more rows than this (in place, a
+#   3-vector block of kc rows spans about 2.5 cache lines per row: more than L1 holds).
+#   Measured (Zen 3, one thread), in place / copied GFLOP/s: dweight float32 (64, 4096) -> 10:
+#   35 / 47, (64, 4000) -> 10: 65 / 48, (64, 512) -> 10: 49 / 42, (64, 512) -> 32: 63 / 69;
+#   float64 (64, 512) -> 10: 17 / 14, (128, 1024) -> 10: 24 / 21, (128, 4096) -> 10: 16 / 21,
+#   (128, 512) -> 32: 24 / 35; dx float32 (64, 8192) -> 100: 45 / 73, (64, 8000) -> 100:
+#   74 / 69, (256, 4000) -> 1000: 64 / 82
+LINEAR_MC = 512  # backward: output rows per task at most (a multiple of 4): every task copies
+#                  its panels of w (or x) once for all its rows (128 rows: dx + dweight of
+#                  (256, 4096) -> 1000 took 57 instead of 52 ms on one Zen 3 core)
+LINEAR_NC_BYTES = 2048  # backward: output columns per task in bytes (512 float32): enough
+#                         tasks to share between threads, each a few panels wide
 FLAT = 16384  # [kernel] elements per task of the elementwise kernels: 64 KiB float32, long
 #               enough to amortise a task, short enough to split a 1 MB array 16 ways
 PARALLEL_ELEMENTS = 1 << 23  # elementwise ops (ReLU, dropout, optimizer updates) on smaller

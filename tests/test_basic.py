@@ -600,20 +600,22 @@ def test_softmax_ce_nan_logits_give_nan_like_torch():
     np.testing.assert_allclose(d[1], tl.grad.numpy()[1], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("m1,k1,m2", [(9, 5, 30), (30, 7, 9), (8, 8, 8)])
-def test_matmul_nn_pair_equals_two_products(m1, k1, m2, rng):
-    """dx and dweight in one launch: either product may have more tasks than the other."""
-    from nbconv.kernels import basic as KB
-    n = 2100   # 3 column chunks, a partial one last
-    a1 = rng.normal(size=(m1, k1)).astype(np.float32)
-    b1 = rng.normal(size=(k1, n)).astype(np.float32)
-    a2 = rng.normal(size=(m2, 11)).astype(np.float32)
-    b2 = rng.normal(size=(11, n)).astype(np.float32)
-    c1, c2 = np.empty((m1, n), np.float32), np.empty((m2, n), np.float32)
-    r1, r2 = np.empty_like(c1), np.empty_like(c2)
-    KB.matmul_nn_pair(a1, b1, c1, a2, b2, c2)
-    KB.matmul_nn_serial(a1, b1, r1)
-    KB.matmul_nn_serial(a2, b2, r2)
-    np.testing.assert_array_equal(c1, r1)
-    np.testing.assert_array_equal(c2, r2)
-    np.testing.assert_allclose(r1, a1.astype(np.float64) @ b1, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("n,fout", [(600, 9), (9, 600), (8, 8)])
+def test_linear_grads_in_one_launch_equal_separate_products(n, fout, rng, monkeypatch):
+    """dx and dweight in one launch (tasks of both interleaved): either product may have more
+    tasks than the other; the results equal those of the serial kernel and of dweight alone."""
+    import nbconv.functional.basic as FB
+    fin = 2100   # several column blocks per product, a partial one last
+    x = rng.normal(size=(n, fin)).astype(np.float32)
+    w = rng.normal(size=(fout, fin)).astype(np.float32)
+    dy = rng.normal(size=(n, fout)).astype(np.float32)
+    monkeypatch.setattr(FB, "PARALLEL_MACS", 0)
+    dx, dw, _ = F.linear_backward(dy, x, w)
+    _, dw_alone, _ = F.linear_backward(dy, x, w, need_dx=False)
+    monkeypatch.setattr(FB, "PARALLEL_MACS", 1 << 62)
+    sdx, sdw, _ = F.linear_backward(dy, x, w)
+    np.testing.assert_array_equal(dx, sdx)
+    np.testing.assert_array_equal(dw, sdw)
+    np.testing.assert_array_equal(dw, dw_alone)
+    assert_close(dx, dy.astype(np.float64) @ w, scale=np.sqrt(fout))
+    assert_close(dw, dy.T.astype(np.float64) @ x, scale=np.sqrt(n))

@@ -14,11 +14,17 @@ Every function validates its arguments first (``TypeError`` / ``ValueError`` nam
 and the shapes), computes in the inputs' dtype and returns new arrays; inputs are never
 modified.
 """
+import functools
+
 import numpy as np
 
 from .._checks import check_array, check_float
 from .._config import PARALLEL_ELEMENTS, PARALLEL_MACS  # below these: one thread
+from .._config import (LINEAR_COPY_ROWS, LINEAR_INPLACE_MAX_K, LINEAR_JC, LINEAR_KC_BYTES,
+                       LINEAR_MC, LINEAR_NC_BYTES, LINEAR_NN_KC_BYTES, LINEAR_NN_PANEL_BYTES,
+                       LINEAR_SIMD_MIN_IN, MIN_TASKS)  # Linear's blocking (see _config)
 from ..kernels import basic as K
+from ..kernels import simd
 
 __all__ = ["relu", "relu_backward", "linear", "linear_backward", "dropout_mask", "dropout",
            "dropout_backward", "softmax_cross_entropy"]
@@ -66,46 +72,127 @@ def _linear_args(x, weight, bias):
     return x, weight, bias
 
 
-def _pick(parallel, serial, macs):
-    return parallel if macs >= PARALLEL_MACS else serial
+def _split(n, parts):
+    """``[0, n)`` in ``parts`` nearly equal consecutive ranges (bounds)."""
+    return [n * p // parts for p in range(parts + 1)]
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_plan(N, Kin, F, itemsize, nbytes, parallel):
+    """Task table, ``kc`` and ``jc`` of :func:`nbconv.kernels.basic.linear_forward`: tasks are
+    weight slabs (``LINEAR_JC`` rows) x parts of the batch, at least ``MIN_TASKS`` of them when
+    ``parallel`` and the blocks allow; one task otherwise."""
+    L = nbytes // itemsize
+    kc = max(L, LINEAR_KC_BYTES // itemsize // L * L)
+    nrb, ncb = (N + 3) // 4, (F + 2) // 3
+    if not parallel:
+        return np.array([[0, 4 * nrb, 0, 3 * ncb]], np.int64), kc, LINEAR_JC
+    cols = _split(ncb, max(1, min(ncb, (ncb * 3 + LINEAR_JC - 1) // LINEAR_JC)))
+    rows = _split(nrb, min(nrb, max(1, -(-MIN_TASKS // (len(cols) - 1)))))
+    tasks = [(4 * rows[a], 4 * rows[a + 1], 3 * cols[b], 3 * cols[b + 1])
+             for a in range(len(rows) - 1) for b in range(len(cols) - 1)]
+    return np.array(tasks, np.int64), kc, LINEAR_JC
+
+
+def _nn_tasks(which, M, Nc, L, itemsize, parallel):
+    """Blocks ``(which, r0, r1, q0, q1)`` of an (M, Nc) product: ``LINEAR_MC`` rows x
+    ``LINEAR_NC_BYTES`` of columns (whole 3-vector blocks), narrower when ``parallel`` needs
+    ``MIN_TASKS`` of them."""
+    blk = 3 * L
+    nqb = (Nc + blk - 1) // blk
+    rows = list(range(0, M, LINEAR_MC)) + [(M + 3) // 4 * 4]
+    per = max(1, LINEAR_NC_BYTES // itemsize // blk)
+    parts = (nqb + per - 1) // per
+    if parallel:
+        parts = min(nqb, max(parts, -(-MIN_TASKS // (len(rows) - 1))))
+    cols = [min(Nc, blk * c) for c in _split(nqb, parts)]
+    return [(which, rows[a], rows[a + 1], cols[b], cols[b + 1])
+            for a in range(len(rows) - 1) for b in range(len(cols) - 1)]
+
+
+@functools.lru_cache(maxsize=256)
+def _grads_plan(N, Kin, F, need_dx, itemsize, nbytes, parallel):
+    """Task table, ``kc``, panel width and ``(copy for dx, copy for dweight)`` of
+    :func:`nbconv.kernels.basic.linear_grads`: the blocks of ``dx`` (if wanted) and of
+    ``dweight``, interleaved (each thread's share gets both)."""
+    L = nbytes // itemsize
+    kc = max(4, LINEAR_NN_KC_BYTES // (3 * nbytes))
+    tw = _nn_tasks(1, F, Kin, L, itemsize, parallel)
+    tx = _nn_tasks(0, N, Kin, L, itemsize, parallel) if need_dx else []
+    tasks = [t for pair in zip(tx, tw) for t in pair] + tx[len(tw):] + tw[len(tx):]
+    kp = min(kc, max(N, F))
+    pw = max(1, LINEAR_NN_PANEL_BYTES // (kp * 3 * nbytes))
+    copy = (_copy_panels(N, F, Kin * itemsize, kc), _copy_panels(F, N, Kin * itemsize, kc))
+    return np.array(tasks, np.int64), kc, pw, copy
+
+
+def _copy_panels(M, Kred, stride, kc):
+    """Whether a product with ``M`` output rows and ``Kred`` reduction rows of ``stride`` bytes
+    copies its blocks of rows into contiguous panels (``LINEAR_COPY_ROWS``,
+    ``LINEAR_INPLACE_MAX_K``)."""
+    for multiple, rows in LINEAR_COPY_ROWS:
+        if stride % multiple == 0:
+            return M > rows
+    return min(Kred, kc) > LINEAR_INPLACE_MAX_K
+
+
+_NO_BIAS = {np.dtype(t): np.zeros(0, t) for t in (np.float32, np.float64)}
 
 
 def linear(input, weight, bias=None):
-    """``y (N, out) = x (N, in) @ weight.T (in, out) + bias (out,)`` (``x`` is ``input``)."""
+    """``y (N, out) = x (N, in) @ weight.T (in, out) + bias (out,)`` (``x`` is ``input``).
+
+    Dot products of the rows of ``x`` and ``weight`` on the SIMD micro-kernel
+    (:func:`nbconv.kernels.basic.linear_forward`); below ``LINEAR_SIMD_MIN_IN`` input features
+    the scalar 4x4 blocks of :func:`nbconv.kernels.basic.matmul_nt`, which were measured as
+    fast or faster there (short dot products: the micro-kernel's per-block lane sums weigh
+    more). Reference: :func:`nbconv.reference.linear`."""
     x, weight, bias = _linear_args(input, weight, bias)
-    y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
-    _pick(K.matmul_nt, K.matmul_nt_serial, x.size * weight.shape[0])(x, weight, y)
-    if bias is not None:
-        K.add_bias(y, bias)
+    N, Kin = x.shape
+    F = weight.shape[0]
+    y = np.empty((N, F), x.dtype)
+    parallel = N * Kin * F >= PARALLEL_MACS
+    if Kin < LINEAR_SIMD_MIN_IN:
+        (K.matmul_nt if parallel else K.matmul_nt_serial)(x, weight, y)
+        if bias is not None:
+            K.add_bias(y, bias)
+        return y
+    V = simd.WIDTH
+    tasks, kc, jc = _forward_plan(N, Kin, F, x.dtype.itemsize, V.nbytes, parallel)
+    fn = K.linear_forward if parallel else K.linear_forward_serial
+    fn(x, weight, bias if bias is not None else _NO_BIAS[x.dtype], bias is not None, y, tasks,
+       kc, jc, V)
     return y
 
 
 def linear_backward(dy, x, weight, need_dx=True, need_bias=True):
     """Gradients of :func:`linear`: ``dx = dy @ weight`` ``(N, in)``, ``dweight = dy.T @ x``
     ``(out, in)``, ``dbias = dy.sum(0)`` ``(out,)``; returns ``(dx, dweight, dbias)`` with
-    ``None`` for the ones not asked for."""
+    ``None`` for the ones not asked for.
+
+    ``dx`` and ``dweight`` in one launch of :func:`nbconv.kernels.basic.linear_grads` (4 output
+    rows x 3 vectors of columns per micro-kernel call); reference:
+    :func:`nbconv.reference.linear_backward`."""
     x, weight, _ = _linear_args(x, weight, None)
     dy = check_array(dy, "dy", ndim=2, dtype=weight.dtype)
     if dy.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"dy must have shape {(x.shape[0], weight.shape[0])} for x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
-    dx = db = None
+    N, Kin = x.shape
+    F = weight.shape[0]
+    V = simd.WIDTH
+    parallel = N * Kin * F >= PARALLEL_MACS   # of each product
+    tasks, kc, pw, (copyx, copyw) = _grads_plan(N, Kin, F, bool(need_dx), x.dtype.itemsize,
+                                                V.nbytes, parallel)
     dw = np.empty_like(weight)
-    dyt = np.ascontiguousarray(dy.T)
-    macs = x.size * dy.shape[1]   # of each product
-    if need_dx:
-        dx = np.empty_like(x)
-        if macs >= PARALLEL_MACS:   # dx and dweight in one launch
-            K.matmul_nn_pair(dy, weight, dx, dyt, x, dw)
-        else:
-            K.matmul_nn_serial(dy, weight, dx)
-            K.matmul_nn_serial(dyt, x, dw)
-    else:
-        _pick(K.matmul_nn, K.matmul_nn_serial, macs)(dyt, x, dw)
+    dx = np.empty_like(x) if need_dx else np.empty((0, Kin), x.dtype)
+    fn = K.linear_grads if parallel else K.linear_grads_serial
+    fn(dy, weight, x, dx, dw, tasks, kc, pw, copyx, copyw, V)
+    db = None
     if need_bias:
-        db = np.empty(weight.shape[0], dy.dtype)
+        db = np.empty(F, dy.dtype)
         K.sum_rows(dy, db)
-    return dx, dw, db
+    return (dx if need_dx else None), dw, db
 
 
 def dropout_mask(shape, p, rng, dtype=np.float32):

@@ -7,25 +7,37 @@ its output and sums in a fixed order, so results are bitwise identical across ru
 counts. No BLAS: NumPy's multi-threaded OpenBLAS fights Numba's worker threads for the two cores
 (measured: a 64x8192x100 product went from 2 ms to 30-400 ms right after a Numba kernel).
 
-- ``matmul_nt(a (M, K), b (N, K), c (M, N))``: ``c = a b^T`` (``c[i, j] = sum_k a[i, k]
-  b[j, k]``), dot products of contiguous rows (the reduction innermost, vectorised along k), in
-  4x4 register blocks: 16 vector accumulators, 8 loads per 16 FMAs.
-- ``matmul_nn(a (M, K), b (K, N), c (M, N))``: ``c = a b`` (``c[i, j] = sum_k a[i, k]
-  b[k, j]``), 4 rows of ``c`` built in L1 as sums of scaled rows of ``b`` (contiguous,
-  vectorised along j), 8 terms per pass, in column chunks.
+Linear's products, on the register-blocked micro-kernels of :mod:`nbconv.kernels.gemm` (the
+SIMD vocabulary :mod:`nbconv.kernels.simd`; ``V`` the vector width, the last argument):
 
-Measured on Zen 5 (AVX-512), one thread, float32, 64x8192x100 (the three-layer net's Linear):
-forward (nt) 0.77-0.93 ms = 113-136 GFLOP/s (NumPy's OpenBLAS: 122), dx (nn, K=100) 74 GFLOP/s,
-dweight (nn, K=64) 89 GFLOP/s. The earlier 2x4 nt kernel indexed ``a[i, k]`` on the 2-d arrays
-and ran at 2 GFLOP/s there; 1-d row views vectorise.
+- ``linear_forward(x (N, K), w (F, K), ...)``: ``y = x w^T (+ bias)`` as dot products of
+  contiguous rows, 4 rows of ``x`` x 3 of ``w`` per call of ``gemm.dot_4x3``; neither operand
+  is copied.
+- ``linear_grads(dy, w, x, dx, dw, ...)``: ``dx = dy w`` and ``dw = dy^T x`` in one launch,
+  each as 4 output rows x 3 vectors of columns per call of ``gemm.tile_4x3`` (``dy`` packed in
+  4-row blocks; ``w`` / ``x`` rows read in place or, where their stride is a multiple of 1-4
+  KiB, copied panel by panel).
+- ``matmul_nt(a (M, K), b (N, K), c (M, N))``: ``c = a b^T`` as dot products in 4x4 blocks of
+  scalar accumulators (LLVM vectorises along k): the forward for short rows (``K < 128``),
+  where it measured as fast as the micro-kernel or faster.
+
+Measured (AMD EPYC Zen 3, AVX2, FMA peak 98 GFLOP/s per core; one thread, ``time.thread_time``,
+best of 3 alternating runs on a busy machine, float32, GFLOP/s, today's / the previous scalar
+kernels / PyTorch 2.13): (64, 8192) -> 100 forward 72 / 47 / 73, backward (dx + dweight) 73 /
+42 / 75; (256, 4096) -> 1000 forward 74 / 48 / 92, backward 85 / 23 / 89. The forward's
+micro-kernel loads 7 vectors per 12 FMAs and reaches 72-81 GFLOP/s in L1 (``tile_4x3``, 3
+loads and 4 broadcasts: 95-101); the other form, ``y^T = w x^T`` on ``tile_4x3``, needs a
+transposed copy of ``x`` on every call and measured no faster (66-74 against 64-71 on
+(256, 4096) -> 1000).
 """
 import numpy as np
 from numba import prange
 
 from .._config import FLAT  # elements per task of the elementwise kernels
-from .._config import MATMUL_CHUNK as CHUNK  # columns of c per task in matmul_nn
+from .._config import MATMUL_CHUNK as CHUNK  # columns per pass of sum_rows
 from .._config import MATMUL_KC as KC  # reduction chunk of matmul_nt
 from .._config import kernel, serial_kernel
+from . import gemm, simd
 
 
 @serial_kernel
@@ -117,122 +129,242 @@ def matmul_nt_serial(a, b, c):
         _nt_task(a, b, c, tb)
 
 
+# ---- Linear on the SIMD micro-kernels (nbconv.kernels.gemm) -----------------------------------
+
 @serial_kernel
-def _nn_rows4(a, b, c, i, j0, j1):
-    """``c[i:i+4, j0:j1] = a[i:i+4, :] b[:, j0:j1]``: the 4 output row segments stay in L1 and
-    each pass adds 8 scaled rows of ``b`` to them (8 loads of ``b`` and 4 loads + 4 stores of
-    ``c`` per 32 FMAs: FMA-bound rather than load/store-bound)."""
-    K = a.shape[1]
-    z = a.dtype.type(0)
-    r0 = c[i, j0:j1]; r1 = c[i + 1, j0:j1]; r2 = c[i + 2, j0:j1]; r3 = c[i + 3, j0:j1]
-    r0[:] = z; r1[:] = z; r2[:] = z; r3[:] = z
-    K8 = K - K % 8
-    for k in range(0, K8, 8):
-        p0 = b[k, j0:j1]; p1 = b[k + 1, j0:j1]; p2 = b[k + 2, j0:j1]; p3 = b[k + 3, j0:j1]
-        p4 = b[k + 4, j0:j1]; p5 = b[k + 5, j0:j1]; p6 = b[k + 6, j0:j1]; p7 = b[k + 7, j0:j1]
-        a00 = a[i, k]; a01 = a[i, k + 1]; a02 = a[i, k + 2]; a03 = a[i, k + 3]
-        a04 = a[i, k + 4]; a05 = a[i, k + 5]; a06 = a[i, k + 6]; a07 = a[i, k + 7]
-        a10 = a[i + 1, k]; a11 = a[i + 1, k + 1]; a12 = a[i + 1, k + 2]; a13 = a[i + 1, k + 3]
-        a14 = a[i + 1, k + 4]; a15 = a[i + 1, k + 5]; a16 = a[i + 1, k + 6]; a17 = a[i + 1, k + 7]
-        a20 = a[i + 2, k]; a21 = a[i + 2, k + 1]; a22 = a[i + 2, k + 2]; a23 = a[i + 2, k + 3]
-        a24 = a[i + 2, k + 4]; a25 = a[i + 2, k + 5]; a26 = a[i + 2, k + 6]; a27 = a[i + 2, k + 7]
-        a30 = a[i + 3, k]; a31 = a[i + 3, k + 1]; a32 = a[i + 3, k + 2]; a33 = a[i + 3, k + 3]
-        a34 = a[i + 3, k + 4]; a35 = a[i + 3, k + 5]; a36 = a[i + 3, k + 6]; a37 = a[i + 3, k + 7]
-        for j in range(j1 - j0):
-            q0 = p0[j]; q1 = p1[j]; q2 = p2[j]; q3 = p3[j]
-            q4 = p4[j]; q5 = p5[j]; q6 = p6[j]; q7 = p7[j]
-            r0[j] += ((a00 * q0 + a01 * q1 + a02 * q2 + a03 * q3)
-                      + (a04 * q4 + a05 * q5 + a06 * q6 + a07 * q7))
-            r1[j] += ((a10 * q0 + a11 * q1 + a12 * q2 + a13 * q3)
-                      + (a14 * q4 + a15 * q5 + a16 * q6 + a17 * q7))
-            r2[j] += ((a20 * q0 + a21 * q1 + a22 * q2 + a23 * q3)
-                      + (a24 * q4 + a25 * q5 + a26 * q6 + a27 * q7))
-            r3[j] += ((a30 * q0 + a31 * q1 + a32 * q2 + a33 * q3)
-                      + (a34 * q4 + a35 * q5 + a36 * q6 + a37 * q7))
-    for k in range(K8, K):
-        p0 = b[k, j0:j1]
-        a0 = a[i, k]; a1 = a[i + 1, k]; a2 = a[i + 2, k]; a3 = a[i + 3, k]
-        for j in range(j1 - j0):
-            q0 = p0[j]
-            r0[j] += a0 * q0; r1[j] += a1 * q0; r2[j] += a2 * q0; r3[j] += a3 * q0
+def _lin_fwd_setup(x, F):
+    """Row offsets ``op`` (N4,) of ``x``'s rows (the last one repeated up to a multiple of 4)
+    and the padded sums ``P`` (N4, F3) of :func:`linear_forward`."""
+    N, K = x.shape
+    N4 = (N + 3) // 4 * 4
+    op = np.empty(N4, np.int64)
+    for i in range(N4):
+        op[i] = min(i, N - 1) * K
+    return op, np.empty((N4, (F + 2) // 3 * 3), x.dtype)
 
 
 @serial_kernel
-def _nn_row(a, b, c, i, j0, j1):
-    """One row of :func:`_nn_rows4` (the last ``M % 4`` rows), 4 rows of ``b`` per pass."""
-    K = a.shape[1]
-    r = c[i, j0:j1]
-    r[:] = 0
-    K4 = K - K % 4
-    for k in range(0, K4, 4):
-        a0 = a[i, k]; a1 = a[i, k + 1]; a2 = a[i, k + 2]; a3 = a[i, k + 3]
-        p0 = b[k, j0:j1]; p1 = b[k + 1, j0:j1]; p2 = b[k + 2, j0:j1]; p3 = b[k + 3, j0:j1]
-        for j in range(j1 - j0):
-            r[j] += a0 * p0[j] + a1 * p1[j] + a2 * p2[j] + a3 * p3[j]
-    for k in range(K4, K):
-        ak = a[i, k]
-        p0 = b[k, j0:j1]
-        for j in range(j1 - j0):
-            r[j] += ak * p0[j]
-
-
-@serial_kernel
-def _nn_task(a, b, c, t):
-    """Task ``t`` of :func:`matmul_nn`: rows ``4*g .. 4*g+3`` of ``c`` (fewer in the last
-    group), one column chunk."""
-    M = a.shape[0]
-    N = b.shape[1]
-    nchunks = (N + CHUNK - 1) // CHUNK
-    i = (t // nchunks) * 4
-    j0 = (t % nchunks) * CHUNK
-    j1 = min(j0 + CHUNK, N)
-    if i + 4 <= M:
-        _nn_rows4(a, b, c, i, j0, j1)
-    else:
-        for ii in range(i, M):
-            _nn_row(a, b, c, ii, j0, j1)
-
-
-@kernel
-def matmul_nn(a, b, c):
-    """``c[i, :] = sum_k a[i, k] * b[k, :]`` for ``a (M, K)``, ``b (K, N)``, ``c (M, N)``.
-
-    One task per (4 rows of ``c``, ``CHUNK`` columns): the rows accumulate in L1 from the same
-    loads of ``b``, 8 reduction terms per pass, summed in a fixed order."""
-    for t in prange((a.shape[0] + 3) // 4 * ((b.shape[1] + CHUNK - 1) // CHUNK)):
-        _nn_task(a, b, c, t)
-
-
-@serial_kernel
-def matmul_nn_serial(a, b, c):
-    """:func:`matmul_nn` on one thread."""
-    for t in range((a.shape[0] + 3) // 4 * ((b.shape[1] + CHUNK - 1) // CHUNK)):
-        _nn_task(a, b, c, t)
-
-
-@serial_kernel
-def _nn_tasks(a, b):
-    return (a.shape[0] + 3) // 4 * ((b.shape[1] + CHUNK - 1) // CHUNK)
-
-
-@kernel
-def matmul_nn_pair(a1, b1, c1, a2, b2, c2):
-    """``c1 = a1 b1`` and ``c2 = a2 b2`` (each as :func:`matmul_nn`) in ONE parallel launch:
-    Linear's dx and dweight share a fork/join (on a busy machine each launch waits for the
-    second worker to be scheduled). Same tasks, same sums: results equal two matmul_nn calls."""
-    n1 = _nn_tasks(a1, b1)
-    n2 = _nn_tasks(a2, b2)
-    both = 2 * min(n1, n2)   # interleaved first: each thread's contiguous share gets both kinds
-    for t in prange(n1 + n2):
-        if t < both:
-            if t % 2 == 0:
-                _nn_task(a1, b1, c1, t // 2)
-            else:
-                _nn_task(a2, b2, c2, t // 2)
-        elif n1 > n2:
-            _nn_task(a1, b1, c1, t - both + n2)
+def _lin_fwd_task(x1, w1, op, P, y, bias, hasb, K, i0, i1, j0, j1, kc, jc, V):
+    """Rows ``[i0, i1)`` x columns ``[j0, j1)`` of ``P`` (whole 4-row and 3-column blocks),
+    then of ``y`` (the rows and columns that exist), see :func:`linear_forward`."""
+    N, F = y.shape
+    zero = P.dtype.type(0)
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            P[i, j] = zero
+    for s0 in range(j0, j1, jc):          # a slab of weight rows whose chunk stays in L2
+        s1 = min(j1, s0 + jc)
+        for k0 in range(0, K, kc):        # 4 rows of x x kc stay in L1
+            nq = min(kc, K - k0)
+            for i in range(i0, i1, 4):
+                for j in range(s0, s1, 3):
+                    gemm.dot_4x3(V, x1, k0, op, i, w1, min(j, F - 1) * K + k0,
+                                 min(j + 1, F - 1) * K + k0, min(j + 2, F - 1) * K + k0, nq,
+                                 P, j)
+    for i in range(i0, min(i1, N)):
+        Pi = P[i]
+        yi = y[i]
+        if hasb:
+            for j in range(j0, min(j1, F)):
+                yi[j] = Pi[j] + bias[j]
         else:
-            _nn_task(a2, b2, c2, t - both + n1)
+            for j in range(j0, min(j1, F)):
+                yi[j] = Pi[j]
+
+
+@kernel
+def linear_forward(x, w, bias, hasb, y, tasks, kc, jc, V):
+    """``y[i, j] = sum_k x[i, k] w[j, k] (+ bias[j] if hasb)`` for ``x (N, K)``, ``w (F, K)``,
+    ``y (N, F)``: dot products of contiguous rows (no copy of either operand), 4 rows of ``x``
+    x 3 rows of ``w`` per call of the micro-kernel :func:`nbconv.kernels.gemm.dot_4x3` (12
+    vector partial sums in registers, each added across its lanes in a fixed order).
+
+    Blocked as BLAS blocks: per task (``tasks (T, 4)`` rows ``(i0, i1, j0, j1)``, whole 4-row
+    and 3-column blocks of the padded sums ``P (ceil4(N), ceil3(F))``), per slab of ``jc``
+    weight rows (their ``kc``-chunk stays in L2), per chunk of ``kc`` reduction elements
+    (``kc`` a multiple of the lanes), per 4 rows of ``x`` (in L1), per 3 rows of ``w``. Each
+    chunk's sums are added to ``P`` in chunk order (fixed by ``kc``, not by the tasks), so
+    results are the same for every task table and thread count. Past the last row or column
+    the micro-kernel repeats the last row of ``x`` or ``w``, and those sums are dropped: no
+    zero is multiplied into a result (``0 * inf`` would be NaN). ``V``: the vector width.
+
+    Textbook twin: :func:`nbconv.reference.linear_naive`."""
+    op, P = _lin_fwd_setup(x, w.shape[0])
+    x1 = x.reshape(-1)
+    w1 = w.reshape(-1)
+    K = x.shape[1]
+    for t in prange(tasks.shape[0]):
+        _lin_fwd_task(x1, w1, op, P, y, bias, hasb, K, tasks[t, 0], tasks[t, 1], tasks[t, 2],
+                      tasks[t, 3], kc, jc, V)
+
+
+@serial_kernel
+def linear_forward_serial(x, w, bias, hasb, y, tasks, kc, jc, V):
+    """:func:`linear_forward` on one thread."""
+    op, P = _lin_fwd_setup(x, w.shape[0])
+    x1 = x.reshape(-1)
+    w1 = w.reshape(-1)
+    K = x.shape[1]
+    for t in range(tasks.shape[0]):
+        _lin_fwd_task(x1, w1, op, P, y, bias, hasb, K, tasks[t, 0], tasks[t, 1], tasks[t, 2],
+                      tasks[t, 3], kc, jc, V)
+
+
+@serial_kernel
+def _lin_pack4(a, trans, M):
+    """``A`` (M, K) (``a``, or ``a.T`` when ``trans``) packed for the micro-kernel: ``ap[b,
+    4*e + k] = A[4*b + k, e]``, zero past row ``M`` (those rows' sums are never stored)."""
+    K = a.shape[0] if trans else a.shape[1]
+    ap = np.empty(((M + 3) // 4, 4 * K), a.dtype)
+    zero = a.dtype.type(0)
+    for b in range(ap.shape[0]):
+        m = 4 * b
+        p = ap[b]
+        if m + 4 <= M and trans:
+            for e in range(K):
+                r = a[e, m:m + 4]
+                p[4 * e] = r[0]
+                p[4 * e + 1] = r[1]
+                p[4 * e + 2] = r[2]
+                p[4 * e + 3] = r[3]
+        elif m + 4 <= M:
+            r0, r1, r2, r3 = a[m], a[m + 1], a[m + 2], a[m + 3]
+            for e in range(K):
+                p[4 * e] = r0[e]
+                p[4 * e + 1] = r1[e]
+                p[4 * e + 2] = r2[e]
+                p[4 * e + 3] = r3[e]
+        else:
+            for e in range(K):
+                for k in range(4):
+                    if m + k >= M:
+                        p[4 * e + k] = zero
+                    elif trans:
+                        p[4 * e + k] = a[e, m + k]
+                    else:
+                        p[4 * e + k] = a[m + k, e]
+    return ap
+
+
+@serial_kernel
+def _lin_nn_task(ap, b1, op, opn, copy, c, r0, r1, q0, q1, kc, pw, V):
+    """``c[r0:r1, q0:q1] = A[r0:r1, :] B[:, q0:q1]`` for ``A`` packed by :func:`_lin_pack4`
+    and ``B (K, Nc)`` flat in ``b1`` (``c (M, Nc)``; ``r0`` a multiple of 4, ``r1`` one or
+    ``>= M``; ``op[e] = 3 * L * e``, ``opn[e] = Nc * e``). Per panel of ``pw`` blocks of 3
+    vectors of columns (its block of ``c`` stays in L2), per chunk of ``kc`` reduction
+    elements (in order): when ``copy``, the panel's rows of ``B`` are first copied into
+    contiguous ``kc`` x 3-vector blocks (``B``'s rows are ``Nc`` apart: read in place, a
+    power-of-two stride maps them all to one L1 set; each row's part is read as one run),
+    else read in place (few rows to share a block: the copy would cost more than it saves);
+    then per block (in L1), per 4 rows: :func:`nbconv.kernels.gemm.tile_4x3`. The last rows
+    (fewer than 4) go through :func:`nbconv.kernels.gemm.tile_4x3_edge`, the last columns
+    vector by vector through :func:`nbconv.kernels.gemm.tile_4x1_edge` (masked: nothing
+    outside ``c`` or ``B`` is touched)."""
+    M, Nc = c.shape
+    K = ap.shape[1] // 4
+    L = simd.lanes(V, b1)
+    B3 = 3 * L
+    re = min(r1, M)
+    rf = r0 + (re - r0) // 4 * 4
+    ke = min(kc, K)
+    bp = np.empty(min(pw, (q1 - q0 + B3 - 1) // B3) * ke * B3 if copy else 0, b1.dtype)
+    for p0 in range(q0, q1, pw * B3):
+        p1 = min(q1, p0 + pw * B3)
+        nf = (p1 - p0) // L * L           # whole vectors of the panel's rows
+        for k0 in range(0, K, kc):
+            k1 = min(K, k0 + kc)
+            ne = k1 - k0
+            first = k0 == 0
+            if copy:
+                src = bp
+                opc = op[:ne]
+                for e in range(ne):       # block-major, rows of 3 vectors
+                    s = (k0 + e) * Nc + p0
+                    for u in range(0, nf, L):
+                        simd.store(bp, (u // B3 * ne + e) * B3 + u % B3,
+                                   simd.load(V, b1, s + u))
+                    if nf < p1 - p0:
+                        simd.store_tail(bp, (nf // B3 * ne + e) * B3 + nf % B3,
+                                        simd.load_tail(V, b1, s + nf, p1 - p0 - nf),
+                                        p1 - p0 - nf)
+            else:
+                src = b1
+                opc = opn[:ne]
+            for q in range(p0, p1, B3):
+                nw = min(B3, p1 - q)
+                # index of column q's element 0 in src, less q
+                bb = (q - p0) // B3 * ne * B3 - q if copy else k0 * Nc
+                if nw == B3:
+                    for r in range(r0, rf, 4):
+                        gemm.tile_4x3(V, src, bb, opc, ap[r // 4, 4 * k0:4 * k1], first, c, r,
+                                      q)
+                else:
+                    for v in range(0, nw, L):
+                        for r in range(r0, rf, 4):
+                            gemm.tile_4x1_edge(V, src, bb, opc, ap[r // 4, 4 * k0:4 * k1],
+                                               first, c, r, q + v, 4, min(L, nw - v))
+                if rf < re:
+                    wq = ap[rf // 4, 4 * k0:4 * k1]
+                    if nw == B3:
+                        gemm.tile_4x3_edge(V, src, bb, opc, wq, first, c, rf, q, re - rf)
+                    else:
+                        for v in range(0, nw, L):
+                            gemm.tile_4x1_edge(V, src, bb, opc, wq, first, c, rf, q + v,
+                                               re - rf, min(L, nw - v))
+
+
+@serial_kernel
+def _lin_grads_setup(dy, x, dx, kc, V):
+    """The packed ``dy`` (for ``dx``, if wanted) and ``dy^T`` (for ``dweight``) and the row
+    offsets of the copied blocks of ``w`` or ``x`` (3 vectors wide) and of their rows in place
+    (``in`` values wide) for :func:`linear_grads`."""
+    N, F = dy.shape
+    apx = _lin_pack4(dy, False, N if dx.shape[0] > 0 else 0)
+    apw = _lin_pack4(dy, True, F)
+    op = np.empty(min(kc, max(N, F)), np.int64)
+    opn = np.empty(op.shape[0], np.int64)
+    for e in range(op.shape[0]):
+        op[e] = e * 3 * simd.lanes(V, x)
+        opn[e] = e * x.shape[1]
+    return apx, apw, op, opn
+
+
+@kernel
+def linear_grads(dy, w, x, dx, dw, tasks, kc, pw, copyx, copyw, V):
+    """``dx = dy w`` (skipped when ``dx`` has no rows) and ``dw = dy^T x`` for ``dy (N, F)``,
+    ``w (F, K)``, ``x (N, K)``, ``dx (N, K)``, ``dw (F, K)``, both in one parallel launch:
+    ``tasks (T, 5)`` rows ``(which, r0, r1, q0, q1)`` (0: a block of ``dx``, 1: of ``dw``)
+    each run by :func:`_lin_nn_task` (4 output rows x 3 vectors of columns in registers:
+    :func:`nbconv.kernels.gemm.tile_4x3`, ``dy`` packed in 4-row blocks). Every output
+    element is one task's chain of fused multiply-adds over the reduction in order, so results
+    are the same for every task table and thread count. ``V``: the vector width.
+
+    Textbook twin: :func:`nbconv.reference.linear_backward`."""
+    apx, apw, op, opn = _lin_grads_setup(dy, x, dx, kc, V)
+    w1 = w.reshape(-1)
+    x1 = x.reshape(-1)
+    for t in prange(tasks.shape[0]):
+        if tasks[t, 0] == 0:
+            _lin_nn_task(apx, w1, op, opn, copyx, dx, tasks[t, 1], tasks[t, 2], tasks[t, 3],
+                         tasks[t, 4], kc, pw, V)
+        else:
+            _lin_nn_task(apw, x1, op, opn, copyw, dw, tasks[t, 1], tasks[t, 2], tasks[t, 3],
+                         tasks[t, 4], kc, pw, V)
+
+
+@serial_kernel
+def linear_grads_serial(dy, w, x, dx, dw, tasks, kc, pw, copyx, copyw, V):
+    """:func:`linear_grads` on one thread."""
+    apx, apw, op, opn = _lin_grads_setup(dy, x, dx, kc, V)
+    w1 = w.reshape(-1)
+    x1 = x.reshape(-1)
+    for t in range(tasks.shape[0]):
+        if tasks[t, 0] == 0:
+            _lin_nn_task(apx, w1, op, opn, copyx, dx, tasks[t, 1], tasks[t, 2], tasks[t, 3],
+                         tasks[t, 4], kc, pw, V)
+        else:
+            _lin_nn_task(apw, x1, op, opn, copyw, dw, tasks[t, 1], tasks[t, 2], tasks[t, 3],
+                         tasks[t, 4], kc, pw, V)
 
 
 @serial_kernel

@@ -1,7 +1,8 @@
 """Register-blocked micro-kernels on the SIMD vocabulary (:mod:`nbconv.kernels.simd`).
 
 The inner loops of every GEMM-shaped kernel (the direct convolution, the input gradient, the
-Winograd product, the weight gradient), written once. ``V`` is the vector width, ``L`` its lanes.
+Winograd product, the weight gradient, Linear's products), written once. ``V`` is the vector
+width, ``L`` its lanes.
 
 - ``tile_4x3``: ``buf[f+k, q:q+3L] (+)= sum_e wq[4e+k] * x[xb + op[e] + q : ...]``: 4 outputs x
   3 vectors of pixels held in 12 vector registers over a run of reduction elements whose rows
@@ -9,12 +10,18 @@ Winograd product, the weight gradient), written once. ``V`` is the vector width,
   vector loads, 4 broadcasts, 12 FMAs. 12 accumulators cover the FMA latency (2 pipes x 4
   cycles) and, with 3 loads and a broadcast, fit the 16 registers of AVX2.
 - ``tile_4x1``: the same for one vector (the remainder of a run), optionally masked.
+- ``tile_4x3_edge``, ``tile_4x1_edge``: the same at the last rows and columns of an output
+  matrix without padding (Linear's ``dx`` and ``dweight``, written in place): only the rows
+  (and lanes) that exist are read and written.
 - ``dot_4x3``: ``P[e+i, f+j] += sum_q x[xb + op[e+i] + q] * dy[dj + q]``: 4 x 3 dot products
   over a run of pixels, as 12 vector partial sums, each added across its lanes in a fixed order.
 - ``row_sum``: one run's sum, in vectors.
 
 Measured (AMD EPYC Zen 3, AVX2, one thread, ``time.thread_time`` on a busy machine): the FMA
-peak (:mod:`nbconv.kernels.peak`) 99 GFLOP/s; ``tile_4x3`` in L1 76-80 GFLOP/s (77-81%).
+peak (:mod:`nbconv.kernels.peak`) 99 GFLOP/s; ``tile_4x3`` in L1 76-80 GFLOP/s (77-81%);
+called as Linear's backward calls it (16 row blocks sharing a contiguous block of ``x``, 64 to
+1000 elements per call) 95-101 GFLOP/s. ``dot_4x3`` with all its rows in L1: 72-81 GFLOP/s (7
+vector loads per 12 FMAs).
 LLVM unrolls its loop by two; the register allocator then spills some accumulators when the
 loop bounds are runtime values, but stores forward to loads and the rate is the same.
 """
@@ -187,3 +194,104 @@ def row_sum(V, dy, d, nq):
     if nq > nfull:
         s = simd.add(s, simd.load_tail(V, dy, d + nfull, nq - nfull))
     return simd.hsum(s)
+
+
+@serial_kernel
+def tile_4x1_edge(V, x, xb, op, wq, first, c, f, q, rows, t):
+    """:func:`tile_4x1` at the edge of an output matrix ``c`` that has no padding: only the
+    first ``rows`` (1-4) rows ``f..f+rows-1`` and the first ``t`` (1..L) lanes of
+    ``c[., q:q+L]`` are read and written (masked loads and stores), and only ``t`` lanes of
+    each ``x`` row are read. The weights of the missing rows (``wq[4*e + k]``, ``k >=
+    rows``) are read but their sums are never stored."""
+    L = simd.lanes(V, x)
+    n = c.shape[1]
+    r0, r1, r2, r3 = f * n + q, (f + 1) * n + q, (f + 2) * n + q, (f + 3) * n + q
+    a0 = simd.zero(V, x)
+    a1, a2, a3 = a0, a0, a0
+    if not first:
+        a0 = simd.load_tail(V, c, r0, t)
+        if rows > 1:
+            a1 = simd.load_tail(V, c, r1, t)
+        if rows > 2:
+            a2 = simd.load_tail(V, c, r2, t)
+        if rows > 3:
+            a3 = simd.load_tail(V, c, r3, t)
+    for e in range(op.shape[0]):
+        if t == L:
+            x0 = simd.load(V, x, xb + op[e] + q)
+        else:
+            x0 = simd.load_tail(V, x, xb + op[e] + q, t)
+        a0 = simd.fma(x0, simd.splat(V, wq[4 * e]), a0)
+        a1 = simd.fma(x0, simd.splat(V, wq[4 * e + 1]), a1)
+        a2 = simd.fma(x0, simd.splat(V, wq[4 * e + 2]), a2)
+        a3 = simd.fma(x0, simd.splat(V, wq[4 * e + 3]), a3)
+    simd.store_tail(c, r0, a0, t)
+    if rows > 1:
+        simd.store_tail(c, r1, a1, t)
+    if rows > 2:
+        simd.store_tail(c, r2, a2, t)
+    if rows > 3:
+        simd.store_tail(c, r3, a3, t)
+
+
+
+@serial_kernel
+def tile_4x3_edge(V, x, xb, op, wq, first, c, f, q, rows):
+    """:func:`tile_4x3` at the last rows of an output matrix ``c`` that has no padding: all 12
+    vector sums are formed (full speed: the missing rows' weights ``wq[4*e + k]``, ``k >=
+    rows``, are read), but only rows ``f..f+rows-1`` (``rows`` 1-4) of ``c[., q:q+3L]`` are
+    read and written."""
+    L = simd.lanes(V, x)
+    n = c.shape[1]
+    r0, r1, r2, r3 = f * n + q, (f + 1) * n + q, (f + 2) * n + q, (f + 3) * n + q
+    a00 = simd.zero(V, x)
+    a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32 = \
+        a00, a00, a00, a00, a00, a00, a00, a00, a00, a00, a00
+    if not first:
+        a00, a01, a02 = simd.load(V, c, r0), simd.load(V, c, r0 + L), \
+            simd.load(V, c, r0 + 2 * L)
+        if rows > 1:
+            a10, a11, a12 = simd.load(V, c, r1), simd.load(V, c, r1 + L), \
+                simd.load(V, c, r1 + 2 * L)
+        if rows > 2:
+            a20, a21, a22 = simd.load(V, c, r2), simd.load(V, c, r2 + L), \
+                simd.load(V, c, r2 + 2 * L)
+        if rows > 3:
+            a30, a31, a32 = simd.load(V, c, r3), simd.load(V, c, r3 + L), \
+                simd.load(V, c, r3 + 2 * L)
+    for e in range(op.shape[0]):
+        i = xb + op[e] + q
+        x0 = simd.load(V, x, i)
+        x1 = simd.load(V, x, i + L)
+        x2 = simd.load(V, x, i + 2 * L)
+        w = simd.splat(V, wq[4 * e])
+        a00 = simd.fma(x0, w, a00)
+        a01 = simd.fma(x1, w, a01)
+        a02 = simd.fma(x2, w, a02)
+        w = simd.splat(V, wq[4 * e + 1])
+        a10 = simd.fma(x0, w, a10)
+        a11 = simd.fma(x1, w, a11)
+        a12 = simd.fma(x2, w, a12)
+        w = simd.splat(V, wq[4 * e + 2])
+        a20 = simd.fma(x0, w, a20)
+        a21 = simd.fma(x1, w, a21)
+        a22 = simd.fma(x2, w, a22)
+        w = simd.splat(V, wq[4 * e + 3])
+        a30 = simd.fma(x0, w, a30)
+        a31 = simd.fma(x1, w, a31)
+        a32 = simd.fma(x2, w, a32)
+    simd.store(c, r0, a00)
+    simd.store(c, r0 + L, a01)
+    simd.store(c, r0 + 2 * L, a02)
+    if rows > 1:
+        simd.store(c, r1, a10)
+        simd.store(c, r1 + L, a11)
+        simd.store(c, r1 + 2 * L, a12)
+    if rows > 2:
+        simd.store(c, r2, a20)
+        simd.store(c, r2 + L, a21)
+        simd.store(c, r2 + 2 * L, a22)
+    if rows > 3:
+        simd.store(c, r3, a30)
+        simd.store(c, r3 + L, a31)
+        simd.store(c, r3 + 2 * L, a32)
