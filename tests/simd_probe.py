@@ -51,3 +51,15 @@ def hsum_lanes(w, a, out):
 def width_lanes(w, a):
     """The float32 lanes of the width this code was compiled for."""
     return simd.lanes(w, a)
+
+
+@njit(cache=True)
+def gather4_scatter4(w, a, out):
+    """out = a through load4 then store4 (whole blocks of 4L), and returns the first block's
+    four vectors' lane sums (to check which elements each holds)."""
+    L = simd.lanes(w, a)
+    for i in range(0, a.shape[0] - 4 * L + 1, 4 * L):
+        p, q, r, s = simd.load4(w, a, i)
+        simd.store4(out, i, p, q, r, s)
+    p, q, r, s = simd.load4(w, a, 0)
+    return simd.hsum(p), simd.hsum(q), simd.hsum(r), simd.hsum(s)

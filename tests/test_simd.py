@@ -187,3 +187,21 @@ def test_disk_cache_is_keyed_on_the_width(tmp_path):
     forced_again = _run(_PROBE, narrow)
     assert forced_again["hits"] == 1 and forced_again["misses"] == 0
     assert forced_again["lanes"] == host // 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w", WIDTHS, ids=repr)
+def test_load4_store4_deinterleave_and_interleave(w, dtype):
+    """load4 splits 4L elements by position mod 4 (lane k of vector m = a[4k + m]); store4 puts
+    them back: the round trip is the identity, and each vector holds its positions."""
+    L = w.lanes(dtype)
+    a = (np.arange(12 * L) * 1.25 - 7).astype(dtype)
+    out = np.full_like(a, np.nan)
+    sums = probe.gather4_scatter4(w, a, out)
+    np.testing.assert_array_equal(out, a)
+    block = a[:4 * L].reshape(L, 4)
+    for m in range(4):
+        v = block[:, m].copy()
+        while v.size > 1:
+            v = v[:v.size // 2] + v[v.size // 2:]
+        assert sums[m] == v[0], m

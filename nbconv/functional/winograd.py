@@ -128,7 +128,7 @@ def _run(x, weight, bias, pt, pl, OH, OW, groups):
     Ms = np.empty((nth, min(_FBK, 4 * U.shape[2]), 36, Ts), dtype)
     Ds = np.empty((nth, 36, Ts), dtype)
     wmax = int(((tasks[:, 3] - tasks[:, 2]) * (4 * (tasks[:, 5] - tasks[:, 4]) + 2)).max())
-    Rs = np.empty((nth, wmax), dtype)
+    Rs = np.empty((nth, wmax + 4 * simd.WIDTH.lanes(dtype)), dtype)   # + load4's spare
     Qs = np.empty((nth, 16 * Ts), dtype)
     voff = np.arange(Cg, dtype=np.int64) * (36 * Ts)
     _k.winograd_forward(x, U, b, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst, simd.WIDTH)
@@ -156,7 +156,7 @@ def _weight_grad(x, dy, geom):
     Vs = np.empty((nth, Cg, 36, Ts), dtype)
     Ms = np.empty((nth, min(_FBK // 3 * 3 or 3, F3), 36, Ts), dtype)
     Ds = np.empty((nth, 36, Ts), dtype)
-    Rs = np.empty((nth, wmax), dtype)
+    Rs = np.empty((nth, wmax + 4 * simd.WIDTH.lanes(dtype)), dtype)   # + load4's spare
     voff = np.arange(Cg4, dtype=np.int64) % Cg * (36 * Ts)
     # the sums over tiles in float64: the transforms scale them up and G^T dU G cancels much
     # of them again, so float32 sums lost 13x more than the direct weight gradient's

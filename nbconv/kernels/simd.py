@@ -32,6 +32,9 @@ integers, ``s`` a scalar, ``u``, ``v``, ``t`` vectors of one dtype; ``L = lanes(
     hsum(v)              v[0] + ... + v[L-1] as a scalar, in a fixed order: halves added
                          pairwise, (v[:L/2] + v[L/2:]) and so on (bitwise the same every call)
     lane(v, k)           v[k] as a scalar (0 <= k < L)
+    load4(w, a, i)       a[i:i+4L] split by position mod 4: 4 vectors, lane k of the m-th
+                         a[i + 4k + m] (a stride-4 gather, as ARM's vld4)
+    store4(a, i, u, v, t, s)   the inverse: a[i + 4k + m] = (u, v, t, s)[m][k] for k < L
 
 Nothing checks bounds: the caller keeps ``i .. i+L-1`` (or ``i .. i+n-1``) inside the array, as
 with any kernel written with ``boundscheck=False``. Types are checked at compile time: a float64
@@ -401,3 +404,57 @@ def lane(typingctx, v, k):
     def codegen(context, builder, sig, args):
         return builder.extract_element(args[0], args[1])
     return v.dtype(v, k), codegen
+
+
+def _wide(vt, n):
+    return ir.VectorType(_ir_float(vt.dtype), n)
+
+
+@intrinsic
+def load4(typingctx, w, a, i):
+    """``a[i:i+4L]`` deinterleaved by position mod 4: a tuple of 4 vectors whose ``m``-th holds
+    ``a[i + m], a[i + 4 + m], ..., a[i + 4(L-1) + m]`` (one wide load, then shuffles)."""
+    _check_array(a)
+    _check_int(i, "i")
+    vt = _vec(w, a)
+    L = vt.lanes
+
+    def codegen(context, builder, sig, args):
+        wide = _wide(vt, 4 * L)
+        ptr = _pointer(context, builder, sig.args[1], args[1], sig.args[2], args[2], wide)
+        big = builder.load(ptr, align=vt.dtype.bitwidth // 8)
+        i32 = ir.IntType(32)
+        parts = [builder.shuffle_vector(big, big, ir.Constant(ir.VectorType(i32, L),
+                                                              [ir.Constant(i32, 4 * k + m)
+                                                               for k in range(L)]))
+                 for m in range(4)]
+        return context.make_tuple(builder, sig.return_type, parts)
+    return types.UniTuple(vt, 4)(w, a, i), codegen
+
+
+@intrinsic
+def store4(typingctx, a, i, u, v, t, s):
+    """``a[i + 4k + m] = (u, v, t, s)[m][k]``: 4 vectors interleaved into ``4L`` consecutive
+    elements (shuffles, then one wide store); the inverse of :func:`load4`."""
+    _check_array(a)
+    _check_int(i, "i")
+    vt = _same(u, v, t, s)
+    if vt.dtype != a.dtype:
+        raise TypingError(f"simd.store4: vectors of {a.dtype} needed, got {vt}")
+    L = vt.lanes
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        c = lambda idx: ir.Constant(ir.VectorType(i32, len(idx)),  # noqa: E731
+                                    [ir.Constant(i32, k) for k in idx])
+        uv = builder.shuffle_vector(args[2], args[3], c([p // 2 + (p % 2) * L
+                                                         for p in range(2 * L)]))
+        ts = builder.shuffle_vector(args[4], args[5], c([p // 2 + (p % 2) * L
+                                                         for p in range(2 * L)]))
+        big = builder.shuffle_vector(uv, ts, c([2 * (p // 4) + (p % 4) if p % 4 < 2
+                                                else 2 * L + 2 * (p // 4) + (p % 4) - 2
+                                                for p in range(4 * L)]))
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], big.type)
+        builder.store(big, ptr, align=vt.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.void(a, i, u, v, t, s), codegen

@@ -172,16 +172,19 @@ def _bt_v(d0, d1, d2, d3, d4, d5, k2, k4, k5):
 
 
 @serial_kernel
-def _gather_patches(x, D, rb, Ts, ch, n0, n1, th, tw0, nt, pt, pl):
+def _gather_patches(x, D, rb, Ts, ch, n0, n1, th, tw0, nt, pt, pl, VW):
     """The 6x6 input patch of each of the task's tiles, one array per patch position:
     ``D[(6*l + m)*Ts + j] = xpad[n, ch, 4*th + l, 4*(tw0 + tw) + m]`` for tile ``j = (n - n0)*nt
     + tw`` (``xpad`` is ``x`` shifted by ``(pt, pl)``, zero outside), so that the transform
     runs on whole vectors of tiles. Per patch row, the images' input rows are first copied,
-    zero padded, into ``rb`` side by side (``4*nt + 2`` values each), so the gather itself has
-    no bounds checks (flat unsigned indices: no negative-index checks either)."""
+    zero padded, into ``rb`` side by side (``4*nt + 2`` values each, then ``4L`` spare ones the
+    vector gather reads past the last row), so the gather itself has no bounds checks: whole
+    vectors of tiles of one image by two :func:`nbconv.kernels.simd.load4` gathers, the rest
+    by flat unsigned indices."""
     H, W = x.shape[2], x.shape[3]
     C = x.shape[1]
     T = (n1 - n0) * nt
+    L = simd.lanes(VW, D)
     zero = D.dtype.type(0)
     x1 = x.reshape(-1)
     Wb = 4 * nt + 2
@@ -206,10 +209,24 @@ def _gather_patches(x, D, rb, Ts, ch, n0, n1, th, tw0, nt, pt, pl):
                 rb[r0 + np.uint64(u0 + u)] = x1[xr + np.uint64(u)]
             for u in range(u1, Wb):
                 rb[r0 + np.uint64(u)] = zero
-        j = np.uint64(0)
         for n in range(n1 - n0):
-            src = np.uint64(n * Wb)
-            for tw in range(nt):
+            # whole vectors of L tiles of this image: two stride-4 gathers (load4) give the
+            # patch's 6 columns (columns 4 and 5 are columns 0 and 1 of the next tile)
+            nv = nt // L
+            for b in range(nv):
+                s4 = n * Wb + 4 * L * b
+                p0, p1, p2, p3 = simd.load4(VW, rb, s4)
+                q0, q1, q2, q3 = simd.load4(VW, rb, s4 + 4)
+                dst = 6 * l * Ts + n * nt + L * b
+                simd.store(D, dst, p0)
+                simd.store(D, dst + Ts, p1)
+                simd.store(D, dst + 2 * Ts, p2)
+                simd.store(D, dst + 3 * Ts, p3)
+                simd.store(D, dst + 4 * Ts, q0)
+                simd.store(D, dst + 5 * Ts, q1)
+            src = np.uint64(n * Wb + 4 * L * nv)
+            j = np.uint64(n * nt + L * nv)
+            for tw in range(L * nv, nt):
                 dst = d0 + j
                 D[dst] = rb[src]
                 D[dst + uTs] = rb[src + np.uint64(1)]
@@ -321,7 +338,13 @@ def _output_transform(Mf, mb, Ts, y, bb, fy, n0, n1, th, tw0, nt, nv, Y, VW, cst
             yb = np.uint64((((n * y.shape[1]) + fy) * OH + 4 * th + a) * OW + ox0)
             s0 = np.uint64(4 * a * Ts + j0)
             if ncol == 4 * nt:
-                for tw in range(nt):
+                nvb = nt // L   # whole vectors of L tiles: one interleaving store (store4)
+                for b in range(nvb):
+                    o = 4 * a * Ts + j0 + L * b
+                    simd.store4(yf, int(yb) + 4 * L * b, simd.load(VW, Y, o),
+                                simd.load(VW, Y, o + Ts), simd.load(VW, Y, o + 2 * Ts),
+                                simd.load(VW, Y, o + 3 * Ts))
+                for tw in range(L * nvb, nt):
                     d = yb + np.uint64(4 * tw)
                     s = s0 + np.uint64(tw)
                     yf[d] = Y[s]
@@ -370,7 +393,7 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst
         Mf = M.reshape(FBK, 36 * Ts)
         D = Ds[tid].reshape(-1)
         for c in range(Cg):
-            _gather_patches(x, D, Rs[tid], Ts, g * Cg + c, n0, n1, th, tw0, nt, pt, pl)
+            _gather_patches(x, D, Rs[tid], Ts, g * Cg + c, n0, n1, th, tw0, nt, pt, pl, VW)
             _input_transform(D, Vf, c * 36 * Ts, Ts, 3 * nv3, VW, cst)
         for f0 in range(0, Fp, FBK):
             fn = min(FBK, Fp - f0)
@@ -512,7 +535,7 @@ def winograd_weight_grad(x, dy, P, tasks, cut, pt, pl, Vs, Ms, Ds, Rs, voff, cst
             T = (n1 - n0) * nt
             nv = (T + L - 1) // L
             for c in range(Cg):
-                _gather_patches(x, D, Rs[tid], Ts, g * Cg + c, n0, n1, th, tw0, nt, pt, pl)
+                _gather_patches(x, D, Rs[tid], Ts, g * Cg + c, n0, n1, th, tw0, nt, pt, pl, VW)
                 _input_transform(D, Vf, c * 36 * Ts, Ts, nv, VW, cst)
             for f0 in range(0, F3, FBK):
                 fn = min(FBK, F3 - f0)
