@@ -129,7 +129,7 @@ def main(argv=None):
                     default=["float32", "float64"], help="dtypes to compile for")
     ap.add_argument("--model", nargs="+", choices=list(models.MODELS),
                     default=list(DEFAULT_MODELS), help="models whose kernels to compile")
-    ap.add_argument("--batch-size", type=int, nargs="+",
+    ap.add_argument("--batch-size", type=int, nargs="+", default=argparse.SUPPRESS,
                     help="training batch sizes to warm up (default: 50 and 64, the ResNets "
                          "128)")
     ap.add_argument("--eval-batch-size", type=int, default=500,
@@ -149,7 +149,8 @@ def _warm_all(args):
             model = models.MODELS[name](seed=0, dtype=np.dtype(dtype))
             print(f"{name}: " + announce(dtype, ESTIMATE_SECONDS.get(name)), end="", flush=True)
             t0, before = time.perf_counter(), compilations()
-            train = args.batch_size or BATCH_SIZES.get(name, RESNET_BATCH_SIZES)
+            train = getattr(args, "batch_size", None) or BATCH_SIZES.get(name,
+                                                                         RESNET_BATCH_SIZES)
             warm_up(model, (3, 32, 32), train, [args.eval_batch_size, 1],
                     dtype=np.dtype(dtype))
             optimizer_kernels(np.dtype(dtype))
