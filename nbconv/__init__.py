@@ -10,6 +10,8 @@ from .layers import AdaptiveAvgPool2d, AdaptiveMaxPool2d, ConvTranspose2d  # noq
 from .layers import (GELU, CrossEntropyLoss, Identity, LeakyReLU, Sigmoid, SiLU,  # noqa: F401
                      Tanh)
 from .layers import BasicBlock, Bottleneck, ModuleList, PadShortcut  # noqa: F401
+from .layers import (enable_grad, inference_mode, is_grad_enabled, no_grad,  # noqa: F401
+                     set_grad_enabled)
 from .serialization import (FileFormatError, SafetensorsError, TorchFileError,  # noqa: F401
                             UnsafeFileError, load, load_safetensors, load_torch, save,
                             save_safetensors, save_torch)
@@ -26,7 +28,8 @@ __all__ = [
     "ReLU", "Linear", "Flatten", "Dropout", "Sequential", "SoftmaxCrossEntropy",
     "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Identity", "LeakyReLU", "GELU",
     "SiLU", "Sigmoid", "Tanh", "CrossEntropyLoss", "ModuleList", "BasicBlock", "Bottleneck",
-    "PadShortcut",
+    "PadShortcut", "no_grad", "enable_grad", "inference_mode", "is_grad_enabled",
+    "set_grad_enabled",
     "load_torch", "save_torch", "save_safetensors", "load_safetensors", "save", "load",
     "FileFormatError", "SafetensorsError", "TorchFileError", "UnsafeFileError", "summary",
     "functional", "reference", "init", "nn", "optim", "data", "models", "train", "checkpoint",

@@ -71,10 +71,25 @@ MODEL_DEFAULTS = {
     "deep": dict(optimizer="adamw", lr=2e-3, batch_size=64, weight_decay=5e-4, epochs=20,
                  augment="flip", schedule="cosine"),
 }
+#: He et al. 2016's CIFAR ResNets (section 4.2) and their recipe: SGD with momentum 0.9 (the
+#: --momentum default), weight decay 1e-4, lr 0.1 divided by 10 at 50% and 75% of training
+#: (their 32k and 48k of 64k iterations; "multistep" scales it to --epochs), batch 128, 4-pixel
+#: zero-pad random crops and horizontal flips; 182 epochs are their 64k iterations of batch 128
+#: over the 45k training images. (Their ResNet-110 also warms up at lr 0.01 for about 400
+#: iterations: not done here.)
+RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+MODEL_DEFAULTS.update({m: dict(optimizer="sgd", lr=0.1, batch_size=128, weight_decay=1e-4,
+                               epochs=182, augment="crop-flip", schedule="multistep")
+                       for m in RESNETS})
+#: the schedules planned for the run's --epochs (a resumed run may not extend them)
+PLANNED = ("cosine", "step", "multistep")
 #: the other defaults (every option's argparse default is None, so that an option given on the
 #: command line can be told from a default; these fill in the rest)
 DEFAULTS = dict(model="three-layer", momentum=0.9, val_size=0.1, hidden=100, norm="batch",
-                dtype="float32", seed=0)
+                shortcut="A", dtype="float32", seed=0)
+#: options that apply to some models only: given explicitly with another model, refused
+MODEL_OPTIONS = {"hidden": ("three-layer",), "weight_scale": ("three-layer",),
+                 "norm": ("deep",), "shortcut": RESNETS}
 #: on/off options (None until filled in: False)
 SWITCHES = ("download", "force", "no_progress", "distributed", "sync_bn")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -110,11 +125,19 @@ def _count_or_fraction(text):
 
 
 def _default(key):
-    """``(default: ...)`` for the help of option ``key``."""
+    """``(default: ...)`` for the help of option ``key`` (models in a row with the same default
+    grouped: ``three-layer/deep flip``, ``resnet20..resnet110 0.1``)."""
     if key in DEFAULTS:
         return f"(default: {DEFAULTS[key]})"
-    return "(default: " + ", ".join(f"{m} {d[key]:g}" if isinstance(d[key], float) else
-                                    f"{m} {d[key]}" for m, d in MODEL_DEFAULTS.items()) + ")"
+    groups = []   # [([models], value)]
+    for m, d in MODEL_DEFAULTS.items():
+        if groups and groups[-1][1] == d[key]:
+            groups[-1][0].append(m)
+        else:
+            groups.append(([m], d[key]))
+    return "(default: " + ", ".join(
+        ("/".join(ms) if len(ms) < 3 else f"{ms[0]}..{ms[-1]}") + " "
+        + (f"{v:g}" if isinstance(v, float) else str(v)) for ms, v in groups) + ")"
 
 
 EPILOG = """\
@@ -132,7 +155,9 @@ def build_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=EPILOG)
-    ap.add_argument("--model", choices=sorted(models.MODELS), help="network " + _default("model"))
+    ap.add_argument("--model", choices=list(models.MODELS),
+                    help="network: the CS231n three-layer net, a small deep net, or He et "
+                         "al.'s CIFAR ResNets (their recipe as the defaults) " + _default("model"))
     ap.add_argument("--data-dir",
                     help="a cifar-10-batches-py folder (or its parent) (default: the sample "
                          "bundled with nbconv; with --download: where to download, default "
@@ -146,8 +171,10 @@ def build_parser():
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
     ap.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
     ap.add_argument("--momentum", type=float, help="SGD momentum " + _default("momentum"))
-    ap.add_argument("--schedule", choices=("none", "cosine", "step"),
-                    help="per-epoch learning-rate schedule " + _default("schedule"))
+    ap.add_argument("--schedule", choices=("none", "cosine", "step", "multistep"),
+                    help="per-epoch learning-rate schedule: cosine to 0, step (/10 every "
+                         "epochs/3) or multistep (/10 at 50%% and 75%% of the epochs, He et "
+                         "al.) " + _default("schedule"))
     ap.add_argument("--augment", choices=("none", "flip", "crop-flip"),
                     help="training-image augmentation: random horizontal flip, and random crop "
                          "(pad 4) " + _default("augment"))
@@ -159,6 +186,10 @@ def build_parser():
                     help="three-layer: normal(0, scale) weights (default: PyTorch's init)")
     ap.add_argument("--norm", choices=("batch", "group"),
                     help="deep: normalisation layer " + _default("norm"))
+    ap.add_argument("--shortcut", choices=("A", "B"),
+                    help="resnet*: the shortcut where a stage halves the size: A subsampling "
+                         "and zero channels (no parameters, the paper's), B 1x1 conv + "
+                         "BatchNorm " + _default("shortcut"))
     ap.add_argument("--dtype", choices=("float32", "float64"),
                     help="parameter and data dtype " + _default("dtype"))
     ap.add_argument("--seed", type=int,
@@ -211,6 +242,11 @@ def fill_defaults(args):
     for k in SWITCHES:
         if getattr(args, k, None) is None:
             setattr(args, k, False)
+    for k, only in MODEL_OPTIONS.items():
+        if k in getattr(args, "explicit", ()) and args.model not in only:
+            which = only[0] if len(only) == 1 else f"{only[0]}..{only[-1]}"
+            raise CommandError(f"{_flag(k)} applies to --model {which}, not --model "
+                               f"{args.model}; leave it out")
     rules = (("epochs", lambda v: v >= 1, "at least 1"),
              ("batch_size", lambda v: v >= 1, "at least 1"),
              ("lr", lambda v: v > 0, "above 0"),
@@ -262,7 +298,7 @@ def resume_args(args):
                 conflicts.append(f"{_flag(k)} {given.get(k)} (the run used {v})")
                 continue
             if k == "epochs":
-                if saved.get("schedule") in ("cosine", "step"):
+                if saved.get("schedule") in PLANNED:
                     raise CommandError(
                         f"cannot resume with --epochs {given[k]}: the run's {saved['schedule']} "
                         f"learning-rate schedule was planned for {v} epochs (past them a cosine "
@@ -278,7 +314,7 @@ def resume_args(args):
     done = meta.get("epoch")   # checked with the rest when the checkpoint is loaded
     if type(done) is int and type(args.epochs) is int and done >= args.epochs:
         more = ("start a new run to train longer (its learning-rate schedule has ended)"
-                if args.schedule in ("cosine", "step") else "pass --epochs N to train it further")
+                if args.schedule in PLANNED else "pass --epochs N to train it further")
         raise CommandError(f"nothing to do: the run in {args.out} already trained {done} "
                            f"epochs (of {args.epochs}); {more}")
     for n in notes:
@@ -404,7 +440,15 @@ def build_model(args):
     if args.model == "three-layer":
         return models.three_layer_convnet(hidden=args.hidden, weight_scale=args.weight_scale,
                                           seed=args.seed, dtype=dtype)
+    if args.model in RESNETS:
+        return models.MODELS[args.model](shortcut=args.shortcut, seed=args.seed, dtype=dtype)
     return models.deep_convnet(norm=args.norm, seed=args.seed, dtype=dtype)
+
+
+def milestones(epochs):
+    """He et al.'s lr drops (32k and 48k of 64k iterations) scaled to ``epochs``: the epochs
+    after which the learning rate is divided by 10, 50% and 75% of the run (rounded)."""
+    return [max(1, int(f * epochs + 0.5)) for f in (0.5, 0.75)]
 
 
 def build_optimizer(args, model):
@@ -422,6 +466,8 @@ def build_optimizer(args, model):
         sched = optim.CosineAnnealingLR(opt, T_max=args.epochs)
     elif args.schedule == "step":
         sched = optim.StepLR(opt, step_size=max(args.epochs // 3, 1), gamma=0.1)
+    elif args.schedule == "multistep":
+        sched = optim.MultiStepLR(opt, milestones(args.epochs), gamma=0.1)
     else:
         sched = None
     return opt, sched
@@ -655,7 +701,8 @@ def _main(argv, run):
     start = trainer.epoch * per_epoch + (trainer.partial["batch"] if trainer.partial else 0)
     trainer.run_args = run_args(args)
     n_params = sum(p.size for p in model.params.values())
-    print(f"model: {args.model} ({n_params:,} parameters, {args.dtype}); optimizer "
+    shortcut = f"shortcut {args.shortcut}, " if args.model in RESNETS else ""
+    print(f"model: {args.model} ({shortcut}{n_params:,} parameters, {args.dtype}); optimizer "
           f"{args.optimizer} lr {args.lr:g} wd {args.weight_decay:g} batch {args.batch_size} "
           f"schedule {args.schedule} augment {args.augment}", flush=True)
     if root:

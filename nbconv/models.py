@@ -118,7 +118,6 @@ def deep_convnet(widths=(32, 64, 128), blocks=(1, 1, 1), norm="batch", groups=8,
     return Sequential(*layers)
 
 
-MODELS = {"three-layer": three_layer_convnet, "deep": deep_convnet}
 
 
 # ---- residual networks ---------------------------------------------------------------------
@@ -289,6 +288,12 @@ def resnet56(num_classes=10, shortcut="A", seed=None, dtype=np.float32):
 def resnet110(num_classes=10, shortcut="A", seed=None, dtype=np.float32):
     """ResNet-110 for CIFAR (1.7M parameters); see :func:`cifar_resnet`."""
     return cifar_resnet(110, num_classes, shortcut, seed, dtype)
+
+
+#: the models of the training command (``--model``), by name: ``name(seed=..., dtype=...)``
+MODELS = {"three-layer": three_layer_convnet, "deep": deep_convnet, "resnet20": resnet20,
+          "resnet32": resnet32, "resnet44": resnet44, "resnet56": resnet56,
+          "resnet110": resnet110}
 
 
 def resnet18(num_classes=1000, zero_init_residual=False, seed=None, dtype=np.float32):

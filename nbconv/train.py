@@ -45,6 +45,7 @@ from ._interrupt import TrainingInterrupted, sigint_requests_stop
 from ._io import atomic_write
 from .checkpoint import CheckpointError
 from .data import BatchIterator
+from .layers import no_grad
 
 __all__ = ["Trainer", "CheckpointError", "TrainingInterrupted", "accuracy", "write_json"]
 
@@ -116,12 +117,14 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------
     def predict(self, x):
-        """Logits of ``x (N, C, H, W)`` in eval mode, computed in batches (mode restored)."""
+        """Logits of ``x (N, C, H, W)`` in eval mode under :class:`~nbconv.no_grad`, computed
+        in batches (mode restored)."""
         was = getattr(self.model, "training", True)
         self.model.eval()
         try:
-            return np.concatenate([self.model(x[i:i + self.eval_batch_size])
-                                   for i in range(0, len(x), self.eval_batch_size)])
+            with no_grad():   # keeps nothing for backward: only the live activations
+                return np.concatenate([self.model(x[i:i + self.eval_batch_size])
+                                       for i in range(0, len(x), self.eval_batch_size)])
         finally:
             self.model.train(was)
 

@@ -7,7 +7,7 @@ first training run therefore spends tens of seconds compiling before its first b
 (:class:`nbconv.train.Trainer` calls it before its first epoch); the command line fills the
 cache for both dtypes ahead of time (optional, e.g. as an install step)::
 
-    python -m nbconv.warmup                                  # every model, float32 and float64
+    python -m nbconv.warmup                     # three-layer, deep, resnet20; float32 and float64
     python -m nbconv.warmup --dtype float32 --model deep
 
 (with every optimizer's update kernels, :func:`optimizer_kernels`).
@@ -33,6 +33,12 @@ __all__ = ["warm_up", "optimizer_kernels", "kernels_cached", "compilations", "ma
 
 # rough compile times on 2 cores (seconds), for the "about N s" message
 ESTIMATE_SECONDS = {"three-layer": 30, "deep": 60}
+# the models warmed by default: the deeper CIFAR ResNets run resnet20's kernels (the same
+# layers on the same sizes, more of them), so warming them too would only take longer
+DEFAULT_MODELS = ("three-layer", "deep", "resnet20")
+# the training batch sizes warmed by default (--batch-size overrides): the command's defaults
+BATCH_SIZES = {"three-layer": (50, 64), "deep": (50, 64)}
+RESNET_BATCH_SIZES = (128,)
 
 
 def compilations():
@@ -121,10 +127,11 @@ def main(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--dtype", nargs="+", choices=("float32", "float64"),
                     default=["float32", "float64"], help="dtypes to compile for")
-    ap.add_argument("--model", nargs="+", choices=sorted(models.MODELS),
-                    default=sorted(models.MODELS), help="models whose kernels to compile")
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[50, 64],
-                    help="training batch sizes to warm up")
+    ap.add_argument("--model", nargs="+", choices=list(models.MODELS),
+                    default=list(DEFAULT_MODELS), help="models whose kernels to compile")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=argparse.SUPPRESS,
+                    help="training batch sizes to warm up (default: 50 and 64, the ResNets "
+                         "128)")
     ap.add_argument("--eval-batch-size", type=int, default=500,
                     help="evaluation batch size to warm up")
     args = ap.parse_args(argv)
@@ -142,7 +149,9 @@ def _warm_all(args):
             model = models.MODELS[name](seed=0, dtype=np.dtype(dtype))
             print(f"{name}: " + announce(dtype, ESTIMATE_SECONDS.get(name)), end="", flush=True)
             t0, before = time.perf_counter(), compilations()
-            warm_up(model, (3, 32, 32), args.batch_size, [args.eval_batch_size, 1],
+            train = getattr(args, "batch_size", None) or BATCH_SIZES.get(name,
+                                                                         RESNET_BATCH_SIZES)
+            warm_up(model, (3, 32, 32), train, [args.eval_batch_size, 1],
                     dtype=np.dtype(dtype))
             optimizer_kernels(np.dtype(dtype))
             print(report(time.perf_counter() - t0, compilations() - before), flush=True)

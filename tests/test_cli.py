@@ -102,8 +102,15 @@ def test_runs_never_overwrite_each_other(tiny_dir, tmp_path, monkeypatch, capsys
 
 def test_help_shows_every_default():
     text = " ".join(cli.build_parser().format_help().split())
-    for s in ("(default: three-layer 10, deep 20)", "(default: three-layer 50, deep 64)",
-              "(default: three-layer adam, deep adamw)", "(default: 0.9)", "(default: 0.1)",
+    for s in ("(default: three-layer 10, deep 20, resnet20..resnet110 182)",
+              "(default: three-layer 50, deep 64, resnet20..resnet110 128)",
+              "(default: three-layer adam, deep adamw, resnet20..resnet110 sgd)",
+              "(default: three-layer 0.001, deep 0.002, resnet20..resnet110 0.1)",
+              "(default: three-layer 0, deep 0.0005, resnet20..resnet110 0.0001)",
+              "(default: three-layer none, deep cosine, resnet20..resnet110 multistep)",
+              "(default: three-layer/deep flip, resnet20..resnet110 crop-flip)",
+              "multistep (/10 at 50% and 75% of the epochs", "(default: A)",
+              "(default: 0.9)", "(default: 0.1)",
               "(default: float32)", "(default: a new runs/<YYYYmmdd-", "(default: three-layer)",
               "(default: 100)", "(default: 0)", "exit status: 0 done, 2 a bad argument"):
         assert s in text, s
@@ -114,6 +121,102 @@ def test_explicit_options_are_told_from_defaults():
     assert args.explicit == {"lr", "momentum", "force"}
     assert args.lr == 0.001 and args.epochs == 10 and args.no_progress is False
     assert cli.parse_args(["--model", "deep"]).epochs == 20
+
+
+@pytest.mark.parametrize("model", cli.RESNETS)
+def test_resnet_defaults_are_the_papers_recipe(model):
+    """He et al. 2016, section 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10
+    at 32k and 48k of 64k iterations (50% and 75%), batch 128, 4-pixel pad random crops and
+    flips; the other models' defaults stay as they were."""
+    args = cli.parse_args(["--model", model])
+    assert (args.optimizer, args.lr, args.momentum, args.weight_decay, args.batch_size,
+            args.augment, args.schedule, args.epochs, args.shortcut) == \
+        ("sgd", 0.1, 0.9, 1e-4, 128, "crop-flip", "multistep", 182, "A")
+    model_ = cli.build_model(args)
+    assert type(model_).__name__ == "ResNet" and len(model_.layer1) == (int(model[6:]) - 2) // 6
+    opt, sched = cli.build_optimizer(args, model_)
+    assert type(opt).__name__ == "SGD" and opt.momentum == 0.9 and opt.weight_decay == 1e-4
+    assert sched.milestones == [91, 137] and sched.gamma == 0.1
+    assert cli.MODEL_DEFAULTS["three-layer"] == dict(
+        optimizer="adam", lr=1e-3, batch_size=50, weight_decay=0.0, epochs=10, augment="flip",
+        schedule="none")
+    assert cli.MODEL_DEFAULTS["deep"] == dict(
+        optimizer="adamw", lr=2e-3, batch_size=64, weight_decay=5e-4, epochs=20,
+        augment="flip", schedule="cosine")
+
+
+def test_multistep_schedule_is_scaled_to_the_epochs():
+    assert [cli.milestones(e) for e in (1, 2, 4, 10, 64, 182)] == \
+        [[1, 1], [1, 2], [2, 3], [5, 8], [32, 48], [91, 137]]
+    args = cli.parse_args(["--model", "resnet20", "--epochs", "10"])
+    opt, sched = cli.build_optimizer(args, cli.build_model(args))
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.lr)
+        sched.step()
+    assert lrs == pytest.approx([0.1] * 5 + [0.01] * 3 + [0.001] * 2)
+    args = cli.parse_args(["--model", "resnet20", "--shortcut", "B", "--epochs", "3"])
+    assert sum(p.size for p in cli.build_model(args).params.values()) == 272_474
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--model", "deep", "--shortcut", "B"], ["--shortcut applies to --model resnet20..resnet110",
+                                              "not --model deep"]),
+    (["--shortcut", "A"], ["--shortcut applies", "--model three-layer"]),
+    (["--model", "resnet20", "--norm", "group"], ["--norm applies to --model deep"]),
+    (["--model", "resnet56", "--hidden", "10"], ["--hidden applies to --model three-layer"]),
+])
+def test_options_of_other_models_are_refused(argv, words, tmp_path):
+    r = script(argv + ["--out", tmp_path / "never"])
+    one_line_error(r, 2, *words)
+    assert not (tmp_path / "never").exists()
+
+
+def test_resnet20_run_stopped_mid_epoch_resumes_bitwise(tiny_dir, tmp_path, monkeypatch,
+                                                        capsys):
+    """The paper's recipe (crop and flip, SGD, the multistep schedule) on a nested model:
+    stopped in epoch 2 (as Ctrl-C does) and resumed, it ends with the parameters, buffers and
+    history of a run that was not stopped; extending the planned schedule is refused."""
+    from nbconv.train import Trainer
+    argv = ["--model", "resnet20", "--data-dir", str(tiny_dir), "--val-size", "16",
+            "--batch-size", "16", "--epochs", "2", "--no-progress"]
+    assert cli.main(argv + ["--out", str(tmp_path / "straight")]) == 0
+
+    class Stopping(Trainer):
+        batches = 0
+
+        def train_epoch(self, *a, **kw):
+            loss = self.loss
+
+            def counting(logits, labels):
+                Stopping.batches += 1
+                if Stopping.batches == 6:   # epoch 2 (4 batches an epoch), batch 2
+                    self.request_stop()
+                return loss(logits, labels)
+            self.loss = counting
+            try:
+                return super().train_epoch(*a, **kw)
+            finally:
+                self.loss = loss
+
+    monkeypatch.setattr(cli, "Trainer", Stopping)
+    out = tmp_path / "stopped"
+    assert cli.main(argv + ["--out", str(out)]) == 130
+    assert "interrupted at epoch 2, batch 2/4" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "Trainer", Trainer)
+    assert cli.main(["--out", str(out), "--resume", "--epochs", "3"]) == 2
+    assert "multistep learning-rate schedule was planned for 2" in capsys.readouterr().err
+    assert cli.main(["--out", str(out), "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert "resumed from" in text and "model: resnet20 (shortcut A, 269,722 parameters" in text
+    a = Trainer.read(str(tmp_path / "straight" / "checkpoint.npz"))[1]
+    b = Trainer.read(str(out / "checkpoint.npz"))[1]
+    assert sorted(a) == sorted(b) and any(k.startswith("param/layer3.2.bn2") for k in a)
+    for k in a:
+        if k.startswith(("param/", "buffer/", "optimizer/")):
+            np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    m = [json.load(open(d / "metrics.json"))["epochs"] for d in (tmp_path / "straight", out)]
+    assert [e["loss"] for e in m[0]] == [e["loss"] for e in m[1]]
 
 
 def test_script_is_a_thin_shell_and_a_console_script():

@@ -208,6 +208,58 @@ def test_batch_iterator_order_and_sizes():
     np.testing.assert_array_equal(fixed, y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_random_crop_is_a_window_of_the_zero_padded_image(rng, dtype):
+    """crop=4 (He et al.'s CIFAR augmentation): each image is a 32x32 window of the image padded
+    by 4 zeros on every side, the window's offset drawn uniformly in 0..8 from the seed; the
+    zeros are exactly the window's part outside the image."""
+    p, n = 4, 96
+    x = rng.uniform(1, 2, size=(n, 3, 32, 32)).astype(dtype)   # no zero inside an image
+    before = x.copy()
+    padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    it = D.BatchIterator(x, np.arange(n), 40, shuffle=False, crop=p, seed=7)
+    offsets = []
+    for xb, yb in it:
+        assert xb.shape == (len(yb), 3, 32, 32) and xb.dtype == dtype and xb.flags.c_contiguous
+        for img, i in zip(xb, yb):
+            a, b = [(a, b) for a in range(2 * p + 1) for b in range(2 * p + 1)
+                    if np.array_equal(img, padded[i, :, a:a + 32, b:b + 32])][0]
+            offsets.append((a, b))
+            outside = 32 * 32 - (32 - abs(a - p)) * (32 - abs(b - p))
+            assert np.count_nonzero(img == 0) == 3 * outside
+            assert np.all(img[:, max(p - a, 0):32 - max(a - p, 0),
+                              max(p - b, 0):32 - max(b - p, 0)] != 0)
+    offsets = np.array(offsets)
+    assert offsets.min() == 0 and offsets.max() == 2 * p        # the whole range is drawn
+    assert len({tuple(o) for o in offsets}) > 30
+    np.testing.assert_array_equal(x, before)                    # the data set is not touched
+    # the same seed gives the same crops (and flips), another seed others
+    def batches(seed, **kw):
+        return [xb for xb, _ in D.BatchIterator(x, np.arange(n), 40, crop=p, seed=seed, **kw)]
+    for a, b in zip(batches(3, flip=True), batches(3, flip=True)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(batches(3)[0], batches(4)[0])
+
+
+def test_augmented_batches_are_the_same_on_every_rank(rng):
+    """Data parallelism: every rank draws the global batch from the same seed and takes its
+    contiguous slice, so the ranks' slices put together are the one-process batch (crops and
+    flips included)."""
+    from nbconv import distributed as dist
+    x = rng.normal(size=(50, 3, 8, 8)).astype(np.float32)
+    y = np.arange(50)
+    one = list(D.BatchIterator(x, y, 16, crop=2, flip=True, seed=11))
+    for size in (2, 3):
+        ranks = [list(D.BatchIterator(x, y, 16, crop=2, flip=True, seed=11))
+                 for _ in range(size)]
+        for k, (xb, yb) in enumerate(one):
+            parts = []
+            for r in range(size):
+                lo, hi = dist.shard_bounds(len(yb), r, size)
+                parts.append(ranks[r][k][0][lo:hi])
+            np.testing.assert_array_equal(np.concatenate(parts), xb)
+
+
 def test_batch_iterator_crop_and_flip(rng):
     x = rng.normal(size=(20, 3, 8, 8)).astype(np.float32)
     before = x.copy()

@@ -213,3 +213,45 @@ def test_convert_sync_batchnorm_shares_the_arrays():
     for k, v in params.items():
         assert model.params[k] is v
     assert model[0].params["weight"] is params["0.weight"]
+
+
+def test_convert_sync_batchnorm_reaches_every_batchnorm_of_a_resnet():
+    """--sync-bn on a ResNet: the BatchNorms inside the blocks and in the projection shortcuts
+    (layer2.0.downsample.1) become SyncBatchNorm2d, under the same names, sharing the arrays."""
+    from nbconv import models
+    model = models.resnet20(shortcut="B", seed=0)
+    names = [n for n, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+    assert len(names) == 21 and "layer2.0.downsample.1" in names
+    sd, params = model.state_dict(), dict(model.params)
+    assert convert_sync_batchnorm(model, None) is model
+    kinds = {n: type(m) for n, m in model.named_modules() if isinstance(m, BatchNorm2d)}
+    assert list(kinds) == names and set(kinds.values()) == {SyncBatchNorm2d}
+    assert list(model.state_dict()) == list(sd)
+    for k, v in params.items():
+        assert model.params[k] is v, k
+
+
+@needs_mpi
+def test_resnet20_sync_bn_on_two_ranks_follows_one_process(two_data_dirs, tmp_path):
+    """``mpiexec -n 2 ... --model resnet20 --sync-bn`` (the paper's recipe: crop, flip, SGD,
+    the multistep schedule) trains the parameters and running statistics of one process with
+    the same global batch (float64: up to rounding)."""
+    from nbconv.train import Trainer
+    args = ["--model", "resnet20", "--data-dir", two_data_dirs[0], "--val-size", "16",
+            "--batch-size", "16", "--epochs", "2", "--dtype", "float64"]
+    rc, stdout, stderr, _ = launch_script(args + ["--sync-bn", "--out", tmp_path / "two"],
+                                          args + ["--sync-bn", "--out", tmp_path / "two"],
+                                          timeout=600)
+    assert rc == 0, stdout + stderr
+    assert "model: resnet20 (shortcut A, 269,722 parameters, float64)" in stdout
+    p = subprocess.run([sys.executable, SCRIPT, "--no-progress", "--out", tmp_path / "one"]
+                       + [str(a) for a in args], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    one = Trainer.read(str(tmp_path / "one" / "checkpoint.npz"))[1]
+    two = Trainer.read(str(tmp_path / "two" / "checkpoint.npz"))[1]
+    keys = [k for k in one if k.startswith(("param/", "buffer/"))]
+    assert len(keys) == 59 + 3 * 19 and sorted(one) == sorted(two)   # params, BN buffers
+    for k in keys:
+        scale = max(float(np.max(np.abs(one[k]))), 1e-30)
+        assert float(np.max(np.abs(two[k] - one[k]))) / scale < 1e-9, k

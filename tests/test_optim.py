@@ -263,6 +263,8 @@ SCHEDULES = [
     ("StepLR", dict(step_size=3)),
     ("StepLR", dict(step_size=2, gamma=0.5)),
     ("CosineAnnealingLR", dict(T_max=5)),
+    ("MultiStepLR", dict(milestones=[5, 8])),
+    ("MultiStepLR", dict(milestones=[1, 3, 3, 9], gamma=0.5)),
     ("CosineAnnealingLR", dict(T_max=4, eta_min=0.01)),
 ]
 
@@ -309,7 +311,8 @@ def test_schedule_state_resume(name, kw):
         sched.step()
         rest.append(opt.lr)
     opt2 = optim.Adam(*make_params(np.float32), lr=7.0)
-    sched2 = getattr(optim, name)(opt2, **{k: v + 1 for k, v in kw.items()})
+    sched2 = getattr(optim, name)(opt2, **{k: [m + 1 for m in v] if isinstance(v, list) else
+                                          v + 1 for k, v in kw.items()})
     opt2.load_state_dict(o_state)
     sched2.load_state_dict(s_state)
     assert sched2.last_epoch == 3 and sched2.get_last_lr() == [o_state["hyper"]["lr"]]
@@ -325,6 +328,10 @@ def test_schedule_state_resume(name, kw):
     (optim.StepLR, dict(step_size=1.5), TypeError, "step_size"),
     (optim.StepLR, dict(step_size=2, gamma=-0.1), ValueError, "gamma"),
     (optim.CosineAnnealingLR, dict(T_max=0), ValueError, "T_max"),
+    (optim.MultiStepLR, dict(milestones=[3, 2]), ValueError, "non-decreasing"),
+    (optim.MultiStepLR, dict(milestones=[0, 2]), ValueError, "milestones"),
+    (optim.MultiStepLR, dict(milestones=5), TypeError, "milestones"),
+    (optim.MultiStepLR, dict(milestones=[2], gamma=-1.0), ValueError, "gamma"),
     (optim.CosineAnnealingLR, dict(T_max=3, eta_min=float("nan")), ValueError, "eta_min"),
 ])
 def test_bad_schedule_arguments(ctor, kw, err, word):

@@ -81,10 +81,19 @@ def _use_snippets():
 
 def test_readme_use_snippets_run_and_the_residual_block_is_the_librarys(capsys):
     snippets = _use_snippets()
-    assert len(snippets) == 2
+    assert len(snippets) == 3
     exec(snippets[0], {})                           # the training loop
+    ng = {}
+    exec(snippets[1], ng)                           # a forward under no_grad
+    assert "(8, 10)" in capsys.readouterr().out
+    from nbconv.layers.grad_mode import NOT_SAVED
+    assert all(m._saved is NOT_SAVED for m in ng["model"].modules()
+               if m._saved is not None)             # nothing kept (a block's relu never runs)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        ng["model"].backward(ng["logits"])
+    np.testing.assert_array_equal(ng["model"](ng["x"]), ng["logits"])
     ns = {}
-    exec(snippets[1], ns)                           # a user's residual block, one SGD step
+    exec(snippets[2], ns)                           # a user's residual block, one SGD step
     out = capsys.readouterr().out
     assert "['1.conv1.weight', '1.bn1.weight', '1.bn1.bias']" in out
     assert np.isfinite(ns["loss"])
@@ -98,3 +107,7 @@ def test_readme_use_snippets_run_and_the_residual_block_is_the_librarys(capsys):
     np.testing.assert_allclose(ours.backward(dy), lib.backward(dy), rtol=1e-12, atol=1e-13)
     for k, g in lib.grads.items():
         np.testing.assert_allclose(ours.grads[k], g, rtol=1e-12, atol=1e-13, err_msg=k)
+    with nbconv.no_grad():                          # the block keeps its values as the library's
+        ours(x)
+    with pytest.raises(RuntimeError, match="ResidualBlock.backward: the last forward ran under"):
+        ours.backward(dy)

@@ -2,6 +2,9 @@
 
 - :mod:`.base`: the :class:`Layer` protocol (forward/backward, params/grads/buffers,
   train/eval, ``state_dict``/``load_state_dict``, ``get_extra_state``/``set_extra_state``)
+- :mod:`.grad_mode`: :class:`no_grad` (forwards that keep nothing for backward),
+  :class:`enable_grad`, :class:`inference_mode`, :func:`is_grad_enabled`,
+  :class:`set_grad_enabled`
 - :mod:`.conv`: :class:`Conv2d`, :class:`ConvTranspose2d`
 - :mod:`.pool`: :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`GlobalAvgPool2d`,
   :class:`AdaptiveAvgPool2d`, :class:`AdaptiveMaxPool2d`
@@ -20,6 +23,7 @@ leave the checks of ``x`` and ``dy`` to the functional op they call.
 """
 from .activation import GELU, LeakyReLU, Sigmoid, SiLU, Tanh
 from .base import Layer, grad_of
+from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .basic import (CrossEntropyLoss, Dropout, Flatten, Identity, Linear, ReLU,
                     SoftmaxCrossEntropy)
 from .container import ModuleList, Sequential
@@ -35,4 +39,5 @@ __all__ = ["Layer", "grad_of", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPoo
            "SoftmaxCrossEntropy", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "SyncBatchNorm2d", "convert_sync_batchnorm", "Identity", "LeakyReLU", "GELU", "SiLU",
            "Sigmoid", "Tanh", "CrossEntropyLoss", "ModuleList", "BasicBlock",
-           "Bottleneck", "PadShortcut"]
+           "Bottleneck", "PadShortcut", "no_grad", "enable_grad", "inference_mode",
+           "is_grad_enabled", "set_grad_enabled"]

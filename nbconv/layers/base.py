@@ -24,17 +24,20 @@ optimizer given them updates the layers); assigning an undotted key there (``sel
 = a``) sets the layer's own entry. Registering a layer as a sub-layer sets its ``input_grad`` to
 True (its parent needs its dx).
 
-``forward`` saves only what ``backward`` needs. ``backward`` before any ``forward`` raises
-``RuntimeError``; a ``dy`` whose shape is not the last output's raises ``ValueError``; every
-other check of ``x`` and ``dy`` is the functional op's (:mod:`nbconv.functional`). Setting
-``layer.input_grad = False`` makes ``backward`` skip dx and return ``None`` (the first layer of
-a network never needs it; ``Sequential`` does this for you). ``backward`` overwrites ``grads``
-(PyTorch's ``.grad`` accumulates): a second ``backward`` replaces the first one's gradients.
+``forward`` saves only what ``backward`` needs (:meth:`Layer.save_for_backward`; nothing
+under ``nbconv.no_grad()``, :mod:`.grad_mode`). ``backward`` before any ``forward``, or after
+one under ``no_grad``, raises ``RuntimeError``; a ``dy`` whose shape is not the last output's
+raises ``ValueError``; every other check of ``x`` and ``dy`` is the functional op's
+(:mod:`nbconv.functional`). Setting ``layer.input_grad = False`` makes ``backward`` skip dx and
+return ``None`` (the first layer of a network never needs it; ``Sequential`` does this for you).
+``backward`` overwrites ``grads`` (PyTorch's ``.grad`` accumulates): a second ``backward``
+replaces the first one's gradients.
 """
 import numpy as np
 
 from .._checks import check_dtype, check_shape
 from ._tree import TreeDict, check_device, grad_of, is_half, register_grad, to_args
+from .grad_mode import NOT_SAVED, is_grad_enabled
 from .state import COUNTER, IncompatibleKeys, StateProtocol
 
 __all__ = ["Layer", "grad_of", "COUNTER", "IncompatibleKeys"]
@@ -352,17 +355,35 @@ class Layer(StateProtocol):
         if db is not None:
             self._grads["bias"][...] = db
 
-    def _save(self, out_shape, *saved):
-        self._out_shape = tuple(out_shape)
-        self._saved = saved
+    def save_for_backward(self, out_shape, *saved):
+        """Keep ``saved`` (what ``backward`` needs) and the output's shape ``out_shape``; under
+        :class:`~nbconv.layers.grad_mode.no_grad` keep nothing (and drop what an earlier
+        forward kept). Every library layer keeps its values here, so this is where
+        ``no_grad`` acts; a layer of yours gets it by keeping its values here too."""
+        if is_grad_enabled():
+            self._out_shape = tuple(out_shape)
+            self._saved = saved
+        else:
+            self._out_shape = None
+            self._saved = NOT_SAVED
 
-    def _load(self, dy, name="dy"):
-        """``(dy, *saved)`` after checking that a forward ran and that ``dy`` has its output's
-        shape; the functional op checks the rest."""
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+    def saved_for_backward(self, dy, name="dy"):
+        """``(dy, *saved)`` after checking that a forward ran, with gradients enabled, and
+        that ``dy`` has its output's shape (``RuntimeError``, ``ValueError``); the
+        functional op checks the rest."""
+        self._check_saved()
         check_shape(dy, name, self._out_shape, "the shape of the last forward's output")
         return (dy,) + tuple(self._saved)
+
+    def _check_saved(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        if self._saved is NOT_SAVED:
+            raise RuntimeError(f"{type(self).__name__}.backward: the last forward ran under "
+                               f"nbconv.no_grad() and kept nothing for backward; run the "
+                               f"forward with gradients enabled (outside no_grad) first")
+
+    _save, _load = save_for_backward, saved_for_backward
 
     def extra_repr(self):
         """The arguments shown between the parentheses of :meth:`__repr__` (as torch)."""

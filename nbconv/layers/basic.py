@@ -253,8 +253,7 @@ class CrossEntropyLoss(Layer):
         return loss
 
     def backward(self, dloss=1.0):
-        if self._saved is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward")
+        self._check_saved()
         d = self._saved[0]
         dloss = check_float(dloss, "dloss")
         return d.copy() if dloss == 1.0 else d * d.dtype.type(dloss)

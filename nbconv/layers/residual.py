@@ -11,7 +11,8 @@ library's layers) and at the first forward otherwise.
 
 The ``relu`` sub-layer is registered for torchvision's names and repr; as torchvision's, it is
 applied at several places, so the block applies it through :func:`nbconv.functional.relu` and
-keeps each output itself (a layer keeps only its last forward's values).
+keeps each output with its own saved values (a layer keeps only its last forward's values;
+nothing under ``nbconv.no_grad()``).
 """
 import numpy as np
 
@@ -143,18 +144,23 @@ class _Residual(Layer):
         self._convs()[0].input_grad = self.input_grad
         if self.downsample is not None:
             self.downsample.input_grad = self.input_grad
-        out = self._branch(x)
+        out, hidden = self._branch(x)
         short = x if self.downsample is None else self.downsample(x)
         if not isinstance(short, np.ndarray) or short.shape != out.shape:
             self._mismatch(np.shape(x), out.shape, np.shape(short))
-        y = F.relu(out + short)
-        self._save(y.shape, y)
+        if out.dtype == short.dtype:
+            out += short   # in place: out is the last BatchNorm's new output, kept by no layer
+        else:
+            out = out + short
+        del short
+        y = F.relu(out)
+        self._save(y.shape, y, hidden)
         return y
 
     def backward(self, dy):
-        dy, y = self._load(dy)
+        dy, y, hidden = self._load(dy)
         d = F.relu_backward(dy, y)
-        dx = self._branch_backward(d)
+        dx = self._branch_backward(d, hidden)
         dshort = d if self.downsample is None else self.downsample.backward(d)
         if not self.input_grad:
             return None
@@ -189,12 +195,12 @@ class BasicBlock(_Residual):
         return (self.conv1, self.conv2)
 
     def _branch(self, x):
+        """``(branch output, the inner ReLU outputs backward needs)``."""
         h = F.relu(self.bn1(self.conv1(x)))
-        self._relu_outs = (h,)
-        return self.bn2(self.conv2(h))
+        return self.bn2(self.conv2(h)), (h,)
 
-    def _branch_backward(self, d):
-        (h,) = self._relu_outs
+    def _branch_backward(self, d, hidden):
+        (h,) = hidden
         d = F.relu_backward(self.conv2.backward(self.bn2.backward(d)), h)
         return self.conv1.backward(self.bn1.backward(d))
 
@@ -231,11 +237,10 @@ class Bottleneck(_Residual):
     def _branch(self, x):
         h1 = F.relu(self.bn1(self.conv1(x)))
         h2 = F.relu(self.bn2(self.conv2(h1)))
-        self._relu_outs = (h1, h2)
-        return self.bn3(self.conv3(h2))
+        return self.bn3(self.conv3(h2)), (h1, h2)
 
-    def _branch_backward(self, d):
-        h1, h2 = self._relu_outs
+    def _branch_backward(self, d, hidden):
+        h1, h2 = hidden
         d = F.relu_backward(self.conv3.backward(self.bn3.backward(d)), h2)
         d = F.relu_backward(self.conv2.backward(self.bn2.backward(d)), h1)
         return self.conv1.backward(self.bn1.backward(d))

@@ -36,8 +36,8 @@ The optimizers live in :mod:`.optimizers`, the schedules in :mod:`.lr_scheduler`
 ``torch.optim.lr_scheduler``); every name is re-exported here.
 """
 from .._config import PARALLEL_ELEMENTS  # noqa: F401
-from .lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR
+from .lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, StepLR
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LRScheduler", "StepLR",
-           "CosineAnnealingLR"]
+           "MultiStepLR", "CosineAnnealingLR"]

@@ -4,7 +4,7 @@ import math
 
 from .._checks import check_float, check_int
 
-__all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR"]
+__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR"]
 
 
 class LRScheduler:
@@ -114,6 +114,33 @@ class StepLR(LRScheduler):
 
     def _next_lr(self, lr, base_lr):
         return lr * self.gamma if self.last_epoch % self.step_size == 0 else lr
+
+
+class MultiStepLR(LRScheduler):
+    """Multiply the learning rate by ``gamma`` at each epoch of ``milestones`` (a non-decreasing
+    sequence of epochs >= 1; a milestone listed twice multiplies twice), as
+    ``torch.optim.lr_scheduler.MultiStepLR``: ``lr = base_lr * gamma ** (number of milestones
+    <= epoch)``. He et al. 2016's CIFAR schedule is ``MultiStepLR(opt, [E // 2, 3 * E // 4],
+    0.1)`` over ``E`` epochs (their 32k and 48k of 64k iterations)."""
+
+    _HYPER = ("milestones", "gamma")
+
+    def __init__(self, optimizer, milestones, gamma=0.1):
+        super().__init__(optimizer)
+        for k, v in self._validate(dict(milestones=milestones, gamma=gamma)).items():
+            setattr(self, k, v)
+
+    def _validate(self, h):
+        ms = h["milestones"]
+        if isinstance(ms, (str, bytes)) or not hasattr(ms, "__iter__"):
+            raise TypeError(f"milestones must be a sequence of epochs, got {ms!r}")
+        ms = [check_int(m, "milestones", 1) for m in ms]
+        if ms != sorted(ms):
+            raise ValueError(f"milestones must be non-decreasing, got {ms}")
+        return dict(milestones=ms, gamma=check_float(h["gamma"], "gamma", 0.0))
+
+    def _next_lr(self, lr, base_lr):
+        return lr * self.gamma ** self.milestones.count(self.last_epoch)
 
 
 class CosineAnnealingLR(LRScheduler):
