@@ -1,7 +1,8 @@
 """Training-step benchmark: forward + backward + Adam step on a batch of 64 CIFAR images.
 
-Rows: the CS231n three-layer net with a hidden layer of 500 and the deep (VGG-style) net of
-:func:`nbconv.models.deep_convnet`. The PyTorch twin is the same network with the same initial
+Rows: the CS231n three-layer net with a hidden layer of 500, the deep (VGG-style) net of
+:func:`nbconv.models.deep_convnet` and ResNet-20 (He et al.'s CIFAR net, residual blocks; its
+torch twin from ``_torch_resnet.py``). The PyTorch twin is the same network with the same initial
 parameters copied in, trained with ``torch.optim.Adam``; both use 2 threads. Rates are training
 images per second; ratios are medians of per-round ratios (interleaved rounds, one process).
 
@@ -14,7 +15,7 @@ import pytest
 from _harness import compare
 from nbconv import optim
 from nbconv.layers import SoftmaxCrossEntropy
-from nbconv.models import deep_convnet, three_layer_convnet
+from nbconv.models import deep_convnet, resnet20, three_layer_convnet
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -49,7 +50,7 @@ def _torch_deep(widths=(32, 64, 128), blocks=(1, 1, 1)):
 def _step_fns(model, net, x, y):
     with torch.no_grad():
         sd = net.state_dict()
-        for k, v in model.params.items():
+        for k, v in model.state_dict().items():
             sd[k].copy_(torch.from_numpy(v))
     opt = optim.Adam(model.params, model.grads, lr=1e-3)
     ce = SoftmaxCrossEntropy()
@@ -70,7 +71,7 @@ def _step_fns(model, net, x, y):
     return nbconv_step, torch_step
 
 
-@pytest.mark.parametrize("name", ["three-layer", "deep"])
+@pytest.mark.parametrize("name", ["three-layer", "deep", "resnet20"])
 def test_train_step(benchmark, name):
     torch.set_num_threads(2)
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
@@ -79,8 +80,11 @@ def test_train_step(benchmark, name):
     y = rng.integers(0, 10, BATCH)
     if name == "three-layer":
         model, net = three_layer_convnet(hidden=HIDDEN, seed=0), _torch_three_layer()
-    else:
+    elif name == "deep":
         model, net = deep_convnet(seed=0), _torch_deep()
+    else:
+        from _torch_resnet import build
+        model, net = resnet20(seed=0), build("resnet20")
     nb, tt = _step_fns(model, net, x, y)
     compare(benchmark, "training step (fwd+bwd+Adam) float32, batch 64", name, nb,
             {"torch": tt}, work=BATCH * 1e9, unit="images/s")
