@@ -1,4 +1,5 @@
-"""Training-step benchmark: forward + backward + Adam step on a batch of 64 CIFAR images.
+"""Training-step benchmark: forward + backward + Adam step on a batch of 64 CIFAR images (and
+ResNet-20 at the batch of 128 its recipe uses: the row "resnet20 b128").
 
 Rows: the CS231n three-layer net with a hidden layer of 500, the deep (VGG-style) net of
 :func:`nbconv.models.deep_convnet` and ResNet-20 (He et al.'s CIFAR net, residual blocks; its
@@ -71,13 +72,14 @@ def _step_fns(model, net, x, y):
     return nbconv_step, torch_step
 
 
-@pytest.mark.parametrize("name", ["three-layer", "deep", "resnet20"])
-def test_train_step(benchmark, name):
+@pytest.mark.parametrize("name, batch", [("three-layer", BATCH), ("deep", BATCH),
+                                         ("resnet20", BATCH), ("resnet20", 128)])
+def test_train_step(benchmark, name, batch):
     torch.set_num_threads(2)
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(BATCH, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, BATCH)
+    x = rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
     if name == "three-layer":
         model, net = three_layer_convnet(hidden=HIDDEN, seed=0), _torch_three_layer()
     elif name == "deep":
@@ -86,5 +88,6 @@ def test_train_step(benchmark, name):
         from _torch_resnet import build
         model, net = resnet20(seed=0), build("resnet20")
     nb, tt = _step_fns(model, net, x, y)
-    compare(benchmark, "training step (fwd+bwd+Adam) float32, batch 64", name, nb,
-            {"torch": tt}, work=BATCH * 1e9, unit="images/s")
+    row = name if batch == BATCH else f"{name} b{batch}"
+    compare(benchmark, "training step (fwd+bwd+Adam) float32", row, nb, {"torch": tt},
+            work=batch * 1e9, unit="images/s", legend=f"{name}, batch {batch}")

@@ -374,7 +374,11 @@ def winograd_forward(x, U, bias, y, tasks, pt, pl, Vs, Ms, Ds, Rs, Qs, voff, cst
     vectors of tiles (:func:`_input_transform`); per block of ``FBK`` filters, per transform
     point ``e``, the product ``M[f, e, :] = sum_c U[e, c, f] V[c, e, :]`` by the micro-kernel
     :func:`nbconv.kernels.gemm.tile_4x3` (4 filters x 3 vectors of tiles in registers, the
-    channels as the reduction), then :func:`_output_transform`."""
+    channels as the reduction), then :func:`_output_transform`.
+
+    Textbook twins: :func:`nbconv.kernels.textbook.conv2d_forward` (forward),
+    :func:`nbconv.kernels.textbook.conv2d_backward_input` (the input gradient runs this kernel
+    on ``dy`` with the flipped, channel-swapped weights)."""
     G, _, Fq, Cg, _ = U.shape
     Fp = 4 * Fq
     Fo = y.shape[1] // G
@@ -509,7 +513,9 @@ def winograd_weight_grad(x, dy, P, tasks, cut, pt, pl, Vs, Ms, Ds, Rs, voff, cst
     the thread count. Scratch per thread as :func:`winograd_forward` (Ms (threads, FBK, 36,
     Ts): the transformed ``dy`` of ``FBK`` filters at a time); voff (Cg4,) int64 ``c * 36 *
     Ts`` (rows past ``Cg`` repeat channel 0). Per task, per block of filters, per transform
-    point, per 4 channels x 3 filters: :func:`nbconv.kernels.gemm.dot_4x3` over the tiles."""
+    point, per 4 channels x 3 filters: :func:`nbconv.kernels.gemm.dot_4x3` over the tiles.
+
+    Textbook twin: :func:`nbconv.kernels.textbook.conv2d_backward_weight`."""
     nchunks, G, _, Cg4, F3 = P.shape
     Cg = x.shape[1] // G
     Fo = dy.shape[1] // G
