@@ -587,16 +587,32 @@ def train(trainer, data, args, run, pictures):
         trainer.fit(data, args.epochs, checkpoint=run.ckpt, metrics=metrics,
                     on_epoch_end=pictures)
         return None
+    # The first Ctrl-C asks the trainer to stop after this batch; from then on, a second one
+    # ends the process at once (_exit_at_once), wherever it lands. It used to raise
+    # KeyboardInterrupt, which Python swallows, with a traceback on stderr, when it lands in a
+    # callback run during garbage collection or at exit (a weakref's, say). This handler stays
+    # in place until the interrupted run has said where it stopped; then SIGINT is ignored
+    # (Python's finalisation would put the default handler back: a Ctrl-C would kill the
+    # process with status -2).
+    pressed = []
+
+    def on_sigint(signum, frame):
+        if pressed:
+            _exit_at_once(run)
+        pressed.append(True)
+        trainer.request_stop()
+        _say("\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to "
+             "stop at once)\n")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with trainer.stop_on_sigint("Ctrl-C: stopping after this batch and saving a checkpoint "
-                                    "(Ctrl-C again to stop at once)"):
-            trainer.fit(data, args.epochs, checkpoint=run.ckpt, metrics=metrics,
-                        on_epoch_end=pictures)
+        trainer.fit(data, args.epochs, checkpoint=run.ckpt, metrics=metrics,
+                    on_epoch_end=pictures)
     except TrainingInterrupted as e:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # ending now: a second Ctrl-C is moot
         where = position(e.epoch, e.batch, _batches_per_epoch(data, args))
         print(f"interrupted at {where}: checkpoint saved in {run.ckpt}; continue with: "
               f"{run.cont}", flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # ending now: a second Ctrl-C is moot
         return 130
     except Exception as e:
         # the second Ctrl-C's KeyboardInterrupt can surface wrapped: raised while a C extension
@@ -606,7 +622,32 @@ def train(trainer, data, args, run, pictures):
         return _stopped_at_once(run)
     except KeyboardInterrupt:
         return _stopped_at_once(run)
+    signal.signal(signal.SIGINT, old)
     return None
+
+
+def _say(text):
+    """``text`` to stdout from a signal handler: straight to the file descriptor (the buffered
+    stream may be in the middle of a write the handler interrupted)."""
+    try:
+        os.write(sys.stdout.fileno(), text.encode())
+    except (OSError, ValueError):
+        pass
+
+
+def _exit_at_once(run):
+    """The second Ctrl-C: say where the run stands and end the process now (status 130; files
+    are written atomically, so none is left half-written)."""
+    try:
+        sys.stdout.flush()
+    except Exception:   # the stream may be mid-write: what it held is lost, not corrupted
+        pass
+    if run.ckpt is None:
+        _say("\nstopped before training started (nothing to continue)\n")
+    else:
+        _say(f"\nstopped at once: {run.ckpt} holds the last checkpoint written (if any); "
+             f"continue with: {run.cont}\n")
+    os._exit(130)
 
 
 def _batches_per_epoch(data, args):
