@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from nbconv._config import SIMD_BYTES_ENV
 from nbconv.kernels import peak, simd
 
 import simd_probe as probe
@@ -148,8 +149,11 @@ def test_wrong_types_are_compile_errors():
 
 
 def _run(code, env):
-    full = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
-                **env)
+    """Run `code` in a fresh interpreter with `env` on top of this one's environment, less any
+    forced width of ours (CI runs this file again under NBCONV_SIMD_BYTES; the probe's "host" run
+    must see the host width)."""
+    full = {k: v for k, v in os.environ.items() if k != SIMD_BYTES_ENV}
+    full.update(PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]), **env)
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
