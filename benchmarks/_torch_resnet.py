@@ -1,8 +1,9 @@
 """PyTorch twins of nbconv's ResNets (torchvision's module names and forward, written out:
 torchvision's wheel does not import with the CPU build of torch used here), for the
 benchmarks that run the same network in both libraries (resnet_cifar.py,
-inference_memory.py). Weights come from the nbconv model: :func:`twin` builds the net and
-loads ``model.state_dict()`` with ``strict=True``."""
+inference_memory.py, bench_train.py) and for tests/test_resnet.py, which checks them against
+nbconv's nets (logits, every gradient, reprs, state_dict keys). Weights come from the nbconv
+model: :func:`twin` builds the net and loads ``model.state_dict()`` with ``strict=True``."""
 import torch
 from torch import nn
 
@@ -19,6 +20,9 @@ class PadShortcut(nn.Module):
         s, p = self.stride, self.pad
         return nn.functional.pad(x[:, :, ::s, ::s],
                                  (0, 0, 0, 0, p, self.out_channels - self.in_channels - p))
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
 class BasicBlock(nn.Module):
@@ -43,9 +47,34 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
 class ResNet(nn.Module):
-    def __init__(self, layers, num_classes=1000, widths=(64, 128, 256, 512), stem="imagenet",
-                 shortcut="B"):
+    def __init__(self, block, layers, num_classes=1000, widths=(64, 128, 256, 512),
+                 stem="imagenet", shortcut="B"):
         super().__init__()
         width = 64 if stem == "imagenet" else widths[0]
         if stem == "imagenet":
@@ -59,16 +88,16 @@ class ResNet(nn.Module):
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = width
         for i, (planes, n) in enumerate(zip(widths, layers)):
-            stride = 1 if i == 0 else 2
+            stride, out = (1 if i == 0 else 2), planes * block.expansion
             down = None
-            if stride != 1 or inplanes != planes:
-                down = (PadShortcut(inplanes, planes, stride) if shortcut == "A" else
-                        nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                      nn.BatchNorm2d(planes)))
-            blocks = [BasicBlock(inplanes, planes, stride, down)]
-            blocks += [BasicBlock(planes, planes) for _ in range(n - 1)]
+            if stride != 1 or inplanes != out:
+                down = (PadShortcut(inplanes, out, stride) if shortcut == "A" else
+                        nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
+                                      nn.BatchNorm2d(out)))
+            blocks = [block(inplanes, planes, stride, down)]
+            blocks += [block(out, planes) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            inplanes = planes
+            inplanes = out
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(inplanes, num_classes)
 
@@ -83,13 +112,14 @@ class ResNet(nn.Module):
 
 
 def build(name, shortcut="A", num_classes=None):
-    """The twin of ``nbconv.models.<name>`` (resnet20/32/44/56/110 or resnet18/34)."""
+    """The twin of ``nbconv.models.<name>`` (resnet20/32/44/56/110 or resnet18/34/50)."""
     cifar = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
     if name in cifar:
         n = cifar[name]
-        return ResNet((n, n, n), num_classes or 10, (16, 32, 64), "cifar", shortcut)
-    layers = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}[name]
-    return ResNet(layers, num_classes or 1000)
+        return ResNet(BasicBlock, (n, n, n), num_classes or 10, (16, 32, 64), "cifar", shortcut)
+    block, layers = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
+                     "resnet50": (Bottleneck, (3, 4, 6, 3))}[name]
+    return ResNet(block, layers, num_classes or 1000)
 
 
 def twin(model, name, shortcut="A"):

@@ -10,6 +10,9 @@ specialisations. ResNet-18's train-mode gradients are compared at 64x64: at 32x3
 the BatchNorms of layer4 see 2 values per channel (1x1 maps), where their input gradient is
 zero in exact arithmetic and what both libraries compute is rounding noise (measured: 6e-10
 relative in float64, 5e-4 in float32); at 32x32 the comparison runs in eval mode."""
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -23,108 +26,29 @@ from nbconv.layers import Bottleneck as NBBottleneck
 from nbconv.layers import PadShortcut as NBPadShortcut
 
 
-# ---- the PyTorch twins (torchvision's code, written out: same names, same forward) ---------
+# ---- the PyTorch twins: the benchmarks' (torchvision's code written out: same names, same
+# forward), so the nets the benchmarks time are the ones checked here ------------------------
 
-class PadShortcut(nn.Module):
-    def __init__(self, in_channels, out_channels, stride=2):
-        super().__init__()
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.pad = (out_channels - in_channels) // 2
-
-    def forward(self, x):
-        s, p = self.stride, self.pad
-        return nn.functional.pad(x[:, :, ::s, ::s],
-                                 (0, 0, 0, 0, p, self.out_channels - self.in_channels - p))
-
-    def extra_repr(self):
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+def _load_twins():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "_torch_resnet.py")
+    spec = importlib.util.spec_from_file_location("_torch_resnet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000, widths=(64, 128, 256, 512),
-                 stem="imagenet", shortcut="B"):
-        super().__init__()
-        width = 64 if stem == "imagenet" else widths[0]
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        if stem == "imagenet":
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = width
-        for i, (planes, n) in enumerate(zip(widths, layers)):
-            stride, out = (1 if i == 0 else 2), planes * block.expansion
-            down = None
-            if stride != 1 or inplanes != out:
-                down = (PadShortcut(inplanes, out, stride) if shortcut == "A" else
-                        nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
-                                      nn.BatchNorm2d(out)))
-            blocks = [block(inplanes, planes, stride, down)]
-            blocks += [block(out, planes) for _ in range(n - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            inplanes = out
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(inplanes, num_classes)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        if hasattr(self, "maxpool"):
-            x = self.maxpool(x)
-        for name, m in self.named_children():
-            if name.startswith("layer"):
-                x = m(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+_twins = _load_twins()
+PadShortcut, BasicBlock, Bottleneck, ResNet = (_twins.PadShortcut, _twins.BasicBlock,
+                                               _twins.Bottleneck, _twins.ResNet)
 
 
 def torch_resnet20(shortcut):
-    return ResNet(BasicBlock, (3, 3, 3), 10, (16, 32, 64), "cifar", shortcut)
+    return _twins.build("resnet20", shortcut)
 
 
 def torch_resnet18():
-    return ResNet(BasicBlock, (2, 2, 2, 2))
+    return _twins.build("resnet18")
 
 
 # ---- helpers --------------------------------------------------------------------------------
