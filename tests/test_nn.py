@@ -286,7 +286,7 @@ def test_sequential_ordered_dict_append_and_module_list():
     assert repr(seq) == repr(tseq)
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     assert seq(x).shape == (2, 4 * 3 * 3)
-    with pytest.raises(TypeError, match="append"):
+    with pytest.raises(TypeError, match="Sequential.append takes an nbconv Layer"):
         seq.append(lambda v: v)
     with pytest.raises(ValueError, match="without '.'"):
         Sequential(OrderedDict([("a.b", ReLU())]))
@@ -294,6 +294,9 @@ def test_sequential_ordered_dict_append_and_module_list():
     tml = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])
     assert repr(ml) == repr(tml) and list(ml.state_dict()) == list(tml.state_dict())
     assert len(ml) == 3 and ml[-1] is list(ml)[2]
+    assert ml.extend([ReLU()]) is ml and list(ml.state_dict())[-1] == "2.bias" and len(ml) == 4
+    with pytest.raises(TypeError, match="ModuleList.append takes an nbconv Layer, got int"):
+        ml.append(3)
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 5), (1, 5)])

@@ -5,7 +5,24 @@ from .._checks import check_array
 from .base import Layer
 
 
-class Sequential(Layer):
+class _Appends:
+    """``append`` and ``extend`` of the list-like containers (PyTorch's): a layer goes at the
+    end, named ``str(len(self))``; both return the container."""
+
+    def append(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{type(self).__name__}.append takes an nbconv Layer, got "
+                            f"{type(layer).__name__}")
+        self.add_module(str(len(self)), layer)
+        return self
+
+    def extend(self, layers):
+        for layer in layers:
+            self.append(layer)
+        return self
+
+
+class Sequential(_Appends, Layer):
     """Layers applied in order: ``Sequential(l0, l1, ...)(x) = ...l1(l0(x))``, or
     ``Sequential(OrderedDict([("conv", l0), ("relu", l1)]))`` with named sub-layers.
 
@@ -40,19 +57,6 @@ class Sequential(Layer):
     def layers(self):
         """The layers, in order (a new list)."""
         return list(self.children())
-
-    def append(self, layer):
-        """Add ``layer`` at the end (named ``str(len(self))``); returns the Sequential."""
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.append takes an nbconv Layer, got "
-                            f"{type(layer).__name__}")
-        self.add_module(str(len(self)), layer)
-        return self
-
-    def extend(self, layers):
-        for layer in layers:
-            self.append(layer)
-        return self
 
     def output_shape(self, input_shape):
         for layer in self.layers:
@@ -117,7 +121,7 @@ class Sequential(Layer):
         self.add_module(name, layer)
 
 
-class ModuleList(Layer):
+class ModuleList(_Appends, Layer):
     """A list of sub-layers named ``"0"``, ``"1"``, ... (``torch.nn.ModuleList``): it registers
     them (parameters, state_dict, train/eval, ``to``) and has no ``forward`` of its own; the
     layer holding it calls them. Indexing, ``len``, iteration, ``append`` and ``extend``."""
@@ -125,18 +129,6 @@ class ModuleList(Layer):
     def __init__(self, layers=()):
         super().__init__()
         self.extend(layers)
-
-    def append(self, layer):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"ModuleList.append takes an nbconv Layer, got "
-                            f"{type(layer).__name__}")
-        self.add_module(str(len(self)), layer)
-        return self
-
-    def extend(self, layers):
-        for layer in layers:
-            self.append(layer)
-        return self
 
     def __len__(self):
         return len(self._modules)
