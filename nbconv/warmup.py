@@ -57,6 +57,17 @@ def kernels_cached():
     return False
 
 
+def cache_dirs():
+    """The folders Numba's on-disk cache keeps nbconv's kernels in: ``__pycache__`` beside the
+    kernel modules, a folder under ``NUMBA_CACHE_DIR`` when that is set, or Numba's per-user
+    cache where the package's folder is read-only (a sorted list, usually of one)."""
+    from . import functional  # noqa: F401  (imports every kernel module: registers them)
+    found = {getattr(getattr(d, "_cache", None), "_cache_path", None) for d in _config.DISPATCHERS}
+    found.discard(None)
+    return sorted(found) or [os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels",
+                                          "__pycache__")]
+
+
 def _sizes(n, batch):
     """The batch sizes a pass over ``n`` items in batches of ``batch`` sees."""
     sizes = {min(batch, n)}
@@ -139,7 +150,7 @@ def main(argv=None):
     _config.compiling_announced()  # each line below says what compiles
     _warm_all(args)
     print(f"done in {time.perf_counter() - total:.1f} s; kernels cached in "
-          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kernels', '__pycache__')}")
+          f"{', '.join(cache_dirs())}")
 
 
 def _warm_all(args):
