@@ -91,6 +91,12 @@ def print_peak(peak, out=sys.stdout):
               f"{peak['float32']['all_cores']:.1f} on {peak['threads']} threads; float64 "
               f"{peak['float64']['per_core']:.1f} / {peak['float64']['all_cores']:.1f}",
               file=out)
+        micro = peak.get("micro_kernels")
+        if micro:
+            core = peak["float32"]["per_core"]
+            print("micro-kernels in L1 (float32, one thread, k=" + str(micro["k"]) + "): " +
+                  ", ".join(f"{name} {micro[name]:.1f} GFLOP/s ({100 * micro[name] / core:.0f}% "
+                            f"of a core)" for name in ("tile_4x3", "dot_4x3")), file=out)
 
 
 def print_tables(data, out=sys.stdout, peak=None):

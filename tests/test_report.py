@@ -83,7 +83,8 @@ def test_speed_charts_label_both_axes(tmp_path, monkeypatch):
 
 PEAK = {"cpu": "test cpu", "simd_bytes": 32, "threads": 2,
         "float32": {"per_core": 100.0, "all_cores": 200.0},
-        "float64": {"per_core": 50.0, "all_cores": 100.0}}
+        "float64": {"per_core": 50.0, "all_cores": 100.0},
+        "micro_kernels": {"k": 128, "tile_4x3": 97.0, "dot_4x3": 42.0}}
 
 
 def test_conv_tables_give_rates_as_a_share_of_the_fma_peak(tmp_path, monkeypatch):
@@ -99,6 +100,8 @@ def test_conv_tables_give_rates_as_a_share_of_the_fma_peak(tmp_path, monkeypatch
     # S1: nbconv 20 GFLOP/s (10%), torch 10 (5%); R1: nbconv 5 (2%)
     assert "10%" in text and "5%" in text and "2%" in text and "200.0 GFLOP/s" in text
     assert "float32 100.0 GFLOP/s per core, 200.0 on 2 threads" in text
+    assert ("micro-kernels in L1 (float32, one thread, k=128): tile_4x3 97.0 GFLOP/s (97% of a "
+            "core), dot_4x3 42.0 GFLOP/s (42% of a core)") in text
     no_peak = io.StringIO()
     rep.print_tables(_data(), no_peak)
     assert "%peak" not in no_peak.getvalue()
@@ -124,3 +127,5 @@ def test_peak_script_measures_both_dtypes():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     for dt in ("float32", "float64"):
         assert res[dt]["per_core"] > 0 and res[dt]["all_cores"] > 0
+    assert res["micro_kernels"]["k"] == 128
+    assert res["micro_kernels"]["tile_4x3"] > 0 and res["micro_kernels"]["dot_4x3"] > 0

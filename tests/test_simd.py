@@ -113,6 +113,29 @@ def test_fma_chains_sum(dtype):
     np.testing.assert_array_equal(outp, np.broadcast_to(out, (3, L)))
 
 
+@pytest.mark.parametrize("reps", [1, 3])
+def test_micro_kernel_drivers_compute_the_products(reps):
+    """benchmarks/peak.py's drivers run the micro-kernels on what they are given: tile_4x3's
+    first call overwrites, the others add (``reps`` times the product); dot_4x3 adds each call."""
+    w = simd.WIDTH
+    L = w.lanes(np.float32)
+    g = np.random.default_rng(1)
+    k, row = 5, 3 * L + 3
+    x = g.integers(-3, 4, k * row).astype(np.float32)
+    op = np.arange(k, dtype=np.int64) * row
+    wq = g.integers(-3, 4, 4 * k).astype(np.float32)
+    buf = np.full((4, 3 * L), np.nan, np.float32)
+    peak.tile_4x3_in_l1(w, x, op, wq, buf, reps)
+    rows = np.stack([x[o:o + 3 * L] for o in op])               # (k, 3L)
+    np.testing.assert_array_equal(buf, reps * (wq.reshape(k, 4).T @ rows))
+    nq = 2 * L + 3
+    xd = g.integers(-3, 4, 4 * nq).astype(np.float32)
+    dy = g.integers(-3, 4, (3, nq)).astype(np.float32)
+    P = np.zeros((4, 3), np.float32)
+    peak.dot_4x3_in_l1(w, xd, np.arange(4, dtype=np.int64) * nq, dy, nq, P, reps)
+    np.testing.assert_array_equal(P, reps * (xd.reshape(4, nq) @ dy.T))
+
+
 def test_width_from_environment():
     host = simd.host_bytes()
     assert simd.chosen_bytes({}) == host

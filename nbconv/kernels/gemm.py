@@ -17,11 +17,14 @@ width, ``L`` its lanes.
   over a run of pixels, as 12 vector partial sums, each added across its lanes in a fixed order.
 - ``row_sum``: one run's sum, in vectors.
 
-Measured (AMD EPYC Zen 3, AVX2, one thread, ``time.thread_time`` on a busy machine): the FMA
-peak (:mod:`nbconv.kernels.peak`) 99 GFLOP/s; ``tile_4x3`` in L1 76-80 GFLOP/s (77-81%);
-called as Linear's backward calls it (16 row blocks sharing a contiguous block of ``x``, 64 to
-1000 elements per call) 95-101 GFLOP/s. ``dot_4x3`` with all its rows in L1: 72-81 GFLOP/s (7
-vector loads per 12 FMAs).
+Measured (AMD EPYC Zen 3, AVX2, one thread, ``benchmarks/peak.py`` on a quiet machine): the
+FMA peak (:mod:`nbconv.kernels.peak`) 102 GFLOP/s; ``tile_4x3`` in L1 99-101 GFLOP/s (97-101%)
+for 64 to 1024 reduction elements per call (76-80 on a busy machine; 95-101 as Linear's
+backward calls it). ``dot_4x3`` in L1: 28 GFLOP/s for 64 pixels per call, 43 for 128, 85 for
+1024: its 12 horizontal sums per call cost about as much as 64 pixels of FMAs. (Summing the
+small maps of several images in one call, so that each call runs 640-1024 pixels, measured no
+faster in whole weight gradients on 8x8 and 16x16 maps: there the passes over ``dy``, not the
+sums, set the pace.)
 LLVM unrolls its loop by two; the register allocator then spills some accumulators when the
 loop bounds are runtime values, but stores forward to loads and the rate is the same.
 """

@@ -6,11 +6,16 @@ ceiling a kernel built on the same vocabulary can reach (twelve chains cover the
 of current x86 cores: two pipes x four cycles need eight). ``fma_peak`` runs one chain set per
 task on the thread pool, for the all-cores figure. ``benchmarks/peak.py`` times them and
 ``benchmarks/report.py`` prints every conv row's GFLOP/s as a share of these peaks.
+
+``tile_4x3_in_l1`` and ``dot_4x3_in_l1`` call the two micro-kernels of
+:mod:`nbconv.kernels.gemm` over and over on operands that stay in the L1 cache: how close the
+register-blocked inner loops themselves come to that ceiling (``benchmarks/peak.py`` prints
+both as a share of the per-core peak).
 """
 from numba import prange
 
 from .._config import kernel, serial_kernel
-from . import simd
+from . import gemm, simd
 
 
 @serial_kernel
@@ -46,3 +51,21 @@ def fma_peak(w, seed, steps, out):
     """``fma_chains`` once per row of ``out (tasks, L)``, the rows on the thread pool."""
     for t in prange(out.shape[0]):
         fma_chains(w, seed, steps, out[t])
+
+
+@serial_kernel
+def tile_4x3_in_l1(w, x, op, wq, buf, reps):
+    """``reps`` calls of :func:`nbconv.kernels.gemm.tile_4x3` on the same operands (``x`` rows
+    at the offsets ``op``, weights ``wq (4 * len(op),)``, ``buf (4, 3L)``): ``2 * 12 * L *
+    len(op)`` flops per call, the first call overwriting ``buf``, the others adding to it."""
+    for r in range(reps):
+        gemm.tile_4x3(w, x, 0, op, wq, r == 0, buf, 0, 0)
+
+
+@serial_kernel
+def dot_4x3_in_l1(w, x, op, dy, nq, P, reps):
+    """``reps`` calls of :func:`nbconv.kernels.gemm.dot_4x3` on the same operands (4 rows of
+    ``x`` at ``op[0:4]``, the 3 rows of ``dy (3, nq)``, sums into ``P (4, 3)``): ``2 * 12 * nq``
+    flops per call."""
+    for _ in range(reps):
+        gemm.dot_4x3(w, x, 0, op, 0, dy.reshape(-1), 0, nq, 2 * nq, nq, P, 0)
