@@ -23,8 +23,8 @@ for 64 to 1024 reduction elements per call (76-80 on a busy machine; 95-101 as L
 backward calls it). ``dot_4x3`` in L1: 28 GFLOP/s for 64 pixels per call, 43 for 128, 85 for
 1024: its 12 horizontal sums per call cost about as much as 64 pixels of FMAs. (Summing the
 small maps of several images in one call, so that each call runs 640-1024 pixels, measured no
-faster in whole weight gradients on 8x8 and 16x16 maps: there the passes over ``dy``, not the
-sums, set the pace.)
+faster in whole weight gradients on 8x8 and 16x16 maps: within 5% either way, so it was not
+kept.)
 LLVM unrolls its loop by two; the register allocator then spills some accumulators when the
 loop bounds are runtime values, but stores forward to loads and the rate is the same.
 """
