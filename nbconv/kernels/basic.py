@@ -341,30 +341,28 @@ def linear_grads(dy, w, x, dx, dw, tasks, kc, pw, copyx, copyw, V):
 
     Textbook twin: :func:`nbconv.reference.linear_backward`."""
     apx, apw, op, opn = _lin_grads_setup(dy, x, dx, kc, V)
-    w1 = w.reshape(-1)
-    x1 = x.reshape(-1)
     for t in prange(tasks.shape[0]):
-        if tasks[t, 0] == 0:
-            _lin_nn_task(apx, w1, op, opn, copyx, dx, tasks[t, 1], tasks[t, 2], tasks[t, 3],
-                         tasks[t, 4], kc, pw, V)
-        else:
-            _lin_nn_task(apw, x1, op, opn, copyw, dw, tasks[t, 1], tasks[t, 2], tasks[t, 3],
-                         tasks[t, 4], kc, pw, V)
+        _lin_grads_task(apx, apw, w, x, op, opn, copyx, copyw, dx, dw, tasks[t], kc, pw, V)
 
 
 @serial_kernel
 def linear_grads_serial(dy, w, x, dx, dw, tasks, kc, pw, copyx, copyw, V):
     """:func:`linear_grads` on one thread."""
     apx, apw, op, opn = _lin_grads_setup(dy, x, dx, kc, V)
-    w1 = w.reshape(-1)
-    x1 = x.reshape(-1)
     for t in range(tasks.shape[0]):
-        if tasks[t, 0] == 0:
-            _lin_nn_task(apx, w1, op, opn, copyx, dx, tasks[t, 1], tasks[t, 2], tasks[t, 3],
-                         tasks[t, 4], kc, pw, V)
-        else:
-            _lin_nn_task(apw, x1, op, opn, copyw, dw, tasks[t, 1], tasks[t, 2], tasks[t, 3],
-                         tasks[t, 4], kc, pw, V)
+        _lin_grads_task(apx, apw, w, x, op, opn, copyx, copyw, dx, dw, tasks[t], kc, pw, V)
+
+
+@serial_kernel
+def _lin_grads_task(apx, apw, w, x, op, opn, copyx, copyw, dx, dw, task, kc, pw, V):
+    """One row ``(which, r0, r1, q0, q1)`` of :func:`linear_grads`'s task table: a block of
+    ``dx`` (``which == 0``) or of ``dw``."""
+    if task[0] == 0:
+        _lin_nn_task(apx, w.reshape(-1), op, opn, copyx, dx, task[1], task[2], task[3], task[4],
+                     kc, pw, V)
+    else:
+        _lin_nn_task(apw, x.reshape(-1), op, opn, copyw, dw, task[1], task[2], task[3], task[4],
+                     kc, pw, V)
 
 
 @serial_kernel
