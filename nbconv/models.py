@@ -118,8 +118,6 @@ def deep_convnet(widths=(32, 64, 128), blocks=(1, 1, 1), norm="batch", groups=8,
     return Sequential(*layers)
 
 
-
-
 # ---- residual networks ---------------------------------------------------------------------
 
 class ResNet(Layer):
